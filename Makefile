@@ -1,0 +1,32 @@
+# One-command entry points. Everything installs into .venv in the repo root.
+PY := .venv/bin/python
+STAMP := .venv/.setup-done
+
+.PHONY: setup test test-fast test-slow demo clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-data.txt constraints.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q -r requirements.txt -c constraints.txt
+	.venv/bin/pip install -q --no-deps -r requirements-data.txt
+	.venv/bin/python -c "import jax, flax, jraph, tensorflow_datasets, torch, rdkit; print('setup ok: jax', jax.__version__)"
+	touch $(STAMP)
+
+# The whole suite (fast and slow tests). CI runs exactly this.
+test: setup
+	$(PY) -m pytest -q tests
+
+# The fast set only, for quick iteration.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
+
+# The main job: build molbind_mini, train the mini config, export, evaluate.
+demo: setup
+	bash experiments/demo.sh runs/demo
+
+clean:
+	rm -rf .venv
