@@ -1,0 +1,225 @@
+"""BERT text encoder in Flax NNX (the spec's section 1c), numerically faithful to PyTorch.
+
+The original text tower is the `bert` part of a BLIP-2 Q-Former initialised from SciBERT. It
+is a plain post-LN BERT with two deviations that matter for parity:
+
+* no token-type embedding (`use_token_type=False`): the Q-Former copy of BertEmbeddings has
+  no token-type table, so SciBERT's type-0 row is silently dropped;
+* the attention mask is the additive `(1 - m) * -10000.0` in float32, not `-inf`.
+
+With `use_token_type=True` the module is a stock HF `BertModel` (without the pooler) and adds
+the type embeddings like it does (type 0 when no `token_type_ids` are given).
+
+Precision: `dtype` is the compute dtype of the matmuls (bfloat16 for speed); parameters stay
+in `param_dtype` (float32). LayerNorm, softmax and the residual stream are float32 whatever
+`dtype` is, which is what PyTorch autocast does for the original.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# The original's additive mask value (model/bert.py 796-799), applied in float32.
+MASK_VALUE = -10000.0
+
+_GELU = {
+    "gelu": False,  # exact erf GELU, as the original and SciBERT
+    "gelu_new": True,  # tanh approximation, for BERT variants that use it
+    "gelu_pytorch_tanh": True,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Sizes and numerics of a BERT encoder.
+
+    `vocab_size` for a real checkpoint comes from the checkpoint itself (the MolBind ckpt has
+    31091 rows: SciBERT's 31090 plus the Q-Former's `[DEC]`), see `convert/bert.py`.
+    """
+
+    vocab_size: int = 31090
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    use_token_type: bool = True
+    hidden_act: str = "gelu"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    # jax.nn.dot_product_attention implementation: None (XLA), "xla" or "cudnn" (fused, GPU).
+    attention_impl: str | None = None
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.hidden_act not in _GELU:
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(_GELU)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def tiny(cls, **overrides) -> "BertConfig":
+        """A few-thousand-parameter BERT for tests."""
+        kw = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                  max_position_embeddings=64, type_vocab_size=2)
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def scibert(cls, **overrides) -> "BertConfig":
+        """allenai/scibert_scivocab_uncased as the original text tower uses it (no token types)."""
+        kw = dict(vocab_size=31090, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                  max_position_embeddings=512, use_token_type=False)
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides) -> "BertConfig":
+        """Builds a config from an HF `config.json` (a dict, the file, or its directory)."""
+        if not isinstance(config, Mapping):
+            path = os.fspath(config)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no HF config at {path}")
+            with open(path) as f:
+                config = json.load(f)
+        pos_type = config.get("position_embedding_type", "absolute")
+        if pos_type != "absolute":
+            raise ValueError(f"position_embedding_type {pos_type!r} is not supported (only 'absolute')")
+        kw = dict(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=config["num_attention_heads"],
+            intermediate_size=config["intermediate_size"],
+            max_position_embeddings=config.get("max_position_embeddings", 512),
+            type_vocab_size=config.get("type_vocab_size", 2),
+            layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+            dropout=config.get("hidden_dropout_prob", 0.1),
+            attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
+            hidden_act=config.get("hidden_act", "gelu"),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # float32 compute and params regardless of cfg.dtype.
+    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                         param_dtype=jnp.float32, rngs=rngs)
+
+
+def _linear(cfg: BertConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    init = nnx.initializers.normal(0.02)  # BERT's initializer_range
+    return nnx.Linear(n_in, n_out, dtype=cfg.dtype, param_dtype=cfg.param_dtype, kernel_init=init, rngs=rngs)
+
+
+class BertEmbeddings(nnx.Module):
+    """word + absolute position (+ token type) embeddings, LayerNorm, dropout."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=cfg.param_dtype,
+                                         embedding_init=init, rngs=rngs)
+        self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                                             param_dtype=cfg.param_dtype, embedding_init=init, rngs=rngs)
+        self.token_type_embeddings = (
+            nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, param_dtype=cfg.param_dtype,
+                      embedding_init=init, rngs=rngs)
+            if cfg.use_token_type else None
+        )
+        self.layer_norm = _layer_norm(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool):
+        length = input_ids.shape[1]
+        h = self.word_embeddings(input_ids).astype(jnp.float32)
+        # Summation order as HF BertEmbeddings (word + type, then + position): float32 sums
+        # are not associative and the padded rows amplify such differences.
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            h = h + self.token_type_embeddings(token_type_ids).astype(jnp.float32)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given to a BERT built with use_token_type=False")
+        h = h + self.position_embeddings.embedding[...][:length].astype(jnp.float32)[None]
+        return self.dropout(self.layer_norm(h), deterministic=deterministic)
+
+
+class BertLayer(nnx.Module):
+    """One post-LN transformer layer: LN(x + attn(x)), then LN(a + ffn(a))."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        h = cfg.hidden_size
+        self.query = _linear(cfg, h, h, rngs)
+        self.key = _linear(cfg, h, h, rngs)
+        self.value = _linear(cfg, h, h, rngs)
+        self.attention_output = _linear(cfg, h, h, rngs)
+        self.attention_layer_norm = _layer_norm(cfg, rngs)
+        self.intermediate = _linear(cfg, h, cfg.intermediate_size, rngs)
+        self.output = _linear(cfg, cfg.intermediate_size, h, rngs)
+        self.output_layer_norm = _layer_norm(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.attention_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+
+    def _attention(self, x, bias, *, deterministic: bool):
+        cfg = self.cfg
+        b, length, _ = x.shape
+        split = lambda t: t.reshape(b, length, cfg.num_heads, cfg.head_dim)  # [B,L,heads,dh]
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        if deterministic or cfg.attention_dropout == 0.0:
+            impl_bias = bias.astype(q.dtype) if cfg.attention_impl == "cudnn" else bias
+            out = jax.nn.dot_product_attention(q, k, v, bias=impl_bias, implementation=cfg.attention_impl)
+        else:
+            # jax.nn.dot_product_attention has no dropout on the probabilities, so training with
+            # attention dropout spells the same computation out (float32 logits and softmax).
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            logits = logits * (cfg.head_dim ** -0.5) + bias
+            probs = self.attention_dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
+            out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        return out.reshape(b, length, cfg.hidden_size)
+
+    def __call__(self, x, bias, *, deterministic: bool):
+        attn = self.attention_output(self._attention(x, bias, deterministic=deterministic))
+        attn = self.dropout(attn, deterministic=deterministic).astype(jnp.float32)
+        a = self.attention_layer_norm(attn + x)
+        y = jax.nn.gelu(self.intermediate(a), approximate=_GELU[self.cfg.hidden_act])
+        y = self.dropout(self.output(y), deterministic=deterministic).astype(jnp.float32)
+        return self.output_layer_norm(y + a)
+
+
+class BertEncoder(nnx.Module):
+    """BERT without pooler: `(input_ids, attention_mask) -> last_hidden_state [B,L,H]` (float32)."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.layers = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        # [B,1,1,L] additive mask in float32, broadcast over heads and queries.
+        bias = (1.0 - attention_mask.astype(jnp.float32)) * MASK_VALUE
+        bias = bias[:, None, None, :]
+        h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
+        for layer in self.layers:
+            h = layer(h, bias, deterministic=deterministic)
+        return h
