@@ -174,10 +174,10 @@ def run_torch(checkpoint: str, inputs, dictionary: str | None = None, *, prefix:
         raise CheckpointError(f"{checkpoint}: torch reference missing {missing}, unexpected {unexpected}")
     model.eval()
     with torch.no_grad():
-        batch = torch.as_tensor(np.asarray(inputs["batch"]), dtype=torch.long)
+        batch = torch.tensor(np.array(inputs["batch"]), dtype=torch.long)
         node_rep, graph_rep = model(
-            torch.as_tensor(np.asarray(inputs["x"]), dtype=torch.long),
-            torch.as_tensor(np.asarray(inputs["edge_index"]), dtype=torch.long),
-            torch.as_tensor(np.asarray(inputs["edge_attr"]), dtype=torch.long),
+            torch.tensor(np.array(inputs["x"]), dtype=torch.long),
+            torch.tensor(np.array(inputs["edge_index"]), dtype=torch.long),
+            torch.tensor(np.array(inputs["edge_attr"]), dtype=torch.long),
             batch, inputs.get("num_graphs"))
     return {"node_rep": node_rep.numpy(), "graph_rep": graph_rep.numpy()}

@@ -1,0 +1,165 @@
+"""Imports a Uni-Mol `.pt` (state dict under `model`) plus its dictionary into `models.unimol`.
+
+Importer protocol shared with `compare.py`:
+  load(checkpoint, dictionary=None, **config_overrides) -> (UniMolEncoder, KeyReport)
+  assign(module, state, source) -> KeyReport
+  run_flax(module, inputs) -> {"encoder_rep"}
+  run_torch(checkpoint, inputs, dictionary=None) -> {"encoder_rep"}
+Inputs: src_tokens [B,N], src_distance [B,N,N], src_edge_type [B,N,N] (the collater's arrays).
+
+Sizes (layers, width, FFN, heads, kernels, vocabulary) are read off the checkpoint. The
+dictionary file (Uni-Mol `dict.txt`, `[MASK]` appended as the original) must have exactly as
+many symbols as `embed_tokens` has rows, or the token ids would silently index the wrong rows.
+Pre-training heads (lm_head, dist_head, pair2coord_proj, final_head_layer_norm,
+classification heads) are ignored and reported; any other unknown key is an error.
+"""
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipeline.featurize.dictionaries import Dictionary
+from molbind_jax.convert.common import CheckpointError, KeyReport, check_keys, load_state_dict, strip_prefix
+from molbind_jax.models.unimol import UniMolConfig, UniMolEncoder
+
+IGNORE_PATTERNS = (
+    r"lm_head\.",
+    r"dist_head\.",
+    r"pair2coord_proj\.",
+    r"(encoder\.)?final_head_layer_norm\.",
+    r"classification_heads?\.",
+)
+
+
+def _targets(module: UniMolEncoder) -> dict[str, tuple[nnx.Variable, bool]]:
+    """Original key -> (Flax variable, transpose?) for every parameter of the encoder."""
+    t: dict[str, tuple[nnx.Variable, bool]] = {
+        "embed_tokens.weight": (module.embed_tokens, False),
+        "gbf.means.weight": (module.gbf.means, False),
+        "gbf.stds.weight": (module.gbf.stds, False),
+        "gbf.mul.weight": (module.gbf.mul, False),
+        "gbf.bias.weight": (module.gbf.bias, False),
+        "gbf_proj.linear1.weight": (module.gbf_proj_linear1.kernel, True),
+        "gbf_proj.linear1.bias": (module.gbf_proj_linear1.bias, False),
+        "gbf_proj.linear2.weight": (module.gbf_proj_linear2.kernel, True),
+        "gbf_proj.linear2.bias": (module.gbf_proj_linear2.bias, False),
+    }
+    for name in ("emb_layer_norm", "final_layer_norm"):
+        ln = getattr(module, name)
+        t[f"encoder.{name}.weight"] = (ln.weight, False)
+        t[f"encoder.{name}.bias"] = (ln.bias, False)
+    for i, layer in enumerate(module.layers):
+        p = f"encoder.layers.{i}."
+        for src, lin in (("self_attn.in_proj", layer.in_proj), ("self_attn.out_proj", layer.out_proj),
+                         ("fc1", layer.fc1), ("fc2", layer.fc2)):
+            t[p + src + ".weight"] = (lin.kernel, True)
+            t[p + src + ".bias"] = (lin.bias, False)
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            ln = getattr(layer, name)
+            t[p + name + ".weight"] = (ln.weight, False)
+            t[p + name + ".bias"] = (ln.bias, False)
+    return t
+
+
+def _torch_shape(var: nnx.Variable, transpose: bool) -> tuple[int, ...]:
+    shape = tuple(var.value.shape)
+    return shape[::-1] if transpose else shape
+
+
+def assign(module: UniMolEncoder, state, source: str) -> KeyReport:
+    """Copies a state dict in the original key layout into `module` (checked strictly first)."""
+    targets = _targets(module)
+    report = check_keys(state, {k: _torch_shape(v, tr) for k, (v, tr) in targets.items()},
+                        source=source, ignore_patterns=IGNORE_PATTERNS)
+    for k, (var, transpose) in targets.items():
+        a = np.asarray(state[k], np.float32)
+        var.value = jnp.asarray(a.T if transpose else a)
+    return report
+
+
+def config_from_state(state, **overrides) -> UniMolConfig:
+    """Sizes read off the checkpoint; overrides (dtype, dropouts, ...) win."""
+    need = ("embed_tokens.weight", "gbf.means.weight", "gbf_proj.linear2.weight",
+            "encoder.layers.0.fc1.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"not a Uni-Mol encoder state dict: missing {missing}")
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
+    sizes = dict(
+        vocab_size=state["embed_tokens.weight"].shape[0],
+        embed_dim=state["embed_tokens.weight"].shape[1],
+        num_kernels=state["gbf.means.weight"].shape[-1],
+        num_heads=state["gbf_proj.linear2.weight"].shape[0],
+        ffn_dim=state["encoder.layers.0.fc1.weight"].shape[0],
+        num_layers=max(layers) + 1,
+    )
+    sizes.update(overrides)
+    try:
+        return UniMolConfig(**sizes)
+    except ValueError as e:
+        raise CheckpointError(f"inconsistent Uni-Mol sizes {sizes}: {e}") from e
+
+
+def _read(checkpoint: str, dictionary: str | None, prefix: str):
+    raw = load_state_dict(checkpoint, subkey="model")
+    state = strip_prefix(raw, prefix) if prefix else raw
+    if not state:
+        raise CheckpointError(f"{checkpoint}: no keys under prefix {prefix!r}")
+    if "embed_tokens.weight" not in state:
+        raise CheckpointError(f"{checkpoint}: no embed_tokens.weight; not a Uni-Mol encoder state dict")
+    if dictionary is not None:
+        vocab = len(Dictionary.load(dictionary))
+        rows = state["embed_tokens.weight"].shape[0]
+        if vocab != rows:
+            raise CheckpointError(
+                f"dictionary {dictionary} has {vocab} symbols ([MASK] included) but "
+                f"{checkpoint} embed_tokens.weight has {rows} rows; use the dictionary the model was trained with")
+    return raw, state
+
+
+def load(checkpoint: str, dictionary: str | None = None, *, prefix: str = "", seed: int = 0,
+         **config_overrides):
+    """Builds a UniMolEncoder sized from `checkpoint` and loads it.
+
+    `prefix` selects an encoder inside a larger state dict (e.g. `model.conf_encoder.` of a
+    MolBind `.ckpt`); keys outside it are reported as ignored.
+    """
+    raw, state = _read(checkpoint, dictionary, prefix)
+    cfg = config_from_state(state, **config_overrides)
+    module = UniMolEncoder(cfg, rngs=nnx.Rngs(seed))
+    report = assign(module, state, checkpoint)
+    if prefix:
+        report.ignored.extend(k for k in raw if not k.startswith(prefix))
+    return module, report
+
+
+def run_flax(module: UniMolEncoder, inputs) -> dict[str, np.ndarray]:
+    rep = module(np.asarray(inputs["src_tokens"]), np.asarray(inputs["src_distance"], np.float32),
+                 np.asarray(inputs["src_edge_type"]), deterministic=True)
+    return {"encoder_rep": np.asarray(rep, np.float32)}
+
+
+def run_torch(checkpoint: str, inputs, dictionary: str | None = None, *, prefix: str = "") -> dict[str, np.ndarray]:
+    """The same forward with the PyTorch reference (`torch_reference.unimol`), eval mode."""
+    import torch
+
+    from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
+
+    _, state = _read(checkpoint, dictionary, prefix)
+    cfg = config_from_state(state)
+    model = TorchUniMol(cfg.vocab_size, cfg.num_layers, cfg.embed_dim, cfg.ffn_dim, cfg.num_heads, cfg.num_kernels)
+    patterns = [re.compile(p) for p in IGNORE_PATTERNS]
+    kept = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items() if not any(p.match(k) for p in patterns)}
+    try:
+        model.load_state_dict(kept, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{checkpoint} does not fit the torch reference: {e}") from e
+    model.eval()
+    with torch.no_grad():
+        rep = model(torch.tensor(np.array(inputs["src_tokens"]), dtype=torch.long),
+                    torch.tensor(np.array(inputs["src_distance"]), dtype=torch.float32),
+                    torch.tensor(np.array(inputs["src_edge_type"]), dtype=torch.long))
+    return {"encoder_rep": rep.numpy()}

@@ -1,0 +1,213 @@
+"""Uni-Mol encoder (MolBind `SimpleUniMolModel` + `TransformerEncoderWithPair`, spec section 1b).
+
+One module serves molecules (31-token dictionary) and pockets (10 tokens). The pair
+representation starts as a Gaussian-kernel embedding of every atom pair's distance,
+specialised per edge type (tok_i * V + tok_j), projected to one bias per head. Every layer
+adds it to its attention logits, and the pre-softmax logits become the next layer's bias
+(the "pair update"), exactly as Uni-Core does with `return_attn=True`.
+
+Padding follows the original: embeddings are zeroed at [PAD] positions before layer 0 only,
+and padded KEY columns of the pair bias are -inf (query rows keep their real columns, so they
+stay finite). The original switches padding off entirely (`pad=None`) when a batch has no
+[PAD]; masking with an all-False pad is the same computation, so no branch is needed. A row
+whose keys are *all* padding (an all-[PAD] example, e.g. a filler row of a short last batch)
+would be NaN in the original; here its attention output is zero instead, so no NaN appears.
+
+Numerics: the Gaussian kernel, LayerNorms, the pair bias/logits and the softmax are float32;
+matmuls run in `config.dtype` (bfloat16 optional).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# The original's gaussian() hard-codes pi = 3.14159 (Uni-Mol unimol.py), not math.pi.
+_GAUSS_NORM = (2 * 3.14159) ** 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class UniMolConfig:
+    num_layers: int = 15
+    embed_dim: int = 512
+    ffn_dim: int = 2048
+    num_heads: int = 64
+    num_kernels: int = 128
+    vocab_size: int = 31
+    emb_dropout: float = 0.1
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    ln_eps: float = 1e-5
+    dtype: Any = jnp.float32  # matmul dtype; params and the pair path stay float32
+
+    @classmethod
+    def molecule(cls, **overrides) -> "UniMolConfig":
+        return cls(**{"vocab_size": 31, **overrides})
+
+    @classmethod
+    def pocket(cls, **overrides) -> "UniMolConfig":
+        return cls(**{"vocab_size": 10, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> "UniMolConfig":
+        sizes = dict(num_layers=2, embed_dim=32, ffn_dim=64, num_heads=4, num_kernels=16)
+        return cls(**{**sizes, **overrides})
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+
+
+def _torch_linear_init(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _linear(din: int, dout: int, cfg: UniMolConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(din, dout, dtype=cfg.dtype, kernel_init=_torch_linear_init(din),
+                      bias_init=_torch_linear_init(din), rngs=rngs)
+
+
+class LayerNorm32(nnx.Module):
+    """torch.nn.LayerNorm (eps 1e-5, exact two-pass variance) computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.weight.value + self.bias.value
+        return y.astype(x.dtype)
+
+
+class GaussianLayer(nnx.Module):
+    """Per-edge-type affine map of the distance, expanded on K Gaussian kernels (float32)."""
+
+    def __init__(self, num_kernels: int, num_edge_types: int, *, rngs: nnx.Rngs):
+        self.means = nnx.Param(jax.random.uniform(rngs.params(), (1, num_kernels), jnp.float32, 0.0, 3.0))
+        self.stds = nnx.Param(jax.random.uniform(rngs.params(), (1, num_kernels), jnp.float32, 0.0, 3.0))
+        self.mul = nnx.Param(jnp.ones((num_edge_types, 1), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_edge_types, 1), jnp.float32))
+
+    def __call__(self, distance, edge_type):
+        y = self.mul.value[edge_type] * distance.astype(jnp.float32)[..., None] + self.bias.value[edge_type]
+        mean = self.means.value.reshape(-1)
+        std = jnp.abs(self.stds.value.reshape(-1)) + 1e-5
+        return jnp.exp(-0.5 * jnp.square((y - mean) / std)) / (_GAUSS_NORM * std)
+
+
+def safe_softmax(logits):
+    """Softmax over the last axis in float32; an all -inf row gives zeros instead of NaN."""
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(s > 0, s, 1.0)
+
+
+class EncoderLayer(nnx.Module):
+    """Pre-LN transformer layer with an additive pair bias; returns (x, pre-softmax logits)."""
+
+    def __init__(self, cfg: UniMolConfig, *, rngs: nnx.Rngs):
+        d = cfg.embed_dim
+        self.cfg = cfg
+        self.self_attn_layer_norm = LayerNorm32(d, cfg.ln_eps)
+        self.in_proj = _linear(d, 3 * d, cfg, rngs)
+        self.out_proj = _linear(d, d, cfg, rngs)
+        self.final_layer_norm = LayerNorm32(d, cfg.ln_eps)
+        self.fc1 = _linear(d, cfg.ffn_dim, cfg, rngs)
+        self.fc2 = _linear(cfg.ffn_dim, d, cfg, rngs)
+        self.attn_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.act_dropout = nnx.Dropout(cfg.activation_dropout, rngs=rngs)
+
+    def __call__(self, x, bias, *, deterministic: bool):
+        b, n, d = x.shape
+        h, hd = self.cfg.num_heads, d // self.cfg.num_heads
+        residual = x
+        y = self.self_attn_layer_norm(x)
+        q, k, v = jnp.split(self.in_proj(y), 3, axis=-1)
+        q = q.reshape(b, n, h, hd) * (hd ** -0.5)
+        k = k.reshape(b, n, h, hd)
+        v = v.reshape(b, n, h, hd)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+        probs = self.attn_dropout(safe_softmax(logits), deterministic=deterministic)
+        o = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(x.dtype), v).reshape(b, n, d)
+        x = residual + self.dropout(self.out_proj(o), deterministic=deterministic)
+        residual = x
+        y = jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False)
+        y = self.fc2(self.act_dropout(y, deterministic=deterministic))
+        x = residual + self.dropout(y, deterministic=deterministic)
+        return x, logits
+
+
+class UniMolEncoder(nnx.Module):
+    """tokens [B,N], distance [B,N,N], edge_type [B,N,N] -> encoder_rep [B,N,D]."""
+
+    def __init__(self, config: UniMolConfig, *, rngs: nnx.Rngs):
+        cfg = self.config = config
+        v, d = cfg.vocab_size, cfg.embed_dim
+        emb = jax.random.normal(rngs.params(), (v, d), jnp.float32)
+        self.embed_tokens = nnx.Param(emb.at[0].set(0.0))  # padding_idx 0, as nn.Embedding
+        self.gbf = GaussianLayer(cfg.num_kernels, v * v, rngs=rngs)
+        self.gbf_proj_linear1 = _linear(cfg.num_kernels, cfg.num_kernels, cfg, rngs)
+        self.gbf_proj_linear2 = _linear(cfg.num_kernels, cfg.num_heads, cfg, rngs)
+        self.emb_layer_norm = LayerNorm32(d, cfg.ln_eps)
+        self.emb_dropout = nnx.Dropout(cfg.emb_dropout, rngs=rngs)
+        self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_layer_norm = LayerNorm32(d, cfg.ln_eps)
+
+    def pair_bias(self, distance, edge_type):
+        """Gaussian features -> per-head bias [B,H,N,N] (float32)."""
+        g = self.gbf(distance, edge_type).astype(self.config.dtype)
+        g = jax.nn.gelu(self.gbf_proj_linear1(g), approximate=False)
+        return jnp.transpose(self.gbf_proj_linear2(g), (0, 3, 1, 2)).astype(jnp.float32)
+
+    def __call__(self, tokens, distance, edge_type, *, deterministic: bool = True):
+        tokens = jnp.asarray(tokens).astype(jnp.int32)
+        edge_type = jnp.asarray(edge_type).astype(jnp.int32)
+        pad = tokens == 0  # [B,N]
+        x = self.embed_tokens.value[tokens]
+        x = self.emb_layer_norm(x).astype(self.config.dtype)
+        x = self.emb_dropout(x, deterministic=deterministic)
+        x = x * (1 - pad[..., None].astype(x.dtype))
+        bias = self.pair_bias(distance, edge_type)
+        bias = jnp.where(pad[:, None, None, :], -jnp.inf, bias)  # padded key columns only
+        for layer in self.layers:
+            x, bias = layer(x, bias, deterministic=deterministic)
+        return self.final_layer_norm(x)
+
+
+def pair_inputs(tokens, coords, vocab_size: int):
+    """Distance and edge type of every atom pair, as the original dataset + collater build them.
+
+    tokens [B,N] int (0 = [PAD]), coords [B,N,3] -> (distance float32 [B,N,N], edge_type int32
+    [B,N,N]). Real pairs: edge_type = tok_i * V + tok_j, distance = Euclidean distance. The
+    collater pads both 2-D arrays with 0, so every pair that touches a [PAD] position gets
+    edge type 0 and distance 0 (tok_i * V + tok_j alone would give tok_j on padded rows).
+    """
+    tokens = jnp.asarray(tokens).astype(jnp.int32)
+    coords = jnp.asarray(coords).astype(jnp.float32)
+    real = tokens != 0
+    pair = real[:, :, None] & real[:, None, :]
+    edge_type = jnp.where(pair, tokens[:, :, None] * vocab_size + tokens[:, None, :], 0)
+    diff = coords[:, :, None, :] - coords[:, None, :, :]
+    d2 = jnp.sum(jnp.square(diff), axis=-1)
+    positive = pair & (d2 > 0)
+    # sqrt only where d2 > 0 keeps gradients finite on the diagonal and at coincident atoms.
+    distance = jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
+    return distance.astype(jnp.float32), edge_type.astype(jnp.int32)
+
