@@ -1,0 +1,226 @@
+"""User-facing Python API: load an exported MolBind and embed texts, molecules and pockets.
+
+    from molbind_jax.api import MolBindModel
+    mb = MolBindModel.load("runs/demo/export")
+    t = mb.embed_texts(["a beta-lactam antibiotic", ""])      # Embeddings, row 1 is NaN
+    m = mb.embed_smiles(["CC(=O)Oc1ccccc1C(=O)O", "C1=CC"])   # graph tower by default
+    mb.similarity(t, m)                                       # [2, 2] cosine, NaN where failed
+
+(`MolBind` is also exported under that name for `MolBind.load(path)`; it is this wrapper,
+not the NNX module `molbind_jax.models.molbind.MolBind`.)
+
+Every `embed_*` returns an `Embeddings`: a float32 array [N, E] with exactly one row per
+input, in input order, L2-normalised; an input that cannot be featurized gets a NaN row and
+an entry {index (0-based), reason, detail} in `.failures`. Nothing is dropped, so row i is
+always input i. Reasons are the featurizers' SkipRecord reasons (data_pipeline.featurize).
+
+Batches have a fixed number of rows (`batch_size`, the last one padded with copies) and
+padded lengths from a small set of buckets, so jit compiles a handful of shapes, not one per
+batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+TEXT_BUCKETS = (32, 64, 128, 256)
+ATOM_BUCKETS = (16, 32, 64, 128, 264)  # multiples of 8; 264 >= 256 atoms + [CLS]/[SEP]
+MIN_GRAPH_BUDGET = 64
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """Rows aligned with the inputs; failed rows are NaN and listed in `failures`."""
+    vectors: np.ndarray
+    failures: list[dict]
+
+    def __array__(self, dtype=None, copy=None):
+        return self.vectors if dtype is None else self.vectors.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.all(np.isfinite(self.vectors), axis=1)
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"size {n} exceeds the largest bucket {buckets[-1]}")
+
+
+def _pow2_budget(n: int) -> int:
+    return max(MIN_GRAPH_BUDGET, 1 << int(np.ceil(np.log2(max(n, 1)))))
+
+
+def _failure(index: int, err: Exception) -> dict:
+    reason = getattr(err, "reason", None) or type(err).__name__
+    detail = getattr(err, "detail", None) or str(err)
+    return {"index": int(index), "reason": str(reason), "detail": str(detail)[:300]}
+
+
+class MolBindModel:
+    """An exported MolBind (model + config + tokenizer) with batched, failure-tolerant embed
+    functions. Use `MolBindModel.load(path)`."""
+
+    def __init__(self, model, config, tokenizer, *, batch_size: int = 32, seed: int = 0,
+                 progress: bool = False):
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.progress = progress
+        self._fns: dict[str, Callable] = {}
+
+    @classmethod
+    def load(cls, path: str, **kw) -> "MolBindModel":
+        """Loads `python -m molbind_jax.export` output (a directory)."""
+        from molbind_jax.export import load_export
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no exported model at {path}")
+        model, config, tokenizer = load_export(path)
+        return cls(model, config, tokenizer, **kw)
+
+    # ------------------------------------------------------------------ jitted towers
+
+    def _fn(self, tower: str) -> Callable:
+        if tower not in self._fns:
+            from flax import nnx
+            method = {"text": lambda m, b: m.embed_text(b["text_ids"], b["text_mask"]),
+                      "graph": lambda m, b: m.embed_graph(b),
+                      "conformer": lambda m, b: m.embed_conformer(b["conformer_tokens"],
+                                                                  b["conformer_coords"]),
+                      "pocket": lambda m, b: m.embed_pocket(b["pocket_tokens"],
+                                                            b["pocket_coords"])}[tower]
+            self._fns[tower] = nnx.jit(method)
+        return self._fns[tower]
+
+    def _collate(self, tower: str, feats: list[dict]) -> dict[str, np.ndarray]:
+        from molbind_jax import input_pipeline as ip
+        if tower == "text":
+            ids = [f["text_ids"] for f in feats]
+            return dict(zip(("text_ids", "text_mask"),
+                            ip.pad_text(ids, _bucket(max(map(len, ids)), TEXT_BUCKETS))))
+        if tower == "graph":
+            n = sum(len(np.asarray(f["graph_node_feat"]).reshape(-1, 2)) for f in feats)
+            e = sum(np.asarray(f["graph_edge_feat"]).reshape(-1, 2).shape[0] for f in feats)
+            return ip.pack_graphs(feats, 1, _pow2_budget(n + 1), _pow2_budget(e))
+        toks = [f[f"{tower}_tokens"] for f in feats]
+        coords = [np.asarray(f[f"{tower}_coords"], np.float32) for f in feats]
+        coords = [c[0] if c.ndim == 3 else c for c in coords]  # first stored conformer
+        t, c = ip.pad_atoms(toks, coords, _bucket(max(map(len, toks)), ATOM_BUCKETS))
+        return {f"{tower}_tokens": t, f"{tower}_coords": c}
+
+    def embed_records(self, tower: str, feats: Sequence[dict]) -> np.ndarray:
+        """Embeds featurized records (DESIGN §1 fields of `tower`) in fixed-size,
+        bucket-padded batches -> [len, E]. Records must be valid; see embed_features."""
+        out = []
+        starts = range(0, len(feats), self.batch_size)
+        if self.progress and len(feats) > self.batch_size:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc=f"embedding {tower}", unit="batch")
+        for s in starts:
+            chunk = list(feats[s:s + self.batch_size])
+            real = len(chunk)
+            chunk = chunk + [chunk[0]] * (self.batch_size - real)
+            emb = np.asarray(self._fn(tower)(self.model, self._collate(tower, chunk)),
+                             np.float32)
+            if emb.ndim == 3:  # [S, G+1, E] with a padding graph per shard
+                emb = emb[:, :-1].reshape(-1, emb.shape[-1])
+            out.append(emb[:real])
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    @property
+    def embed_dim(self) -> int:
+        for name in ("embed_dim", "proj_dim", "embedding_dim"):
+            if hasattr(self.config, name):
+                return int(getattr(self.config, name))
+        return 512
+
+    def embed_features(self, tower: str, featurize: Callable[[Any], dict],
+                       inputs: Sequence) -> Embeddings:
+        """Featurizes every input (failures recorded, not raised), embeds the rest, and
+        scatters them back so that row i is input i."""
+        feats, rows, failures = [], [], []
+        for i, x in enumerate(inputs):
+            try:
+                feats.append(featurize(x))
+                rows.append(i)
+            except Exception as err:  # noqa: BLE001 -- any bad record is reported, not fatal
+                failures.append(_failure(i, err))
+        vecs = np.full((len(inputs), self.embed_dim), np.nan, np.float32)
+        if feats:
+            emb = self.embed_records(tower, feats)
+            vecs = np.full((len(inputs), emb.shape[1]), np.nan, np.float32)
+            vecs[rows] = emb
+        return Embeddings(vecs, failures)
+
+    # ------------------------------------------------------------------ public embedders
+
+    def featurize_text(self, text: str) -> dict:
+        from data_pipeline.featurize import text as text_feat
+        return {"text_ids": self.tokenizer.encode(text_feat.normalize(text))}
+
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        """One row per text; empty / whitespace-only texts fail with 'empty_text'."""
+        return self.embed_features("text", self.featurize_text, list(texts))
+
+    def embed_smiles(self, smiles: Sequence[str], tower: str = "graph") -> Embeddings:
+        """Molecules from SMILES through the 2D graph tower (default) or, with
+        tower="conformer", through an RDKit ETKDG conformer (seeded) and the 3D tower."""
+        from data_pipeline.featurize import conformer as conf
+        from data_pipeline.featurize import graph as graph_feat
+        if tower == "graph":
+            featurize = graph_feat.smiles_to_graph
+        elif tower == "conformer":
+            def featurize(s):
+                atoms, coords, _ = conf.generate_conformers(s, num_conformers=1, seed=self.seed)
+                return conf.unimol_input(atoms, coords, seed=self.seed)
+        else:
+            raise ValueError(f"tower must be 'graph' or 'conformer', got {tower!r}")
+        return self.embed_features(tower, featurize, list(smiles))
+
+    def embed_sdf(self, path: str) -> Embeddings:
+        """One row per record of the SDF file (its own 3D coordinates, conformer tower); an
+        unparsable record gets a NaN row. An unreadable file raises SkipRecord."""
+        from data_pipeline.featurize import SkipRecord, UNREADABLE_FILE
+        from data_pipeline.featurize import conformer as conf
+        try:
+            blocks = list(conf.iter_sdf(path))
+        except OSError as err:
+            raise SkipRecord(UNREADABLE_FILE, f"{path}: {err}") from err
+
+        def featurize(item):
+            i, _, mol = item
+            if mol is None:
+                raise SkipRecord(UNREADABLE_FILE, f"{path} record {i}: RDKit cannot parse it")
+            atoms, coords = conf.mol_conformer(mol)
+            return conf.unimol_input(atoms, coords, seed=self.seed + i)
+        return self.embed_features("conformer", featurize, blocks)
+
+    def embed_pockets(self, complexes: Sequence[tuple[str, str]]) -> Embeddings:
+        """One row per (ligand_sdf, protein_pdb): the pocket cut around the ligand."""
+        from data_pipeline.featurize import pocket as pocket_feat
+
+        def featurize(item):
+            ligand_sdf, protein_pdb = item
+            return pocket_feat.extract_pocket(protein_pdb, ligand_sdf)
+        return self.embed_features("pocket", featurize, list(complexes))
+
+    @staticmethod
+    def similarity(a, b) -> np.ndarray:
+        """Cosine similarity [len(a), len(b)] of L2-normalised embeddings (NaN rows stay
+        NaN)."""
+        a = np.asarray(a, np.float32)
+        b = np.asarray(b, np.float32)
+        return a @ b.T
+
+
+MolBind = MolBindModel  # `from molbind_jax.api import MolBind; MolBind.load(path)`

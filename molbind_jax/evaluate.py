@@ -1,0 +1,327 @@
+"""Zero-shot evaluation of an exported MolBind on the test split, with baselines and a report.
+
+    python -m molbind_jax.evaluate --workdir=runs/demo            # uses runs/demo/export
+    python -m molbind_jax.evaluate --checkpoint=EXPORT --output_dir=DIR
+    python -m molbind_jax.evaluate --workdir=runs/demo --emergent_workdir=runs/emergent
+
+For every pair type and both directions: Recall@1/5/10/20 and MRR, in-batch (batches of 64
+in split order, last partial batch kept: the original's protocol) and against the whole test
+split (blocked ranking, metrics.blocked_ranks). Full-split correct answers are every row
+that holds the same molecule (canonical SMILES) or the same text / protein target as the
+query's partner, so a repeated molecule or a shared class text is not counted as a miss.
+Ties count against the target (metrics module docstring). Conformers: the first stored
+conformer of each record (the original picked one at random, spec §5.9).
+
+Next to the model: the analytic random expectation (per query, given its number of correct
+answers) and the non-learned baselines of baselines.py; zero-shot classification where the
+candidates are texts (data_pipeline.sources.mini.classification_tasks); optionally the
+emergent conformer<->text pair of a model trained without conformer_text pairs.
+
+Writes <out>/report.md, <out>/metrics.json, <out>/recall_curves.png, <out>/loss_curves.png
+(from <workdir>/metrics.jsonl), <out>/embedding_map.png, and prints the tables.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+from absl import app, flags, logging
+
+from molbind_jax import baselines, metrics, report
+
+PAIRS: dict[str, tuple[str, str]] = {
+    "graph_text": ("graph", "text"),
+    "conformer_text": ("conformer", "text"),
+    "graph_conformer": ("graph", "conformer"),
+    "conformer_pocket": ("conformer", "pocket"),
+}
+CURVE_K = 50
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "training workdir: model from <workdir>/export, report "
+                    "written into <workdir>, loss curves from <workdir>/metrics.jsonl")
+flags.DEFINE_string("checkpoint", None, "exported model directory (overrides <workdir>/export)")
+flags.DEFINE_string("output_dir", None, "where to write the report (default: workdir)")
+flags.DEFINE_string("emergent_workdir", None, "workdir (or export dir) of a model trained "
+                    "without conformer_text pairs; adds the emergent conformer<->text section")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR)")
+flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name")
+flags.DEFINE_string("split", "test", "split to evaluate")
+flags.DEFINE_list("pairs", list(PAIRS), "pair types to evaluate")
+flags.DEFINE_integer("max_records", 0, "evaluate at most this many records per pair (0 = all)")
+flags.DEFINE_integer("block_size", 1024, "row/column block of the full-split ranking")
+flags.DEFINE_integer("batch_size", 64, "rows per embedding batch")
+flags.DEFINE_bool("classification", True, "run the zero-shot classification tasks")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _s(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def record_keys(pair: str, records: Sequence[Mapping]) -> tuple[list, list]:
+    """Identity of side A and side B of each record, for duplicate-aware targets."""
+    def mol_key(r):
+        return _s(r.get("smiles", "")) or "id:" + _s(r.get("id", ""))
+    a, b = PAIRS[pair]
+    keys_a = [mol_key(r) for r in records]
+    if b == "text":
+        keys_b = [" ".join(_s(r["text"]).split()) for r in records]
+    elif b == "pocket":
+        keys_b = [_s(r.get("target", "")) or "id:" + _s(r.get("id", "")) for r in records]
+    else:  # graph_conformer: both sides are the same molecule
+        keys_b = keys_a
+    return keys_a, keys_b
+
+
+def pair_targets(keys_a: Sequence, keys_b: Sequence) -> np.ndarray:
+    """Row i's correct answers: every j whose A side or B side equals i's (int [N,T], -1 pad).
+
+    Symmetric, so the same targets serve a->b and b->a.
+    """
+    ga, gb = collections.defaultdict(set), collections.defaultdict(set)
+    for j, (ka, kb) in enumerate(zip(keys_a, keys_b)):
+        ga[ka].add(j)
+        gb[kb].add(j)
+    rows = [sorted(ga[ka] | gb[kb]) for ka, kb in zip(keys_a, keys_b)]
+    out = np.full((len(rows), max(map(len, rows))), -1, np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def targets_mask(targets: np.ndarray, n: int) -> np.ndarray:
+    mask = np.zeros((len(targets), n), bool)
+    rows, cols = np.nonzero(targets >= 0)
+    mask[rows, targets[rows, cols]] = True
+    return mask
+
+
+def random_expected(num_candidates: int, num_targets: Sequence[int]) -> dict:
+    """Mean over queries of the analytic random scorer, each with its own number of targets."""
+    counts = collections.Counter(int(t) for t in num_targets)
+    total = sum(counts.values())
+    out = collections.defaultdict(float)
+    for t, c in counts.items():
+        for k, v in metrics.random_baseline(num_candidates, t).items():
+            if k != "n":
+                out[k] += v * c / total
+    return dict(out, n=total)
+
+
+def random_in_batch(n: int, batch_size: int = 64) -> dict:
+    sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
+    out = collections.defaultdict(float)
+    for size in sizes:
+        for k, v in metrics.random_baseline(size, 1).items():
+            if k != "n":
+                out[k] += v * size / n
+    return dict(out, n=n)
+
+
+def in_batch_from_sim(sim: np.ndarray, batch_size: int = 64) -> dict:
+    """In-batch protocol for a precomputed [N, N] similarity (baselines)."""
+    n = sim.shape[0]
+    r_ab, r_ba = [], []
+    for s in range(0, n, batch_size):
+        blk = sim[s:s + batch_size, s:s + batch_size]
+        d = np.arange(blk.shape[0])
+        r_ab.append(metrics.retrieval_ranks(blk, d))
+        r_ba.append(metrics.retrieval_ranks(blk.T, d))
+    return {"a2b": metrics.summarize(np.concatenate(r_ab)),
+            "b2a": metrics.summarize(np.concatenate(r_ba))}
+
+
+def curve(ranks: np.ndarray, kmax: int = CURVE_K) -> list[float]:
+    return [float(np.mean(ranks < k)) for k in range(1, kmax + 1)]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_export(path: str) -> str:
+    """A workdir (containing export/) or an export directory itself."""
+    if os.path.isdir(os.path.join(path, "export")):
+        return os.path.join(path, "export")
+    return path
+
+
+def load_test_records(pair: str, *, dataset: str, data_dir: str | None, split: str,
+                      max_records: int = 0) -> tuple[list[dict], dict]:
+    """Records of one pair type, in split order, validated; malformed ones are counted."""
+    from molbind_jax import input_pipeline as ip
+    source = ip.load_records(pair, split, dataset=dataset, data_dir=data_dir)
+    n = len(source)
+    if max_records:
+        n = min(n, max_records)
+    records, skipped = [], collections.Counter()
+    for i in range(n):
+        r = dict(source[i])
+        try:
+            ip.record_sizes(pair, r)
+        except (ValueError, KeyError) as err:
+            skipped[f"malformed: {str(err)[:60]}"] += 1
+            continue
+        records.append(r)
+    return records, dict(skipped)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int = 1024,
+                  with_baselines: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of one pair type -> (results entry, {modality: embeddings})."""
+    tower_a, tower_b = PAIRS[pair]
+    t0 = time.time()
+    emb_a = mb.embed_records(tower_a, records)
+    emb_b = mb.embed_records(tower_b, records)
+    n = len(records)
+    keys_a, keys_b = record_keys(pair, records)
+    targets = pair_targets(keys_a, keys_b)
+    n_targets = (targets >= 0).sum(axis=1)
+    ranks_ab = metrics.blocked_ranks(emb_a, emb_b, targets, block_size)
+    ranks_ba = metrics.blocked_ranks(emb_b, emb_a, targets, block_size)
+    res = {
+        "a": tower_a, "b": tower_b, "n": n,
+        "mean_correct_per_query": float(n_targets.mean()),
+        "full": {"a2b": metrics.summarize(ranks_ab), "b2a": metrics.summarize(ranks_ba)},
+        "in_batch": {k.replace("x2y", "a2b").replace("y2x", "b2a"): v for k, v in
+                     metrics.in_batch_metrics(emb_a, emb_b, batch_size=64).items()},
+        "curve": {"a2b": curve(ranks_ab), "b2a": curve(ranks_ba)},
+        "random": {"full": {d: random_expected(n, n_targets) for d in ("a2b", "b2a")},
+                   "in_batch": {d: random_in_batch(n) for d in ("a2b", "b2a")}},
+        "baselines": {},
+        "seconds": round(time.time() - t0, 1),
+    }
+    if with_baselines:
+        mask = targets_mask(targets, n)
+        for name, sim in baselines.pair_baselines(pair, records).items():
+            res["baselines"][name] = {
+                "full": {"a2b": metrics.summarize(metrics.retrieval_ranks(sim, mask)),
+                         "b2a": metrics.summarize(metrics.retrieval_ranks(sim.T, mask))},
+                "in_batch": in_batch_from_sim(sim)}
+    return res, {tower_a: emb_a, tower_b: emb_b}
+
+
+def evaluate_classification(mb, tasks: Mapping) -> dict:
+    """Zero-shot classification: molecule (graph tower) vs candidate texts."""
+    out = {}
+    for name, task in tasks.items():
+        cands = list(task["candidates"])
+        queries = list(task["queries"])
+        c = mb.embed_texts(cands)
+        q = mb.embed_smiles([qq["smiles"] for qq in queries])
+        ok = q.valid & np.array([len(qq["labels"]) > 0 for qq in queries], bool)
+        labels = [list(qq["labels"]) for qq, k in zip(queries, ok) if k]
+        smiles = [qq["smiles"] for qq, k in zip(queries, ok) if k]
+        if not labels:
+            out[name] = {"error": "no valid query"}
+            continue
+        sim = mb.similarity(q.vectors[ok], c.vectors)
+        mask = np.zeros(sim.shape, bool)
+        for i, ls in enumerate(labels):
+            mask[i, ls] = True
+        tfidf = baselines.char_ngram_tfidf(smiles, cands)
+        rnd = collections.defaultdict(float)
+        for ls in labels:
+            r = metrics.random_baseline(len(cands), len(set(ls)), ks=(1, 5))
+            rnd["accuracy"] += r["R@1"] / len(labels)
+            rnd["top5"] += r["R@5"] / len(labels)
+            rnd["MRR"] += r["MRR"] / len(labels)
+        out[name] = {
+            "num_classes": len(cands),
+            "model": metrics.classification_metrics(sim, mask),
+            "baselines": {"smiles_text_tfidf": metrics.classification_metrics(tfidf, mask)},
+            "random": dict(rnd, n=len(labels)),
+            "skipped_queries": int((~ok).sum()),
+            "failed_candidates": len(c.failures),
+        }
+    return out
+
+
+def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molbind_mini",
+        split: str = "test", pairs: Sequence[str] = tuple(PAIRS), max_records: int = 0,
+        block_size: int = 1024, batch_size: int = 64, classification: bool = True,
+        emergent: str | None = None, workdir: str | None = None) -> dict:
+    """The whole evaluation; returns the results dict (also written to metrics.json)."""
+    from tqdm import tqdm
+    from molbind_jax.api import MolBindModel
+    mb = MolBindModel.load(export, batch_size=batch_size, progress=True)
+    results: dict = {"model": {"export": os.path.abspath(export), "split": split,
+                               "dataset": dataset},
+                     "retrieval": {}, "skipped": {}}
+    maps: dict[str, np.ndarray] = {}
+    for pair in tqdm(pairs, desc="pairs", unit="pair"):
+        records, skipped = load_test_records(pair, dataset=dataset, data_dir=data_dir,
+                                             split=split, max_records=max_records)
+        if skipped:
+            results["skipped"][pair] = skipped
+        if len(records) < 2:
+            results["skipped"][pair] = dict(skipped, too_few_records=len(records))
+            continue
+        res, embs = evaluate_pair(mb, pair, records, block_size=block_size)
+        results["retrieval"][pair] = res
+        for modality, e in embs.items():
+            maps.setdefault(modality, e)
+    if emergent:
+        eb = MolBindModel.load(resolve_export(emergent), batch_size=batch_size, progress=True)
+        records, _ = load_test_records("conformer_text", dataset=dataset, data_dir=data_dir,
+                                       split=split, max_records=max_records)
+        res, _ = evaluate_pair(eb, "conformer_text", records, block_size=block_size,
+                               with_baselines=False)
+        results["emergent"] = {"conformer_text": res}
+        results["model"]["emergent_export"] = os.path.abspath(resolve_export(emergent))
+    if classification:
+        try:
+            from data_pipeline.sources import mini
+            tasks = mini.classification_tasks(split=split)
+        except (ImportError, AttributeError) as err:
+            results["skipped"]["classification"] = f"unavailable: {err}"
+        else:
+            results["classification"] = evaluate_classification(mb, tasks)
+    os.makedirs(out_dir, exist_ok=True)
+    plots = [report.plot_recall_curves(results["retrieval"],
+                                       os.path.join(out_dir, "recall_curves.png"))]
+    if workdir:
+        plots.append(report.plot_loss_curves(os.path.join(workdir, "metrics.jsonl"),
+                                             os.path.join(out_dir, "loss_curves.png")))
+    plots.append(report.plot_embedding_map(maps, os.path.join(out_dir, "embedding_map.png")))
+    results["report"] = report.write_report(out_dir, results, [p for p in plots if p])
+    return results
+
+
+def main(argv):
+    del argv
+    if not FLAGS.workdir and not FLAGS.checkpoint:
+        raise app.UsageError("give --workdir or --checkpoint")
+    export = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
+    out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(export))
+    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    logging.info("evaluating %s -> %s", export, out_dir)
+    results = run(export, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
+                  pairs=FLAGS.pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
+                  batch_size=FLAGS.batch_size, classification=FLAGS.classification,
+                  emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir)
+    print("\nRetrieval against the whole test split (%):")
+    print(report.retrieval_table(results["retrieval"], "full"))
+    if results.get("emergent"):
+        print("\nEmergent conformer<->text (%):")
+        print(report.retrieval_table(results["emergent"], "full", with_baselines=False))
+    if results.get("classification"):
+        print("\nZero-shot classification (%):")
+        print(report.classification_table(results["classification"]))
+    if results["skipped"]:
+        print(f"\nskipped: {results['skipped']}")
+    print(f"\nreport: {results['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

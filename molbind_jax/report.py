@@ -1,0 +1,233 @@
+"""The evaluation report: markdown tables, metrics.json and PNG plots.
+
+Input is the results dict built by `evaluate.py` (also written verbatim to metrics.json):
+
+    {"model": {...}, "retrieval": {pair: {"a": "graph", "b": "text", "n": N,
+        "in_batch": {"a2b": summary, "b2a": summary}, "full": {...},
+        "curve": {"a2b": [R@1..R@K], "b2a": [...]},
+        "baselines": {name: {"a2b": summary, "b2a": summary}},
+        "random": {"in_batch": {"a2b": ..}, "full": {"a2b": ..}}}},
+     "emergent": {pair: same layout as retrieval, optional},
+     "classification": {task: {"model": {...}, "baselines": {name: {...}}, "random": {...}}},
+     "skipped": {...}}
+
+where a summary is metrics.summarize's dict (fractions). Tables show percentages.
+Matplotlib runs headless (Agg); nothing here touches JAX.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+KS = (1, 5, 10, 20)
+
+
+def _arrow(pair_res: Mapping, direction: str) -> str:
+    a, b = pair_res["a"], pair_res["b"]
+    return f"{a}→{b}" if direction == "a2b" else f"{b}→{a}"
+
+
+def _row(name: str, s: Mapping | None) -> str:
+    if not s:
+        return f"| {name} |" + " – |" * (len(KS) + 2)
+    vals = [f"{100 * s[f'R@{k}']:.2f}" for k in KS] + [f"{100 * s['MRR']:.2f}"]
+    return f"| {name} | " + " | ".join(vals) + f" | {s.get('n') or ''} |"
+
+
+def retrieval_table(retrieval: Mapping, scope: str = "full", with_baselines: bool = True
+                    ) -> str:
+    """Markdown table: one line per pair direction (model), plus baselines and random."""
+    head = ["| " + " | ".join(["direction / scorer"] + [f"R@{k}" for k in KS] + ["MRR", "n"])
+            + " |", "|" + "---|" * (len(KS) + 3)]
+    lines = list(head)
+    for pair, res in retrieval.items():
+        for d in ("a2b", "b2a"):
+            arrow = _arrow(res, d)
+            lines.append(_row(f"**{arrow}** MolBind", res[scope][d]))
+            if not with_baselines:
+                continue
+            for name, b in res.get("baselines", {}).items():
+                scope_b = b.get(scope, b) if isinstance(b, Mapping) else b
+                lines.append(_row(f"{arrow} {name}", scope_b.get(d)))
+            rnd = res.get("random", {}).get(scope, {}).get(d)
+            if rnd:
+                lines.append(_row(f"{arrow} random (expected)", rnd))
+    return "\n".join(lines)
+
+
+def classification_table(classification: Mapping) -> str:
+    lines = ["| task / scorer | accuracy | top-5 | MRR | queries | classes |",
+             "|---|---|---|---|---|---|"]
+    for task, res in classification.items():
+        def fmt(name, s):
+            return (f"| {name} | {100 * s['accuracy']:.2f} | {100 * s['top5']:.2f} | "
+                    f"{100 * s['MRR']:.2f} | {s.get('n', '')} | {res.get('num_classes', '')} |")
+        lines.append(fmt(f"**{task}** MolBind", res["model"]))
+        for name, s in res.get("baselines", {}).items():
+            lines.append(fmt(f"{task} {name}", s))
+        if res.get("random"):
+            lines.append(fmt(f"{task} random (expected)", res["random"]))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_recall_curves(retrieval: Mapping, path: str) -> str | None:
+    """Full-split Recall@K (K = 1..len(curve)) per pair direction, model vs random."""
+    items = [(pair, res) for pair, res in retrieval.items() if res.get("curve")]
+    if not items:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.6), squeeze=False)
+    for ax, (pair, res) in zip(axes[0], items):
+        for d, style in (("a2b", "-"), ("b2a", "--")):
+            curve = np.asarray(res["curve"][d])
+            ks = np.arange(1, len(curve) + 1)
+            ax.plot(ks, 100 * curve, style, label=f"MolBind {_arrow(res, d)}")
+        n = res["n"]
+        ax.plot(ks, 100 * np.minimum(ks / max(n, 1), 1.0), ":", color="gray",
+                label="random")
+        ax.set_title(f"{pair} (n={n})")
+        ax.set_xlabel("K")
+        ax.set_ylabel("Recall@K (%)")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_metrics_jsonl(path: str) -> list[dict]:
+    """Training log lines; unreadable lines (a run killed mid-write) are skipped."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def plot_loss_curves(metrics_jsonl: str, path: str) -> str | None:
+    """Every numeric series whose name contains 'loss' against 'step'."""
+    rows = [r for r in read_metrics_jsonl(metrics_jsonl) if "step" in r]
+    keys = sorted({k for r in rows for k, v in r.items()
+                   if "loss" in k and isinstance(v, (int, float))})
+    if not rows or not keys:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        if pts:
+            s, v = zip(*pts)
+            ax.plot(s, v, label=k, linewidth=2 if k == "loss" else 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return (x @ vt[:2].T).astype(np.float32)
+
+
+def plot_embedding_map(embeddings: Mapping[str, np.ndarray], path: str,
+                       max_per_modality: int = 500, seed: int = 0) -> str | None:
+    """PCA of all modalities' embeddings together, one colour per modality."""
+    rng = np.random.default_rng(seed)
+    names, chunks = [], []
+    for name, e in embeddings.items():
+        e = np.asarray(e, np.float32)
+        e = e[np.all(np.isfinite(e), axis=1)]
+        if len(e) > max_per_modality:
+            e = e[rng.choice(len(e), max_per_modality, replace=False)]
+        if len(e):
+            names.append(name)
+            chunks.append(e)
+    if not chunks:
+        return None
+    xy = pca_2d(np.concatenate(chunks))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    start = 0
+    for name, e in zip(names, chunks):
+        ax.scatter(xy[start:start + len(e), 0], xy[start:start + len(e), 1], s=6, alpha=0.6,
+                   label=f"{name} ({len(e)})")
+        start += len(e)
+    ax.set_title("embedding space (PCA, shared projection)")
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> str:
+    """Writes metrics.json and report.md into workdir; returns the report path."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=_json_default)
+    md = ["# MolBind zero-shot evaluation", ""]
+    model = results.get("model", {})
+    if model:
+        md += ["Model: " + ", ".join(f"{k}={v}" for k, v in model.items()), ""]
+    md += ["Ranks are 0-based; ties count against the target (a collapsed model gets the worst "
+           "rank). Full-split: each query against every candidate of the test split; rows "
+           "holding the same molecule / text / protein are all correct answers. In-batch: "
+           "consecutive batches of 64 pairs as in the original (last partial batch kept). "
+           "Numbers are percentages.", ""]
+    if results.get("retrieval"):
+        md += ["## Retrieval against the whole test split", "",
+               retrieval_table(results["retrieval"], "full"), "",
+               "## In-batch retrieval (batches of 64)", "",
+               retrieval_table(results["retrieval"], "in_batch"), ""]
+    if results.get("emergent"):
+        md += ["## Emergent pair (model trained without these pairs)", "",
+               retrieval_table(results["emergent"], "full"), ""]
+    if results.get("classification"):
+        md += ["## Zero-shot classification (candidates are texts)", "",
+               classification_table(results["classification"]), ""]
+    if results.get("skipped"):
+        md += ["## Skipped records", "", "```", json.dumps(results["skipped"], indent=1),
+               "```", ""]
+    for p in plots:
+        if p:
+            md += [f"![{os.path.basename(p)}]({os.path.basename(p)})", ""]
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
