@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The main job (`make demo`): build molbind_mini, train the mini config, export, evaluate.
+#
+#   bash experiments/demo.sh [WORKDIR]          # default WORKDIR: runs/demo
+#
+# Re-running reuses what exists: the dataset build is skipped when built, training resumes
+# from the last checkpoint (and returns at once when finished), the export is redone only
+# when the checkpoints changed, and the evaluation is rerun (it is the output).
+# TFDS_DATA_DIR defaults to data/tfds in the repository (gitignored). Every step shows
+# progress; the log of each step is kept in WORKDIR/logs/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WORKDIR="${1:-runs/demo}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$ROOT/data/tfds}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+CONFIG="${DEMO_CONFIG:-experiments/configs/mini.py}"
+mkdir -p "$WORKDIR/logs" "$TFDS_DATA_DIR"
+
+START=$(date +%s)
+stamp() { printf '[demo %4ds] %s\n' "$(( $(date +%s) - START ))" "$*"; }
+# Run a step, teeing its output (progress bars included) into a log file.
+step() {
+  local name="$1"; shift
+  stamp "$name: $*"
+  "$@" 2>&1 | tee "$WORKDIR/logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then
+    stamp "$name FAILED (exit $rc); log: $WORKDIR/logs/$name.log"
+    exit "$rc"
+  fi
+  stamp "$name done"
+}
+
+# 1. Data: the build command itself reuses a complete build (data_pipeline.build).
+step build "$PY" -m data_pipeline.build --source=mini --data_dir="$TFDS_DATA_DIR"
+
+# 2. Training: resumes from WORKDIR's checkpoints; a finished run returns immediately.
+step train "$PY" -m molbind_jax.train --config="$CONFIG" --workdir="$WORKDIR"
+
+# 3. Export, unless the export was made from the checkpoints that exist now.
+ckpts="$(ls "$WORKDIR/checkpoints" 2>/dev/null | sort -n | tr '\n' ' ')"
+if [ ! -f "$WORKDIR/export/.demo-exported" ] || [ "$(cat "$WORKDIR/export/.demo-exported")" != "$ckpts" ]; then
+  rm -rf "$WORKDIR/export"
+  step export "$PY" -m molbind_jax.export --workdir="$WORKDIR" --output="$WORKDIR/export"
+  printf '%s' "$ckpts" > "$WORKDIR/export/.demo-exported"
+else
+  stamp "export: up to date ($WORKDIR/export, checkpoints: $ckpts)"
+fi
+
+# 4. Evaluation: tables on stdout, report.md / metrics.json / plots in WORKDIR.
+step evaluate "$PY" -m molbind_jax.evaluate --workdir="$WORKDIR" --data_dir="$TFDS_DATA_DIR"
+
+stamp "finished in $(( $(date +%s) - START ))s"
+echo "Report: $WORKDIR/report.md (metrics.json, recall_curves.png, loss_curves.png, embedding_map.png)"
