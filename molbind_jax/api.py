@@ -59,6 +59,16 @@ def _pow2_budget(n: int) -> int:
     return max(MIN_GRAPH_BUDGET, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
+def read_lines(path: str) -> list[str]:
+    """All lines of a text file, empty ones kept (they are records that fail), without
+    line endings; a final newline does not start another record."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
 def _failure(index: int, err: Exception) -> dict:
     reason = getattr(err, "reason", None) or type(err).__name__
     detail = getattr(err, "detail", None) or str(err)

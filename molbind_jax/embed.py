@@ -26,26 +26,24 @@ import sys
 
 from absl import app, flags
 
+from molbind_jax.api import read_lines  # noqa: F401  (users import it from here too)
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "exported model directory (molbind_jax.export)")
-flags.DEFINE_enum("modality", None, ["text", "smiles", "sdf", "pocket"], "input kind")
-flags.DEFINE_string("input", None, "input file")
-flags.DEFINE_string("output", None, "output .npy path")
-flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for SMILES input")
-flags.DEFINE_integer("batch_size", 32, "rows per jitted batch (the last one is padded)")
+
+
+def define_flags():
+    """Command-line flags; defined only when run as a program, so that importing this
+    module (tests, other tools) never collides with other modules' absl flags."""
+    flags.DEFINE_string("checkpoint", None, "exported model directory (molbind_jax.export)")
+    flags.DEFINE_enum("modality", None, ["text", "smiles", "sdf", "pocket"], "input kind")
+    flags.DEFINE_string("input", None, "input file")
+    flags.DEFINE_string("output", None, "output .npy path")
+    flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for SMILES input")
+    flags.DEFINE_integer("batch_size", 32, "rows per jitted batch (the last one is padded)")
 
 
 def failures_path(output: str) -> str:
     return re.sub(r"\.npy$", "", output) + ".failures.json"
-
-
-def read_lines(path: str) -> list[str]:
-    """All lines, empty ones kept (they are records that fail), trailing newline removed."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":  # the final newline does not start another record
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
 
 
 def parse_pocket_line(line: str, base_dir: str) -> tuple[str, str]:
@@ -102,4 +100,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -42,20 +42,25 @@ PAIRS: dict[str, tuple[str, str]] = {
 CURVE_K = 50
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training workdir: model from <workdir>/export, report "
-                    "written into <workdir>, loss curves from <workdir>/metrics.jsonl")
-flags.DEFINE_string("checkpoint", None, "exported model directory (overrides <workdir>/export)")
-flags.DEFINE_string("output_dir", None, "where to write the report (default: workdir)")
-flags.DEFINE_string("emergent_workdir", None, "workdir (or export dir) of a model trained "
-                    "without conformer_text pairs; adds the emergent conformer<->text section")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR)")
-flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name")
-flags.DEFINE_string("split", "test", "split to evaluate")
-flags.DEFINE_list("pairs", list(PAIRS), "pair types to evaluate")
-flags.DEFINE_integer("max_records", 0, "evaluate at most this many records per pair (0 = all)")
-flags.DEFINE_integer("block_size", 1024, "row/column block of the full-split ranking")
-flags.DEFINE_integer("batch_size", 64, "rows per embedding batch")
-flags.DEFINE_bool("classification", True, "run the zero-shot classification tasks")
+
+
+def define_flags():
+    """Command-line flags; defined only when run as a program, so that importing this
+    module (tests, other tools) never collides with other modules' absl flags."""
+    flags.DEFINE_string("workdir", None, "training workdir: model from <workdir>/export, report "
+                        "written into <workdir>, loss curves from <workdir>/metrics.jsonl")
+    flags.DEFINE_string("checkpoint", None, "exported model directory (overrides <workdir>/export)")
+    flags.DEFINE_string("output_dir", None, "where to write the report (default: workdir)")
+    flags.DEFINE_string("emergent_workdir", None, "workdir (or export dir) of a model trained "
+                        "without conformer_text pairs; adds the emergent conformer<->text section")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR)")
+    flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name")
+    flags.DEFINE_string("split", "test", "split to evaluate")
+    flags.DEFINE_list("pairs", list(PAIRS), "pair types to evaluate")
+    flags.DEFINE_integer("max_records", 0, "evaluate at most this many records per pair (0 = all)")
+    flags.DEFINE_integer("block_size", 1024, "row/column block of the full-split ranking")
+    flags.DEFINE_integer("batch_size", 64, "rows per embedding batch")
+    flags.DEFINE_bool("classification", True, "run the zero-shot classification tasks")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -324,4 +329,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -15,13 +15,18 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "exported model directory")
-flags.DEFINE_string("index", None, ".npy embedding matrix written by molbind_jax.embed")
-flags.DEFINE_string("query_text", None, "query text (also --query-text)")
-flags.DEFINE_string("query_smiles", None, "query molecule (also --query-smiles)")
-flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for a SMILES query")
-flags.DEFINE_integer("top_k", 10, "rows to print")
-flags.DEFINE_string("labels", None, "optional file with one label per index row")
+
+
+def define_flags():
+    """Command-line flags; defined only when run as a program, so that importing this
+    module (tests, other tools) never collides with other modules' absl flags."""
+    flags.DEFINE_string("checkpoint", None, "exported model directory")
+    flags.DEFINE_string("index", None, ".npy embedding matrix written by molbind_jax.embed")
+    flags.DEFINE_string("query_text", None, "query text (also --query-text)")
+    flags.DEFINE_string("query_smiles", None, "query molecule (also --query-smiles)")
+    flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for a SMILES query")
+    flags.DEFINE_integer("top_k", 10, "rows to print")
+    flags.DEFINE_string("labels", None, "optional file with one label per index row")
 
 
 def top_k(index: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -41,7 +46,7 @@ def top_k(index: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float
 def read_labels(path: str | None, n: int) -> list[str]:
     if not path:
         return [""] * n
-    from molbind_jax.embed import read_lines
+    from molbind_jax.api import read_lines
     labels = read_lines(path)
     if len(labels) != n:
         raise ValueError(f"--labels has {len(labels)} lines but the index has {n} rows")
@@ -87,4 +92,5 @@ def _dashed_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main, argv=_dashed_flags(sys.argv)))
