@@ -211,6 +211,14 @@ def _read_sdf_blocks(path: str) -> list[str]:
     return blocks
 
 
+def _parse_sdf_record(block: str, sanitize: bool):
+    # an SD supplier (not MolFromMolBlock) so that the record's data fields become properties
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData((block if block.endswith("\n") else block + "\n") + "$$$$\n", sanitize=sanitize,
+                     removeHs=False)
+    return supplier[0] if len(supplier) else None
+
+
 def molblock_to_mol(block: str) -> Chem.Mol | None:
     """RDKit molecule with its coordinates and hydrogens; None when RDKit cannot parse it.
 
@@ -219,9 +227,9 @@ def molblock_to_mol(block: str) -> Chem.Mol | None:
     """
     RDLogger.DisableLog("rdApp.*")
     try:
-        mol = Chem.MolFromMolBlock(block, removeHs=False, sanitize=True)
+        mol = _parse_sdf_record(block, sanitize=True)
         if mol is None:
-            mol = Chem.MolFromMolBlock(block, removeHs=False, sanitize=False)
+            mol = _parse_sdf_record(block, sanitize=False)
             if mol is not None:
                 mol.UpdatePropertyCache(strict=False)
     except Exception:  # noqa: BLE001
