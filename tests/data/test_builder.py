@@ -1,0 +1,172 @@
+"""The shared TFDS builder: tiny builds, skip counting, reports, reuse, the build command.
+
+Most tests drive the builder with a small fake source module (written to tmp_path) so they
+do not depend on the featurizers; the molbind_mini end-to-end build uses the real data with a
+handful of records per pair type.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from data_pipeline.molbind_pairs import builder as mb  # noqa: E402
+
+FAKE_SOURCE = textwrap.dedent('''
+    """A fake source: molecule i has the scaffold of ring size i % 3 + 4; some records are bad."""
+    import numpy as np
+    from data_pipeline import featurize as fz
+
+    SPLIT = {4: "train", 5: "validation", 6: "test"}
+
+    def raw_records(pair, split, options):
+        for i in range(int(options.get("n", 24))):
+            ring = i % 3 + 4
+            if SPLIT[ring] != split:
+                continue
+            kind = "bad" if i % 7 == 3 else "crash" if i % 11 == 5 else "good"
+            yield f"fake/{i}", {"i": i, "kind": kind, "smiles": "C1" + "C" * (ring - 1) + "1" + "C" * i}
+        if split == "train":
+            yield "fake/0", {"i": 0, "kind": "good", "smiles": "C1CCC1"}  # a duplicate key
+
+    def featurize(pair, raw, options):
+        if raw["kind"] == "bad":
+            raise fz.SkipRecord(fz.INVALID_SMILES, raw["smiles"])
+        if raw["kind"] == "crash":
+            raise ValueError("boom")
+        n = 3 + raw["i"] % 4
+        return {"smiles": raw["smiles"],
+                "graph_node_feat": np.full((n, 2), raw["i"], np.int32),
+                "graph_edge_index": np.zeros((2, 2), np.int32),
+                "graph_edge_feat": np.zeros((2, 2), np.int32),
+                "conformer_tokens": np.arange(n + 2, dtype=np.int32),
+                "conformer_coords": np.zeros((2, n + 2, 3), np.float32)}
+''')
+
+
+@pytest.fixture()
+def fake_source(tmp_path, monkeypatch):
+    (tmp_path / "fake_pairs_source.py").write_text(FAKE_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "fake_pairs_source"
+
+
+def _expected(n=24):
+    good, bad, crash = {}, 0, 0
+    for i in range(n):
+        split = {4: "train", 5: "validation", 6: "test"}[i % 3 + 4]
+        if i % 7 == 3:
+            bad += 1
+        elif i % 11 == 5:
+            crash += 1
+        else:
+            good.setdefault(split, set()).add(f"fake/{i}")
+    return good, bad, crash
+
+
+def _build(data_dir, source, workers=0, **options):
+    b = mb.MolbindMini(config="graph_conformer", data_dir=str(data_dir),
+                       source_options={"source_module": source, **options}, workers=workers)
+    b.download_and_prepare()
+    return b
+
+
+def _ids(b, split):
+    return {ex["id"].decode() for ex in tfds.as_numpy(b.as_dataset(split=split))}
+
+
+def test_features_follow_design_layout():
+    f = mb.features_for("conformer_pocket")
+    assert set(f.keys()) == {"id", "smiles", "target", "conformer_tokens", "conformer_coords",
+                             "pocket_tokens", "pocket_coords"}
+    assert f["conformer_coords"].shape == (None, None, 3) and f["pocket_coords"].shape == (None, 3)
+    g = mb.features_for("graph_text")
+    assert g["graph_edge_index"].shape == (2, None) and g["text_ids"].np_dtype == np.int32
+
+
+def test_skips_counted_and_good_records_kept(tmp_path, fake_source):
+    b = _build(tmp_path, fake_source)
+    good, bad, crash = _expected()
+    report = json.load(open(os.path.join(b.data_dir, "build_report.json")))
+    assert set(report) >= {"read", "written", "skipped", "splits", "options", "dataset", "config",
+                           "version", "wall_seconds"}
+    assert report["skipped"] == {"duplicate": 1, "error:ValueError": crash, "invalid_smiles": bad}
+    assert report["written"] == sum(len(v) for v in good.values())
+    assert report["read"] == 24 + 1
+    for split in ("train", "validation", "test"):
+        assert _ids(b, split) == good[split], split
+        s = report["splits"][split]
+        assert s["read"] == s["written"] + sum(s["skipped"].values())
+    ex = next(iter(tfds.as_numpy(b.as_dataset(split="test").take(1))))
+    assert ex["conformer_coords"].shape[0] == 2 and ex["graph_edge_index"].shape == (2, 2)
+
+
+def test_rebuild_reuses_and_refuses_other_options(tmp_path, fake_source):
+    first = _build(tmp_path, fake_source)
+    before = open(first.report_path()).read()
+    again = mb.MolbindMini(config="graph_conformer", data_dir=str(tmp_path),
+                           source_options={"source_module": fake_source}, workers=0)
+    assert again.is_prepared()
+    again.download_and_prepare()
+    assert again._stats == {}  # nothing was generated again
+    assert open(again.report_path()).read() == before
+    other = mb.MolbindMini(config="graph_conformer", data_dir=str(tmp_path),
+                           source_options={"source_module": fake_source, "n": 30}, workers=0)
+    with pytest.raises(ValueError, match="built with options"):
+        other.download_and_prepare()
+
+
+def test_process_pool_counts_skips_in_parent(tmp_path, fake_source):
+    b = _build(tmp_path, fake_source, workers=2, n=40)
+    good, bad, crash = _expected(40)
+    report = b.read_report()
+    assert report["skipped"] == {"duplicate": 1, "error:ValueError": crash, "invalid_smiles": bad}
+    assert _ids(b, "train") == good["train"]
+
+
+def test_all_records_failing_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "broken_source.py").write_text(textwrap.dedent('''
+        def raw_records(pair, split, options):
+            yield f"{split}/0", {}
+        def featurize(pair, raw, options):
+            raise KeyError("smiles")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Exception, match="all 1 records failed"):
+        _build(tmp_path / "out", "broken_source")
+
+
+@pytest.mark.slow
+def test_tiny_molbind_mini_end_to_end(tmp_path):
+    """Every pair type from the real data, a handful of records each; disjoint splits."""
+    from data_pipeline import build
+
+    reports = build.build("mini", str(tmp_path), max_records=10, workers=0, verbose=False)
+    assert set(reports) == set(mb.PAIRS)
+    for pair, report in reports.items():
+        assert report["written"] >= 3 and set(report["splits"]) == {"train", "validation", "test"}, pair
+        b = mb.MolbindMini(config=pair, data_dir=str(tmp_path), source_options={"max_records": 10})
+        assert set(mb.features_for(pair).keys()) == set(b.info.features.keys())
+        key = "target" if pair == "conformer_pocket" else "smiles"
+        values = {s: {ex[key] for ex in tfds.as_numpy(b.as_dataset(split=s))} for s in mb.SPLITS}
+        assert not values["train"] & values["test"] and not values["train"] & values["validation"], pair
+        assert b.info.metadata["licenses"] and b.info.metadata["pair"] == pair
+    # ensure_built sees the finished build and builds nothing.
+    assert build.ensure_built("molbind_mini", str(tmp_path)) == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_tfds_cli_builds_a_config(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), str(tmp_path)]))
+    cmd = [os.path.join(os.path.dirname(sys.executable), "tfds"), "build", "molbind_mini",
+           "--imports=data_pipeline.molbind_pairs.builder", "--config=graph_conformer",
+           f"--data_dir={tmp_path / 'tfds'}", "--max_examples_per_split=3"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    info = json.load(open(tmp_path / "tfds" / "molbind_mini" / "graph_conformer" / "1.0.0" / "dataset_info.json"))
+    lengths = {s["name"]: int(s["shardLengths"][0]) for s in info["splits"]}
+    assert lengths == {"train": 3, "validation": 3, "test": 3}
