@@ -54,7 +54,7 @@ def config_from_state(state, **overrides) -> GINConfig:
     for k in ("x_embedding1.weight", "x_embedding2.weight", "gnns.0.edge_embedding1.weight",
               "gnns.0.edge_embedding2.weight"):
         if k not in state:
-            raise CheckpointError(f"not a GIN state dict: key {k} is missing")
+            raise CheckpointError(f"not a GIN state dict: missing key {k}")
         if np.ndim(state[k]) != 2:
             raise CheckpointError(f"{k}: expected a 2-D table, got shape {tuple(np.shape(state[k]))}")
     layers = {int(m.group(1)) for k in state if (m := re.match(r"gnns\.(\d+)\.", k))}
@@ -142,11 +142,16 @@ def load(checkpoint: str, dictionary: str | None = None, *, prefix: str | None =
     return module, report
 
 
+@nnx.jit
+def _eval_forward(module: GIN, graph):
+    return module(graph, train=False)
+
+
 def run_flax(module: GIN, inputs) -> dict[str, np.ndarray]:
     """Eval-mode forward on PyG-style inputs; node_rep [n,D] (real nodes), graph_rep [G,D]."""
     graph = graphs_from_pyg(inputs["x"], inputs["edge_index"], inputs["edge_attr"], inputs["batch"],
                             inputs.get("num_graphs"))
-    node_rep, graph_rep = module(graph, train=False)
+    node_rep, graph_rep = _eval_forward(module, graph)
     n = int(np.asarray(inputs["x"]).shape[0])
     return {"node_rep": np.asarray(node_rep[0, :n], np.float32),
             "graph_rep": np.asarray(graph_rep[0, :-1], np.float32)}
