@@ -115,9 +115,10 @@ class MolBindModel:
     def _collate(self, tower: str, feats: list[dict]) -> dict[str, np.ndarray]:
         from molbind_jax import input_pipeline as ip
         if tower == "text":
-            ids = [f["text_ids"] for f in feats]
+            ids = [np.asarray(f["text_ids"])[:self.max_text_len] for f in feats]
+            buckets = [b for b in TEXT_BUCKETS if b < self.max_text_len] + [self.max_text_len]
             return dict(zip(("text_ids", "text_mask"),
-                            ip.pad_text(ids, _bucket(max(map(len, ids)), TEXT_BUCKETS))))
+                            ip.pad_text(ids, _bucket(max(map(len, ids)), buckets))))
         if tower == "graph":
             n = sum(len(np.asarray(f["graph_node_feat"]).reshape(-1, 2)) for f in feats)
             e = sum(np.asarray(f["graph_edge_feat"]).reshape(-1, 2).shape[0] for f in feats)
@@ -174,9 +175,25 @@ class MolBindModel:
 
     # ------------------------------------------------------------------ public embedders
 
+    @property
+    def max_text_len(self) -> int:
+        """256 as the original, or less if the text tower has fewer positions."""
+        bert = getattr(self.config, "bert", None)
+        return min(256, int(getattr(bert, "max_position_embeddings", 256)))
+
     def featurize_text(self, text: str) -> dict:
+        """[CLS] text [SEP] ids (as in training), truncated to max_text_len."""
+        from data_pipeline.featurize import EMPTY_TEXT, SkipRecord
         from data_pipeline.featurize import text as text_feat
-        return {"text_ids": self.tokenizer.encode(text_feat.normalize(text))}
+        text = text_feat.normalize(text)  # SkipRecord(empty_text) for empty lines
+        if hasattr(self.tokenizer, "encode") and hasattr(self.tokenizer, "_tok"):
+            ids = self.tokenizer.encode(text, max_length=self.max_text_len)
+        else:  # a transformers tokenizer (export.load_export)
+            ids = self.tokenizer(text, truncation=True, max_length=self.max_text_len,
+                                 add_special_tokens=True)["input_ids"]
+        if len(ids) == 0:
+            raise SkipRecord(EMPTY_TEXT, "text has no tokens")
+        return {"text_ids": np.asarray(ids, np.int32)}
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         """One row per text; empty / whitespace-only texts fail with 'empty_text'."""
