@@ -52,6 +52,12 @@ def test_embedding_failure_falls_back_to_2d(monkeypatch):
     assert err.value.reason == NO_CONFORMER
 
 
+def test_real_unembeddable_molecule_uses_the_fallback():
+    # cyclobutadiyne: two triple bonds in a 4-ring have no 3D geometry ETKDG accepts
+    atoms, coords, fallback = conf.generate_conformers("C1#CC#C1", num_conformers=2, seed=0)
+    assert fallback and atoms == ["C"] * 4 and coords.shape == (1, 4, 3) and (coords[..., 2] == 0).all()
+
+
 def test_unimol_input_ethanol_by_hand():
     atoms = ["C", "C", "O", "H", "H"]
     coords = np.array([[[0, 0, 0], [1.5, 0, 0], [1.5, 1.5, 0], [9, 9, 9], [9, 9, 9]]], np.float32)
