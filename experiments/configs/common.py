@@ -1,0 +1,69 @@
+"""Defaults shared by every training config (the original's hyper-parameters, spec section 2).
+
+Each config file imports `base_config()` and changes what differs. Every field can be
+overridden on the command line, e.g. `--config.total_steps=100 --config.checkpoint_every=20`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.pairs = PAIRS
+    # The original: loss = 0.25 * (L_gt + L_ct) + 0.25 * (L_gc + L_cp), fixed tau = 0.1.
+    c.loss_weights = ml_collections.ConfigDict({p: 0.25 for p in PAIRS})
+    c.temperature = 0.1
+    c.learn_temperature = False
+    # True: gradients through the all-gather (equals the 1-device loss). False: the original's
+    # no-grad gather (see losses.py).
+    c.gather_gradient = True
+    c.loss_chunk_size = 0  # 0 = dense logits; N = chunked logsumexp over N columns
+
+    # Global batch size of EACH pair type (fixed whatever the device count; divisible by 8).
+    c.batch_size = 32
+    c.accumulate_steps = 1  # micro-batches per optimizer update (the original: 4)
+    c.total_steps = 1000  # optimizer updates
+    c.steps_per_epoch = 0  # 0 = total_steps (one "epoch"); only the schedule uses it
+
+    # AdamW lr 1e-4, wd 0.05 on every parameter; LAVIS LinearWarmupCosine: warm-up from 1e-6
+    # over min(steps_per_epoch, 1000) steps (warmup_steps=-1), cosine to the floor 1e-5.
+    c.lr = ml_collections.ConfigDict(dict(peak=1e-4, warmup_init=1e-6, min=1e-5, warmup_steps=-1,
+                                          cosine_per_epoch=False))
+    c.weight_decay = 0.05
+    c.grad_clip_norm = 0.0  # 0 = off (the original does not clip)
+    # Top-level MolBind submodules whose parameters stay fixed, e.g. ("text_encoder",).
+    c.frozen = ()
+    # One jit for the whole step (all pairs, all micro-batches, update). Only for fixed shapes
+    # on accelerators; with shape buckets it compiles a program per shape combination.
+    c.fused_step = False
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # a MolBindConfig classmethod: tiny | original
+    c.model.text_init = ""  # "" (random), "minilm" (offline MiniLM) or an HF BERT directory
+    c.model.overrides = ml_collections.ConfigDict()  # nested MolBindConfig.to_dict() overrides
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # tfds | synthetic
+    c.data.dataset = "molbind_mini"
+    c.data.data_dir = ""  # "" = $TFDS_DATA_DIR or TFDS's default
+    c.data.build_if_missing = True
+    c.data.buckets = ml_collections.FieldReference(None, field_type=dict)
+    c.data.synthetic_pool = 256
+
+    c.num_devices = 0  # 0 = all devices
+    c.log_every = 10
+    c.eval_every = 100  # 0 = no in-training validation
+    c.eval_batches = 4  # validation batches per pair type
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 3
+    c.tensorboard = True
+    c.progress_bar = True
+
+    # Test hooks: SIGKILL the process after this step; make this step's batch NaN.
+    c.debug_kill_at_step = -1
+    c.debug_nan_at_step = -1
+    return c

@@ -1,0 +1,361 @@
+"""The MolBind train step: optimizer, schedule, per-pair gradients and one donated update.
+
+Why the step is split into several jitted functions. Every pair type (graph_text,
+conformer_text, graph_conformer, conformer_pocket) arrives in its own shape bucket: up to ~8
+text lengths, ~8 atom counts, ~8 pocket sizes and ~8 graph budgets. One `jax.jit` over all four
+pair batches would compile a program for every *combination* of those shapes (the product,
+thousands of programs). Here each pair type has its own jitted `value_and_grad` (compiled once
+per shape of *that* pair), the gradients are summed by a small jitted add, and a single jitted
+update (state donated) applies AdamW. The number of compiled programs therefore grows with the
+*sum* of the bucket counts. The four pair batches (and every micro-batch of gradient
+accumulation) still feed ONE optimizer update, as in the original, where one `training_step`
+returns `0.25*(L_gt + L_ct) + 0.25*(L_gc + L_cp)`.
+
+On accelerators with fixed shapes (no bucketing), `fused=True` compiles the whole step (all
+pairs, all micro-batches, update) into a single program, which saves the dispatch and the
+host round trips between the pieces.
+
+The model is handled in NNX functional style: `nnx.split` once into a static graphdef and
+pytrees (trainable params, BatchNorm statistics, the rest); each jitted function `nnx.merge`s
+them, runs the forward and returns the updated `nnx.BatchStat` state. GIN BatchNorm statistics
+are chained through the pairs in order (graph_text then graph_conformer), as the original's
+single forward updates them twice per step. Dropout keys are a pure function of
+(seed, step, micro-batch, pair), so a resumed run draws exactly the same masks.
+
+Rows and devices: every batch array is a global array sharded on the mesh axis "data" (rows
+s*B/S..(s+1)*B/S-1 on device s); parameters, optimizer state and gradients are replicated.
+The loss (`losses.pair_infonce`) gathers the columns across "data" itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate schedule and optimizer.
+
+
+def lr_schedule(
+    *,
+    peak_lr: float = 1e-4,
+    warmup_lr: float = 1e-6,
+    min_lr: float = 1e-5,
+    warmup_steps: int = 1000,
+    total_steps: int,
+    steps_per_epoch: int | None = None,
+    cosine_per_epoch: bool = False,
+) -> optax.Schedule:
+    """Linear warm-up from `warmup_lr` to `peak_lr`, then cosine decay to the floor `min_lr`.
+
+    This is the LAVIS `LinearWarmupCosineLRScheduler` used by the original: warm-up over
+    `min(steps_per_epoch, 1000)` steps (the caller picks `warmup_steps`), then
+    `min_lr + (peak - min_lr) * (1 + cos(pi * t)) / 2`. With `cosine_per_epoch=True` the cosine
+    argument `t` moves once per epoch (`epoch / num_epochs`), exactly as LAVIS; otherwise it
+    moves every step (`(step - warmup) / (total - warmup)`), which is smoother for short runs.
+    `step` counts optimizer updates.
+    """
+    warmup_steps = max(int(warmup_steps), 0)
+    total_steps = max(int(total_steps), 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = warmup_lr + (peak_lr - warmup_lr) * step / max(warmup_steps, 1)
+        warm = jnp.minimum(warm, peak_lr)
+        if cosine_per_epoch and steps_per_epoch:
+            num_epochs = max(math.ceil(total_steps / steps_per_epoch), 1)
+            t = jnp.floor(step / steps_per_epoch) / num_epochs
+        else:
+            t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        t = jnp.clip(t, 0.0, 1.0)
+        cos = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        return jnp.where(step < warmup_steps, warm, cos)
+
+    return schedule
+
+
+def param_labels(trainable: Any, frozen: Sequence[str]) -> Any:
+    """Labels each trainable leaf "train", "frozen" (top-level model submodule in `frozen`) or
+    "temperature" (the learnable temperature, which gets no weight decay)."""
+    frozen = set(frozen)
+
+    def label(path, _):
+        keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+        if keys[0] == "log_scale":
+            return "temperature"
+        if len(keys) > 1 and keys[1] in frozen:
+            return "frozen"
+        return "train"
+
+    return jax.tree_util.tree_map_with_path(label, trainable)
+
+
+def make_optimizer(
+    schedule: optax.Schedule,
+    *,
+    weight_decay: float = 0.05,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    grad_clip_norm: float | None = None,
+    labels: Any,
+) -> optax.GradientTransformation:
+    """AdamW (decay on every model parameter, as the original), zero updates for frozen
+    submodules, plain Adam for the learnable temperature."""
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
+    parts = {
+        "train": adamw,
+        "frozen": optax.set_to_zero(),
+        "temperature": optax.adam(schedule, b1=b1, b2=b2),
+    }
+    tx = optax.multi_transform(parts, labels)
+    if grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+    return tx
+
+
+# ----------------------------------------------------------------------------------------------
+# Train state.
+
+
+@dataclasses.dataclass
+class StepOptions:
+    """What the step needs from the experiment config (see experiments/configs/common.py)."""
+
+    pairs: tuple[str, ...] = PAIRS
+    weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: {p: 0.25 for p in PAIRS})
+    temperature: float = 0.1
+    learn_temperature: bool = False
+    gather_gradient: bool = True
+    loss_chunk_size: int | None = None
+    seed: int = 0
+    fused: bool = False
+
+
+def init_trainable(model: nnx.Module, opts: StepOptions) -> dict:
+    """The pytree the optimizer updates: the model's nnx.Param state and, when learnable, one
+    log-scale log(1/temperature) per pair type (started at log(1/opts.temperature))."""
+    from molbind_jax import losses
+
+    trainable = {"model": nnx.state(model, nnx.Param)}
+    if opts.learn_temperature:
+        v = losses.log_scale_init(opts.temperature)
+        trainable["log_scale"] = {p: jnp.asarray(v, jnp.float32) for p in opts.pairs}
+    return trainable
+
+
+def temperatures(trainable: Mapping, opts: StepOptions) -> dict[str, jax.Array]:
+    """Per-pair temperatures: fixed, or from the learnable log-scale, clamped CLIP style
+    (1/tau <= 100) by `losses.temperature_from_log_scale`."""
+    from molbind_jax import losses
+
+    if "log_scale" not in trainable:
+        return {p: jnp.asarray(opts.temperature, jnp.float32) for p in opts.pairs}
+    return {p: losses.temperature_from_log_scale(v) for p, v in trainable["log_scale"].items()}
+
+
+def fresh(*states: Any) -> tuple:
+    """Copies of nnx states whose Variables belong to the current trace.
+
+    `nnx.merge` reuses the Variable objects of the states it is given; a Variable created at an
+    outer trace level (e.g. the jit around a `value_and_grad`) cannot be written from the inner
+    one, which BatchNorm's running-stat update does. Rebuilding the pytree creates new ones.
+    """
+    return tuple(jax.tree.map(lambda x: x, s) for s in states)
+
+
+def reseed_state(rest: Any, key: jax.Array) -> Any:
+    """`rest` (the non-param, non-BN state: RNG streams) with every stream's key replaced by
+    `fold_in(key, crc32(tag))` and its counter reset, so dropout masks are a pure function of
+    `key`. Done on the state, before `nnx.merge`, because mutating a merged module's RNG
+    variables from inside a transformed function is not allowed."""
+    import zlib
+
+    def f(v):
+        if isinstance(v, nnx.RngKey):
+            return v.replace(jax.random.fold_in(key, zlib.crc32(str(v.tag).encode()) & 0x7FFFFFFF))
+        if isinstance(v, nnx.RngCount):
+            return v.replace(jnp.zeros_like(v.value))
+        return v
+
+    return jax.tree.map(f, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+# ----------------------------------------------------------------------------------------------
+# The step.
+
+
+class TrainStep:
+    """Builds and caches the jitted pieces of one optimizer update.
+
+    State layout (a dict pytree, checkpointed as is): `step` (int32 scalar, optimizer updates
+    done), `trainable` (see `init_trainable`), `batch_stats` (nnx.BatchStat state) and
+    `opt_state`. `rest` (RNG streams and any other non-trainable variables) is not part of the
+    state: it never changes, because keys are re-derived from the step.
+    """
+
+    def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, mesh, opts: StepOptions):
+        from molbind_jax import losses  # imported here so that the optimizer helpers need no model code
+
+        self._losses = losses
+        self.mesh = mesh
+        self.opts = opts
+        self.tx = tx
+        graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        del params
+        self.graphdef, self.rest = graphdef, rest
+        self._initial_batch_stats = batch_stats
+        self.replicated = NamedSharding(mesh, P())
+        self._grad_fns: dict[str, Callable] = {}
+        # The state is donated (updated in place); the gradients are not: XLA has no output left
+        # to alias them to once the state's buffers are reused.
+        self._update = jax.jit(self._update_impl, donate_argnums=(0,), out_shardings=self.replicated)
+        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,),
+                            out_shardings=self.replicated)
+        self._fused = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def init_state(self, model: nnx.Module) -> dict:
+        trainable = init_trainable(model, self.opts)
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "trainable": trainable,
+            "batch_stats": nnx.state(model, nnx.BatchStat),
+            "opt_state": self.tx.init(trainable),
+        }
+        return jax.device_put(state, self.replicated)
+
+    def merged_model(self, state: Mapping) -> nnx.Module:
+        """An nnx.Module holding the state's parameters and statistics (eval, export)."""
+        return nnx.merge(self.graphdef, state["trainable"]["model"], state["batch_stats"], self.rest)
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _pair_loss(self, pair, trainable, batch_stats, rest, batch, step, micro):
+        """Weighted loss of one pair type, its unweighted value and the updated BN stats."""
+        key = jax.random.fold_in(jax.random.key(self.opts.seed), step)
+        key = jax.random.fold_in(key, micro * len(PAIRS) + PAIRS.index(pair))
+        model = nnx.merge(self.graphdef, *fresh(trainable["model"], batch_stats, reseed_state(rest, key)))
+        x, y, mask = model.pair_embeddings(pair, batch, train=True)
+        tau = temperatures(trainable, self.opts)[pair]
+        loss, _ = self._losses.pair_infonce(
+            x.astype(jnp.float32), y.astype(jnp.float32), mask, mesh=self.mesh, temperature=tau,
+            gather_gradient=self.opts.gather_gradient, chunk_size=self.opts.loss_chunk_size)
+        new_stats = nnx.state(model, nnx.BatchStat)
+        return self.opts.weights[pair] * loss, (loss, new_stats)
+
+    def _grad_impl(self, pair, trainable, batch_stats, batch, step, micro):
+        grad_fn = jax.value_and_grad(self._pair_loss, argnums=1, has_aux=True)
+        (_, (loss, new_stats)), grads = grad_fn(pair, trainable, batch_stats, self.rest, batch, step, micro)
+        return loss, grads, new_stats
+
+    def grad_fn(self, pair: str) -> Callable:
+        """Jitted `(trainable, batch_stats, batch, step, micro) -> (loss, grads, batch_stats)` for one
+        pair type; compiled once per distinct batch shape of that pair."""
+        if pair not in self._grad_fns:
+            self._grad_fns[pair] = jax.jit(functools.partial(self._grad_impl, pair),
+                                           out_shardings=self.replicated)
+        return self._grad_fns[pair]
+
+    def _update_impl(self, state, grads, batch_stats, num_micro):
+        """Mean over micro-batches, AdamW, and a finite guard: a non-finite gradient leaves the
+        state unchanged (the host then stops the run), so a bad update is never saved."""
+        grads = jax.tree.map(lambda g: g / num_micro, grads)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        new = {"step": state["step"] + 1, "trainable": trainable, "batch_stats": batch_stats,
+               "opt_state": opt_state}
+        keep = {"step": state["step"], "trainable": state["trainable"],
+                "batch_stats": state["batch_stats"], "opt_state": state["opt_state"]}
+        out = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, keep)
+        return out, finite
+
+    # -- public --------------------------------------------------------------------------------
+
+    def __call__(self, state: dict, micro_batches: Sequence[Mapping[str, Mapping[str, jax.Array]]]):
+        """One optimizer update from `micro_batches`: a list (length = gradient accumulation) of
+        {pair: global batch} dicts. Returns (new_state, metrics) with device scalars: `loss`
+        (weighted total, mean over micro-batches), `loss/<pair>` (unweighted), `finite`."""
+        if self.opts.fused:
+            return self._fused_call(state, micro_batches)
+        step = state["step"]
+        batch_stats = state["batch_stats"]
+        grads = None
+        sums: dict[str, jax.Array] = {}
+        for micro, batches in enumerate(micro_batches):
+            for pair in self.opts.pairs:
+                if pair not in batches:
+                    continue
+                loss, g, batch_stats = self.grad_fn(pair)(state["trainable"], batch_stats, batches[pair],
+                                                          step, micro)
+                grads = g if grads is None else self._add(grads, g)
+                sums[pair] = loss if pair not in sums else sums[pair] + loss
+        if grads is None:
+            raise ValueError("train step got no batches")
+        n = len(micro_batches)
+        state, finite = self._update(state, grads, batch_stats, jnp.float32(n))
+        metrics = {f"loss/{p}": v / n for p, v in sums.items()}
+        metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
+        metrics["finite"] = finite & jnp.isfinite(metrics["loss"])
+        return state, metrics
+
+    # -- fused single-program variant ----------------------------------------------------------
+
+    def _fused_impl(self, state, micro_batches):
+        step = state["step"]
+        batch_stats = state["batch_stats"]
+        grads = None
+        sums = {}
+        for micro, batches in enumerate(micro_batches):
+            for pair in self.opts.pairs:
+                if pair not in batches:
+                    continue
+                loss, g, batch_stats = self._grad_impl(pair, state["trainable"], batch_stats,
+                                                       batches[pair], step, micro)
+                grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+                sums[pair] = loss if pair not in sums else sums[pair] + loss
+        n = len(micro_batches)
+        new_state, finite = self._update_impl(state, grads, batch_stats, jnp.float32(n))
+        metrics = {f"loss/{p}": v / n for p, v in sums.items()}
+        metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
+        metrics["finite"] = finite & jnp.isfinite(metrics["loss"])
+        return new_state, metrics
+
+    def _fused_call(self, state, micro_batches):
+        # One program for everything: only sensible when every pair has one fixed shape
+        # (otherwise it recompiles for each combination of shapes, see the module docstring).
+        if self._fused is None:
+            self._fused = jax.jit(self._fused_impl, donate_argnums=(0,), out_shardings=self.replicated)
+        return self._fused(state, list(micro_batches))
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _embed_eval(self):
+        def f(pair, trainable_model, batch_stats, batch):
+            model = nnx.merge(self.graphdef, trainable_model, batch_stats, self.rest)
+            x, y, mask = model.pair_embeddings(pair, batch, train=False)
+            return x.astype(jnp.float32), y.astype(jnp.float32), mask
+
+        return jax.jit(f, static_argnums=(0,), out_shardings=self.replicated)
+
+    def eval_embeddings(self, state: Mapping, pair: str, batch: Mapping) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Eval-mode (running BN statistics, no dropout) embeddings of one pair batch."""
+        return self._embed_eval(pair, state["trainable"]["model"], state["batch_stats"], batch)
+
+
+def state_leaves_equal(a: Any, b: Any) -> bool:
+    """Bit-for-bit equality of two pytrees of arrays (used by the resume tests)."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))

@@ -1,0 +1,228 @@
+"""Train step and launcher tests.
+
+The step mechanics (split per-pair jits == one fused jit == a hand-written reference update,
+frozen submodules, the finite guard, compile counts, schedule) run on a toy model with the
+MolBind interface (`pair_embeddings(pair, batch, *, train)`, a BatchNorm, dropout) over the
+synthetic batches of `train_inputs`, so they take a second or two. The end-to-end smoke run of
+the real launcher on the real (tiny) MolBind is marked slow.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from molbind_jax import losses, sharding, train_inputs
+from molbind_jax.train_step import (PAIRS, StepOptions, TrainStep, init_trainable, lr_schedule,
+                                    fresh, make_optimizer, param_labels, reseed_state,
+                                    state_leaves_equal)
+
+D = 8
+
+
+class ToyBind(nnx.Module):
+    """The MolBind interface in a few parameters: one tower per modality, BN on graphs."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.text_encoder = nnx.Embed(128, D, rngs=rngs)
+        self.graph_encoder = nnx.Embed(120, D, rngs=rngs)
+        self.graph_norm = nnx.BatchNorm(D, rngs=rngs)
+        self.conformer_encoder = nnx.Linear(4, D, rngs=rngs)
+        self.pocket_encoder = nnx.Linear(4, D, rngs=rngs)
+        self.dropout = nnx.Dropout(0.2, rngs=rngs)
+
+    def _atoms(self, enc, tokens, coords):
+        feat = jnp.concatenate([coords, tokens[..., None].astype(jnp.float32) / 10], -1)
+        m = (tokens > 0)[..., None]
+        return (enc(feat) * m).sum(1) / m.sum(1)
+
+    def _embed(self, kind, b, train):
+        if kind == "text":
+            m = b["text_mask"][..., None]
+            h = (self.text_encoder(b["text_ids"]) * m).sum(1) / m.sum(1)
+        elif kind == "graph":
+            s, g1 = b["graph_n_node"].shape
+            node = self.graph_encoder(b["graph_nodes"][..., 0])  # [S, Nn, D]
+            seg = jax.vmap(lambda n: jnp.repeat(jnp.arange(g1), n, total_repeat_length=node.shape[1]))(
+                b["graph_n_node"])
+            pooled = jax.vmap(lambda x, i: jax.ops.segment_sum(x, i, g1))(node, seg)
+            pooled = pooled[:, :-1].reshape(-1, D)  # drop each shard's padding graph
+            h = self.graph_norm(pooled, use_running_average=not train)
+        else:
+            h = self._atoms(getattr(self, f"{kind}_encoder"), b[f"{kind}_tokens"], b[f"{kind}_coords"])
+        h = self.dropout(h, deterministic=not train)
+        return h / jnp.linalg.norm(h, axis=-1, keepdims=True)
+
+    def pair_embeddings(self, pair, batch, *, train):
+        a, b = pair.split("_")
+        return self._embed(a, batch, train), self._embed(b, batch, train), batch["pair_mask"]
+
+
+def _config(batch_size=8):
+    c = ml_collections.ConfigDict()
+    c.pairs = PAIRS
+    c.batch_size = batch_size
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(source="synthetic", synthetic_pool=64))
+    return c
+
+
+def _setup(opts=None, frozen=(), n_dev=2, lr=1e-2, tx=None):
+    mesh = sharding.make_mesh(n_dev)
+    model = ToyBind(nnx.Rngs(0))
+    opts = opts or StepOptions(seed=3)
+    labels = param_labels(init_trainable(model, opts), frozen)
+    tx = tx or make_optimizer(optax.constant_schedule(lr), weight_decay=0.05, labels=labels)
+    ts = TrainStep(model, tx, mesh, opts)
+    return mesh, model, ts
+
+
+def _micro(mesh, n, start=0, batch_size=8):
+    it = train_inputs.micro_batches(_config(batch_size), split="train", start=start, train=True,
+                                    text_vocab=128, mesh=mesh)
+    return [{p: train_inputs.to_global(b, mesh) for p, b in next(it).items()} for _ in range(n)]
+
+
+def test_lr_schedule_matches_lavis_warmup_cosine():
+    s = lr_schedule(peak_lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=10, total_steps=110)
+    assert float(s(0)) == pytest.approx(1e-6)
+    assert float(s(5)) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5, rel=1e-5)
+    assert float(s(10)) == pytest.approx(1e-4, rel=1e-5)
+    assert float(s(60)) == pytest.approx(1e-5 + 0.5 * (1e-4 - 1e-5), rel=1e-4)
+    assert float(s(110)) == pytest.approx(1e-5, rel=1e-4)
+    assert float(s(500)) == pytest.approx(1e-5, rel=1e-4)  # the floor, never below
+    # LAVIS mode: the cosine moves once per epoch (4 epochs of 25 steps here).
+    e = lr_schedule(peak_lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=10, total_steps=100,
+                    steps_per_epoch=25, cosine_per_epoch=True)
+    assert float(e(12)) == pytest.approx(1e-4, rel=1e-5)
+    assert float(e(30)) == float(e(49))
+    assert float(e(50)) == pytest.approx(1e-5 + (1e-4 - 1e-5) * 0.5 * (1 + np.cos(np.pi * 0.5)), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sgd_toy():
+    # Plain SGD so that parameters compare gradients directly (Adam's first step is
+    # g/(|g|+eps), which turns float round-off in near-zero gradients into O(lr) differences).
+    # Shared by the tests below so that the per-pair programs compile once.
+    return _setup(tx=optax.sgd(1.0))
+
+
+@pytest.mark.slow
+def test_split_step_equals_fused_step_and_reference_update(sgd_toy):
+    mesh, model, ts = sgd_toy
+    micro = _micro(mesh, 2)
+    state0 = ts.init_state(model)
+    # Reference: one jax.grad over the weighted sum of all pairs and micro-batches, with BN
+    # statistics chained pair after pair, then plain AdamW.
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+
+    def total_loss(params, stats):
+        tot = 0.0
+        for i, batches in enumerate(micro):
+            for pair in PAIRS:
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), i * 4 + PAIRS.index(pair))
+                m = nnx.merge(graphdef, *fresh(params, stats, reseed_state(rest, key)))
+                x, y, mask = m.pair_embeddings(pair, batches[pair], train=True)
+                loss, _ = losses.pair_infonce(x, y, mask, mesh=mesh, temperature=0.1)
+                tot = tot + 0.25 * loss
+                stats = nnx.state(m, nnx.BatchStat)
+        return tot / len(micro), stats
+
+    (ref_loss, ref_stats), g = jax.jit(jax.value_and_grad(total_loss, has_aux=True))(params, stats)
+    ref_params = jax.tree.map(lambda p, d: p - d, params, g)
+
+    s1, m1 = ts(jax.tree.map(jnp.copy, state0), micro)
+    assert bool(m1["finite"]) and int(s1["step"]) == 1
+    np.testing.assert_allclose(float(m1["loss"]), float(ref_loss), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1["trainable"]["model"]), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(s1["batch_stats"]), jax.tree.leaves(ref_stats)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # BN running stats were updated twice (graph_text, graph_conformer) from the initial zeros.
+    assert not np.allclose(np.asarray(jax.tree.leaves(s1["batch_stats"])[0]), 0.0)
+
+    ts.opts.fused = True
+    try:
+        s2, m2 = ts(jax.tree.map(jnp.copy, state0), micro)
+    finally:
+        ts.opts.fused = False
+    np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_frozen_submodule_and_learnable_temperature():
+    opts = StepOptions(learn_temperature=True, temperature=0.1)
+    mesh, model, ts = _setup(opts, frozen=("text_encoder",), lr=1e-2)
+    state = ts.init_state(model)
+    before = jax.tree.map(np.asarray, state["trainable"])
+    state, m = ts(state, _micro(mesh, 1))
+    after = state["trainable"]
+    assert state_leaves_equal(before["model"]["text_encoder"], after["model"]["text_encoder"])
+    assert not state_leaves_equal(before["model"]["graph_encoder"], after["model"]["graph_encoder"])
+    assert not state_leaves_equal(before["log_scale"], after["log_scale"])
+    assert float(m["loss"]) > 0
+
+
+@pytest.mark.slow
+def test_nonfinite_batch_leaves_state_unchanged(sgd_toy):
+    mesh, model, ts = sgd_toy
+    state = ts.init_state(model)
+    before = jax.tree.map(np.asarray, state)
+    micro = _micro(mesh, 1)
+    bad = dict(micro[0])
+    bad["conformer_pocket"] = {k: (v * jnp.nan if v.dtype == jnp.float32 else v)
+                               for k, v in bad["conformer_pocket"].items()}
+    state, m = ts(state, [bad])
+    assert not bool(m["finite"])
+    assert state_leaves_equal(before, state)  # step, params, stats, optimizer: all untouched
+
+
+@pytest.mark.slow
+def test_compiles_grow_with_sum_of_shapes_not_product():
+    mesh, model, ts = _setup()
+    state = ts.init_state(model)
+    base = _micro(mesh, 1)[0]
+
+    def widen(b, key, extra):
+        pad = [(0, 0)] * b[key].ndim
+        pad[1] = (0, extra)
+        return dict(b, **{key: jnp.pad(b[key], pad)})
+
+    # Two text lengths for graph_text and two pocket sizes for conformer_pocket: 2 x 2 shape
+    # combinations, but only 2 + 2 per-pair programs (+1 each for the two unchanged pairs).
+    for t_extra in (0, 8):
+        for p_extra in (0, 8):
+            b = dict(base)
+            b["graph_text"] = widen(widen(b["graph_text"], "text_ids", t_extra), "text_mask", t_extra)
+            b["conformer_pocket"] = widen(widen(b["conformer_pocket"], "pocket_tokens", p_extra),
+                                          "pocket_coords", p_extra)
+            state, m = ts(state, [b])
+            assert bool(m["finite"])
+    sizes = {p: ts.grad_fn(p)._cache_size() for p in PAIRS}
+    assert sizes == {"graph_text": 2, "conformer_text": 1, "graph_conformer": 1, "conformer_pocket": 2}
+    assert ts._update._cache_size() == 1
+
+
+def test_synthetic_batches_follow_the_design_layout():
+    mesh = sharding.make_mesh(4)
+    it = train_inputs.micro_batches(_config(16), split="train", start=5, train=True, text_vocab=128, mesh=mesh)
+    b = next(it)
+    g = b["graph_text"]
+    assert g["graph_nodes"].shape[0] == 4 and g["graph_n_node"].shape == (4, 16 // 4 + 1)
+    assert (g["graph_n_node"].sum(1) == g["graph_nodes"].shape[1]).all()
+    assert (g["graph_n_edge"].sum(1) == g["graph_senders"].shape[1]).all()
+    assert g["text_ids"].shape[0] == 16 and g["pair_mask"].all()
+    assert b["conformer_pocket"]["pocket_tokens"].shape[1] % 8 == 0
+    # Resumable: micro-step 5 from a fresh iterator is the same batch.
+    again = next(train_inputs.micro_batches(_config(16), split="train", start=5, train=True, text_vocab=128,
+                                            mesh=mesh))
+    assert all(np.array_equal(b[p][k], again[p][k]) for p in b for k in b[p])
