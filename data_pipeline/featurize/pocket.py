@@ -17,6 +17,7 @@ drop "H", above `max_atoms` sample without replacement with p = softmax(1/(|x - 
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -77,9 +78,20 @@ def unimol_pocket_input(atom_names, coords, residues=None, dictionary: Dictionar
 
 
 def read_structure(path: str):
-    """biotite AtomArray of model 1 of a PDB / mmCIF / BinaryCIF file (UNREADABLE_FILE if not)."""
+    """biotite AtomArray of model 1 of a PDB / mmCIF / BinaryCIF file (UNREADABLE_FILE if not).
+
+    Parsed structures are cached per (path, mtime, size): a congeneric series poses many
+    ligands in one protein, and parsing dominates the cost of a pocket. Callers index the
+    array (which copies), so the cached object is never modified.
+    """
     if not os.path.isfile(path):
         raise SkipRecord(UNREADABLE_FILE, f"no such file: {path}")
+    stat = os.stat(path)
+    return _read_structure_cached(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_structure_cached(path: str, mtime_ns: int, size: int):
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext in (".cif", ".mmcif", ".bcif"):
