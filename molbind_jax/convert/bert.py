@@ -192,10 +192,16 @@ def load(checkpoint: str, dictionary: str | None = None, **config_overrides) -> 
     return module, assign(module, state, path)
 
 
+@nnx.jit
+def _eval_forward(module: BertEncoder, input_ids, attention_mask):
+    return module(input_ids, attention_mask, deterministic=True)
+
+
 def run_flax(module: BertEncoder, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Runs the encoder in eval mode on `input_ids`, `attention_mask` [B,L]."""
-    out = module(np.asarray(inputs["input_ids"], np.int32), np.asarray(inputs["attention_mask"], np.int32),
-                 deterministic=True)
+    """Runs the encoder in eval mode (jitted, one compile per shape) on `input_ids`,
+    `attention_mask` [B,L]; returns `last_hidden_state` [B,L,H] float32."""
+    out = _eval_forward(module, np.asarray(inputs["input_ids"], np.int32),
+                        np.asarray(inputs["attention_mask"], np.int32))
     return {OUTPUT: np.asarray(out, np.float32)}
 
 

