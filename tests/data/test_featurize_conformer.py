@@ -209,3 +209,53 @@ def test_sdf_unreadable_file(tmp_path):
     with pytest.raises(SkipRecord) as err:
         conf.sdf_to_unimol(str(garbage))
     assert err.value.reason == UNREADABLE_FILE
+
+
+def _original_d3_item(atoms, coordinates, dictionary):
+    """The spec's D3Dataset.__getitem__ without its random parts, in torch/numpy as the original."""
+    import torch
+
+    atoms = np.array(atoms)
+    coordinates = coordinates.astype(np.float32)
+    keep = atoms != "H"
+    atoms, coordinates = atoms[keep], coordinates[keep]
+    atom_vec = torch.tensor([dictionary.index(a) for a in atoms], dtype=torch.long)
+    coordinates = coordinates - coordinates.mean(axis=0)
+    atom_vec = torch.cat([torch.LongTensor([1]), atom_vec, torch.LongTensor([2])])
+    coordinates = np.concatenate([np.zeros((1, 3)), coordinates, np.zeros((1, 3))], axis=0)  # float64
+    edge_type = atom_vec.view(-1, 1) * len(dictionary) + atom_vec.view(1, -1)
+    from scipy.spatial import distance_matrix
+
+    dist = torch.from_numpy(distance_matrix(coordinates, coordinates).astype(np.float32))
+    return atom_vec, edge_type, dist
+
+
+def _original_collate(values, dims, multiple=8):
+    """unicore collate_tokens / collate_tokens_2d with right padding and pad value 0."""
+    import torch
+
+    size = max(v.size(0) for v in values)
+    if size % multiple != 0:
+        size = int(((size - 0.1) // multiple + 1) * multiple)
+    res = values[0].new(len(values), *([size] * dims)).fill_(0)
+    for i, v in enumerate(values):
+        (res[i][: len(v)] if dims == 1 else res[i][: len(v), : len(v)]).copy_(v)
+    return res
+
+
+def test_bit_exact_against_the_original_pipeline():
+    mols = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1", "ClCCl", "OC(=O)CC[Se]C"]
+    items, ours = [], []
+    for i, smi in enumerate(mols):
+        atoms, coords, _ = conf.generate_conformers(smi, num_conformers=1, seed=i)
+        items.append(_original_d3_item(atoms, coords[0].astype(np.float64) + 3.7, MOL_DICTIONARY))
+        out = conf.unimol_input(atoms, coords[0].astype(np.float64) + 3.7)
+        ours.append((out["conformer_tokens"], out["conformer_coords"][0]))
+    tokens, distance, edge_type = conf.collate_unimol(ours, V)
+    ref_tokens = _original_collate([t for t, _, _ in items], 1).numpy()
+    ref_edge = _original_collate([e for _, e, _ in items], 2).numpy()
+    ref_dist = _original_collate([d for _, _, d in items], 2).numpy()
+    assert tokens.shape == ref_tokens.shape == (4, 16)
+    np.testing.assert_array_equal(tokens, ref_tokens)
+    np.testing.assert_array_equal(edge_type, ref_edge)
+    np.testing.assert_array_equal(distance, ref_dist)  # bit-exact, float32
