@@ -100,3 +100,40 @@ def test_cli_on_minilm(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(out) as saved:
         assert saved["last_hidden_state"].shape == (3, enc["input_ids"].shape[1], 384)
+
+
+@pytest.mark.slow
+def test_run_on_tiny_unimol_and_gin(tmp_path, capsys):
+    """The same harness drives the other importers (their protocol: load/run_flax/run_torch)."""
+    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS
+    from molbind_jax.torch_reference.gin import GNN
+    from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    unimol = TorchUniMol(31, encoder_layers=2, embed_dim=32, ffn_embed_dim=64, attention_heads=4, num_kernels=16)
+    torch.save({"model": unimol.state_dict()}, tmp_path / "mol.pt")
+    (tmp_path / "dict.txt").write_text("".join(f"{s} 1\n" for s in MOL_SYMBOLS if s != "[MASK]"))
+    lengths, n = [5, 11], 16
+    tokens = np.zeros((2, n), np.int64)
+    dist = np.zeros((2, n, n), np.float32)
+    for i, m in enumerate(lengths):
+        tokens[i, :m] = np.concatenate([[1], rng.integers(4, 13, m - 2), [2]])
+        c = np.concatenate([[[0, 0, 0]], rng.normal(size=(m - 2, 3)), [[0, 0, 0]]])
+        dist[i, :m, :m] = np.linalg.norm(c[:, None] - c[None], axis=-1)
+    edge = np.where((tokens[:, :, None] > 0) & (tokens[:, None, :] > 0), tokens[:, :, None] * 31 + tokens[:, None, :], 0)
+    np.savez(tmp_path / "unimol.npz", src_tokens=tokens, src_distance=dist, src_edge_type=edge)
+    assert compare.run("unimol", str(tmp_path / "mol.pt"), str(tmp_path / "unimol.npz"),
+                       dictionary=str(tmp_path / "dict.txt")) == 0
+    assert "encoder_rep" in capsys.readouterr().out
+
+    gin = GNN(num_layer=2, emb_dim=16).eval()
+    torch.save(gin.state_dict(), tmp_path / "gin.pth")
+    # two graphs: a 3-atom chain and a 2-atom bond, both directions of every bond
+    edge_index = np.array([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 3]])
+    np.savez(tmp_path / "gin.npz", x=np.array([[5, 0], [6, 0], [7, 1], [5, 0], [16, 2]]),
+             edge_index=edge_index, edge_attr=np.array([[0, 0], [0, 0], [1, 0], [1, 0], [3, 1], [3, 1]]),
+             batch=np.array([0, 0, 0, 1, 1]))
+    assert compare.run("gin", str(tmp_path / "gin.pth"), str(tmp_path / "gin.npz")) == 0
+    out = capsys.readouterr().out
+    assert "node_rep" in out and "graph_rep" in out
