@@ -37,6 +37,7 @@ from data_pipeline.featurize import UNKNOWN_ELEMENT, UNREADABLE_FILE, SkipRecord
 from data_pipeline.sources.pairs import (
     PAIRS,
     SPLITS,
+    capped,
     conformer_fields,
     record_seed,
     resolve_options,
@@ -116,8 +117,15 @@ def _lmdb_value(reader, index: int):
 
 
 def raw_records(pair: str, split: str, options=None) -> Iterator[tuple[str, dict]]:
-    """(key, raw) of one pair type and split, in the original's order; reads LMDB values here."""
+    """(key, raw) of one pair type and split, in the original's order; reads LMDB values here.
+
+    `options["max_records"]` keeps the first N records of each split (quick trial builds).
+    """
     options = resolve_options(options)
+    yield from capped(_raw_records(pair, split, options), pair, options)
+
+
+def _raw_records(pair: str, split: str, options: dict) -> Iterator[tuple[str, dict]]:
     if pair not in PAIRS:
         raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
     if split not in SPLITS:

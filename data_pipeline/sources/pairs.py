@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import zlib
@@ -62,6 +63,7 @@ DEFAULT_OPTIONS = {
     "text_property": "text",  # pairs: SDF data field holding the text
     "split_by": "scaffold",  # pairs: "scaffold" or "target" (conformer_pocket)
     "manual_dir": None,  # m4: the MolBind4M directory
+    "max_records": None,  # int or {pair: int}: keep the first N raw records of each split (None: all)
 }
 
 
@@ -75,6 +77,14 @@ def resolve_options(options=None) -> dict:
     else:
         out.update({k: getattr(options, k) for k in dir(options) if not k.startswith("_")})
     return out
+
+
+def capped(records, pair: str, options: dict):
+    """The first `max_records` (int, or {pair: int}) raw records of a split; all when None."""
+    cap = options.get("max_records")
+    if isinstance(cap, dict):
+        cap = cap.get(pair)
+    return records if cap is None else itertools.islice(records, int(cap))
 
 
 def record_seed(seed: int, key: str) -> int:
@@ -237,9 +247,8 @@ def raw_records(pair: str, split: str, options=None) -> Iterator[tuple[str, dict
     if options["split_by"] not in ("scaffold", "target"):
         raise ValueError(f"split_by must be 'scaffold' or 'target', got {options['split_by']!r}")
     records = _pocket_records(path, options) if pair == "conformer_pocket" else _molecule_records(pair, path, options)
-    for record_split, key, raw in records:
-        if record_split == split:
-            yield key, {"id": key, **raw}
+    in_split = ((key, {"id": key, **raw}) for record_split, key, raw in records if record_split == split)
+    yield from capped(in_split, pair, options)
 
 
 # ----------------------------------------------------------------------------- featurization

@@ -183,3 +183,8 @@ def test_layout_errors(release, tmp_path):
     (release / "MolBind4M" / "unimol_dict_mol.txt").write_text("[PAD]\n[CLS]\n[SEP]\n[UNK]\nN\nC\n")
     with pytest.raises(ValueError, match="differs"):
         list(m4.raw_records("graph_text", "train", {"manual_dir": str(release)}))
+
+
+def test_max_records(release):
+    keys = [k for k, _ in m4.raw_records("conformer_text", "train", {"manual_dir": str(release), "max_records": 2})]
+    assert keys == ["m4/conformer_text/train/1", "m4/conformer_text/train/2"]

@@ -161,3 +161,12 @@ def test_input_errors(tmp_path):
         list(pairs.raw_records("graph_text", "train", {"input": str(bad)}))
     with pytest.raises(ValueError):
         list(pairs.raw_records("text_text", "train", {"input": str(bad)}))
+
+
+def test_max_records_caps_each_split(csv_file):
+    all_train = list(pairs.raw_records("graph_text", "train", {"input": csv_file}))
+    assert len(all_train) > 2
+    two = list(pairs.raw_records("graph_text", "train", {"input": csv_file, "max_records": 2}))
+    assert [k for k, _ in two] == [k for k, _ in all_train[:2]]
+    per_pair = list(pairs.raw_records("graph_text", "train", {"input": csv_file, "max_records": {"graph_text": 1}}))
+    assert len(per_pair) == 1
