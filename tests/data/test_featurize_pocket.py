@@ -59,7 +59,7 @@ def test_toy_pocket_by_hand(toy_pdb):
                                   [1, 5, 4, 4, 6, 4, 3, 2])
 
 
-def test_mmcif_gives_the_same_pocket(toy_pdb, tmp_path):
+def test_mmcif_and_binarycif_give_the_same_pocket(toy_pdb, tmp_path):
     import biotite.structure.io.pdb as pdb
     import biotite.structure.io.pdbx as pdbx
 
@@ -68,10 +68,16 @@ def test_mmcif_gives_the_same_pocket(toy_pdb, tmp_path):
     pdbx.set_structure(cif, atoms)
     cif_path = str(tmp_path / "toy.cif")
     cif.write(cif_path)
+    bcif = pdbx.BinaryCIFFile()
+    pdbx.set_structure(bcif, atoms)
+    bcif_path = str(tmp_path / "toy.bcif")
+    bcif.write(bcif_path)
     a = extract_pocket(toy_pdb, np.zeros((1, 3)))
-    b = extract_pocket(cif_path, np.zeros((1, 3)))
-    np.testing.assert_array_equal(a["pocket_tokens"], b["pocket_tokens"])
-    np.testing.assert_allclose(a["pocket_coords"], b["pocket_coords"], atol=1e-5)
+    for path in (cif_path, bcif_path):
+        b = extract_pocket(path, np.zeros((1, 3)))
+        np.testing.assert_array_equal(a["pocket_tokens"], b["pocket_tokens"])
+        np.testing.assert_allclose(a["pocket_coords"], b["pocket_coords"], atol=1e-5)
+        assert a["residues"] == b["residues"]
 
 
 def _brute_force_pocket(pdb_path, ligand_xyz, cutoff):

@@ -55,15 +55,18 @@ def test_csv_graph_text(csv_file):
     assert where["pairs/mine.csv/1"] == where["pairs/mine.csv/2"]
 
 
-def test_jsonl_equals_csv(csv_file, tmp_path):
-    path = tmp_path / "mine.jsonl"
-    path.write_text("".join(json.dumps({"smiles": s, "text": t}) + "\n" for s, t in ROWS))
+def test_jsonl_and_tsv_equal_csv(csv_file, tmp_path):
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("".join(json.dumps({"smiles": s, "text": t}) + "\n" for s, t in ROWS))
+    tsv = tmp_path / "mine.tsv"
+    tsv.write_text("smiles\ttext\n" + "".join(f"{s}\t{t}\n" for s, t in ROWS))
     a, _, wa = _every_split("graph_text", {"input": csv_file})
-    b, _, wb = _every_split("graph_text", {"input": str(path)})
-    assert [k.split("/")[-1] for k in a] == [k.split("/")[-1] for k in b]
-    assert list(wa.values()) == list(wb.values())
-    for ka, kb in zip(a, b):
-        np.testing.assert_array_equal(a[ka]["text_ids"], b[kb]["text_ids"])
+    for path in (jsonl, tsv):
+        b, _, wb = _every_split("graph_text", {"input": str(path)})
+        assert [k.split("/")[-1] for k in a] == [k.split("/")[-1] for k in b]
+        assert list(wa.values()) == list(wb.values())
+        for ka, kb in zip(a, b):
+            np.testing.assert_array_equal(a[ka]["text_ids"], b[kb]["text_ids"])
 
 
 def test_conformers_from_smiles_are_deterministic(csv_file):
