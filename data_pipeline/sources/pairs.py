@@ -11,7 +11,8 @@ Formats (chosen by the file extension of `options["input"]`):
     `target` column): conformer_pocket. Every molecule of a ligand SDF becomes one record
     (a series of ligands posed in the same site), with the pocket cut around it.
 Optional columns everywhere: `id` (record key; default the row / molecule number) and
-`split` (train / validation / test; `valid`, `pretrain` also accepted).
+`split` (train / validation / test; `valid`, `pretrain` also accepted). A repeated id is
+skipped as `duplicate`, an unknown split name as `invalid_split`; neither stops a build.
 
 Splits without a split column are deterministic: the Bemis-Murcko scaffold of the molecule
 (its canonical SMILES when it has no ring, so acyclic molecules do not all share the empty
@@ -38,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from data_pipeline.featurize import (
+    DUPLICATE,
     EMPTY_TEXT,
     INVALID_SMILES,
     UNREADABLE_FILE,
@@ -46,6 +48,7 @@ from data_pipeline.featurize import (
 
 PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 SPLITS = ("train", "validation", "test")
+INVALID_SPLIT = "invalid_split"  # skip reason added here: a split column value we do not know
 SPLIT_ALIASES = {"train": "train", "pretrain": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "test": "test"}
 
@@ -180,11 +183,11 @@ def _rows(path: str) -> Iterator[tuple[int, dict]]:
 
 
 def _row_split(row: dict, fallback: str) -> str:
+    """The row's own split if it names one, else the hash split; an unknown name is returned
+    as is and turned into an `invalid_split` skip by raw_records (one bad row must not stop a build)."""
     given = str(row.get("split") or "").strip().lower()
     if given:
-        if given not in SPLIT_ALIASES:
-            raise ValueError(f"unknown split {given!r} in the pairs file; use train/validation/test")
-        return SPLIT_ALIASES[given]
+        return SPLIT_ALIASES.get(given, "invalid:" + given)
     return hash_split(fallback)
 
 
@@ -195,8 +198,7 @@ def _molecule_records(pair: str, path: str, options: dict):
         from data_pipeline.featurize.graph import canonical_smiles
 
         for i, block, mol in iter_sdf(path):
-            name = mol.GetProp("_Name").strip() if mol is not None and mol.HasProp("_Name") else ""
-            rid = name if name and options.get("sdf_name_as_id") else str(i)
+            rid = str(i)
             smiles = canonical_smiles(mol) if mol is not None else ""
             split_row = {"split": mol.GetProp("split")} if mol is not None and mol.HasProp("split") else {}
             yield _row_split(split_row, scaffold_key(smiles) or block), f"pairs/{base}/{rid}", {"molblock": block}
@@ -247,8 +249,28 @@ def raw_records(pair: str, split: str, options=None) -> Iterator[tuple[str, dict
     if options["split_by"] not in ("scaffold", "target"):
         raise ValueError(f"split_by must be 'scaffold' or 'target', got {options['split_by']!r}")
     records = _pocket_records(path, options) if pair == "conformer_pocket" else _molecule_records(pair, path, options)
-    in_split = ((key, {"id": key, **raw}) for record_split, key, raw in records if record_split == split)
-    yield from capped(in_split, pair, options)
+    yield from capped(_checked(records, split), pair, options)
+
+
+def _checked(records, split: str):
+    """Records of one split with unique keys; bad split names and repeated ids become skips.
+
+    Every record is looked at in every pass, so a record lands in exactly one split: an
+    unknown split name in the hash split of its key, a repeated id under `<id>#<n>`.
+    """
+    seen: dict[str, int] = {}
+    for record_split, key, raw in records:
+        if record_split.startswith("invalid:"):
+            raw = {**raw, "error": (INVALID_SPLIT, f"{key}: unknown split {record_split[8:]!r}; "
+                                                  "use train/validation/test")}
+            record_split = hash_split(key)
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        if n:
+            key = f"{key}#{n}"
+            raw = {**raw, "error": (DUPLICATE, f"id {key} repeats an earlier record")}
+        if record_split == split:
+            yield key, {**raw, "id": key}
 
 
 # ----------------------------------------------------------------------------- featurization

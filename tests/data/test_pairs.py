@@ -173,3 +173,12 @@ def test_max_records_caps_each_split(csv_file):
     assert [k for k, _ in two] == [k for k, _ in all_train[:2]]
     per_pair = list(pairs.raw_records("graph_text", "train", {"input": csv_file, "max_records": {"graph_text": 1}}))
     assert len(per_pair) == 1
+
+
+def test_repeated_ids_and_unknown_split_names_are_counted_skips(tmp_path):
+    path = tmp_path / "dups.csv"
+    path.write_text("id,smiles,text,split\na,CCO,one,train\na,CCN,two,train\nb,CCC,three,holdout\n")
+    out, skipped, where = _every_split("graph_text", {"input": str(path)})
+    assert list(out) == ["pairs/dups.csv/a"]
+    assert skipped == {"pairs/dups.csv/a#1": "duplicate", "pairs/dups.csv/b": pairs.INVALID_SPLIT}
+    assert len(where) == 3  # each row is reported once, in one split
