@@ -190,10 +190,14 @@ def load_graph(path: str) -> dict:
     x, edge_index, edge_attr = field("x"), field("edge_index"), field("edge_attr")
     if x is None or edge_index is None:
         raise SkipRecord(MALFORMED_GRAPH, f"{path}: needs x and edge_index, got {type(obj).__name__}")
-    x = np.asarray(x, dtype=np.int64)
-    edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
-    e = edge_index.shape[1]
-    edge_attr = np.zeros((e, 2), np.int64) if edge_attr is None else np.asarray(edge_attr, dtype=np.int64).reshape(e, -1)
+    try:
+        x = np.asarray(x, dtype=np.int64)
+        edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
+        e = edge_index.shape[1]
+        edge_attr = (np.zeros((e, 2), np.int64) if edge_attr is None
+                     else np.asarray(edge_attr, dtype=np.int64).reshape(e, -1))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise SkipRecord(MALFORMED_GRAPH, f"{path}: {type(err).__name__}: {err}") from err
     if x.ndim != 2 or x.shape[1] < 2 or x.shape[0] == 0 or edge_attr.shape[1] < 2:
         raise SkipRecord(MALFORMED_GRAPH, f"{path}: x {x.shape}, edge_attr {edge_attr.shape}")
     n = x.shape[0]

@@ -169,6 +169,10 @@ def test_bad_graph_files(release, tmp_path):
     with pytest.raises(SkipRecord) as err:
         m4.load_graph(str(bad))
     assert err.value.reason == m4.MALFORMED_GRAPH
+    torch.save({"x": torch.tensor([[5, 0]]), "edge_index": torch.tensor([[0, 0, 0]])}, bad)  # not [2, e]
+    with pytest.raises(SkipRecord) as err:
+        m4.load_graph(str(bad))
+    assert err.value.reason == m4.MALFORMED_GRAPH
     bad.write_bytes(b"not a torch file")
     with pytest.raises(SkipRecord) as err:
         m4.load_graph(str(bad))
