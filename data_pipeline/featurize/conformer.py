@@ -39,11 +39,18 @@ def _embed(mol: Chem.Mol, num_conformers: int, seed: int, timeout: int) -> list[
     params.numThreads = 1  # the builders parallelise over records, not inside RDKit
     if timeout:
         params.timeout = int(timeout)
-    ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=num_conformers, params=params))
+
+    def embed():
+        # a timed-out embedding returns [-1] and no conformer: keep only real ids
+        ids = AllChem.EmbedMultipleConfs(mol, numConfs=num_conformers, params=params)
+        existing = {c.GetId() for c in mol.GetConformers()}
+        return [i for i in ids if i >= 0 and i in existing]
+
+    ids = embed()
     if not ids:
         params.useRandomCoords = True
         params.maxIterations = 5000
-        ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=num_conformers, params=params))
+        ids = embed()
     return ids
 
 
@@ -65,7 +72,8 @@ def generate_conformers(smiles_or_mol, num_conformers: int = 10, seed: int = 42,
 
     Returns (atoms, coords, used_2d_fallback): `atoms` element symbols (heavy atoms first,
     then the added H, RDKit's order), `coords` float32 [k, n, 3] with 1 <= k <= num_conformers.
-    When ETKDG cannot embed the molecule (twice), Uni-Mol's fallback is used: one 2D depiction
+    When ETKDG cannot embed the molecule (twice; each pass stops after `timeout` seconds,
+    0 = no limit), Uni-Mol's fallback is used: one 2D depiction
     with z = 0 (k = 1) and `used_2d_fallback=True`, so builders can count it. With
     `allow_2d_fallback=False` the molecule is skipped with NO_CONFORMER instead.
     """

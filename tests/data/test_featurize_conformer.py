@@ -52,6 +52,13 @@ def test_embedding_failure_falls_back_to_2d(monkeypatch):
     assert err.value.reason == NO_CONFORMER
 
 
+def test_timed_out_embedding_is_a_failure_not_a_crash(monkeypatch):
+    # RDKit returns [-1] (and no conformer) when params.timeout runs out
+    monkeypatch.setattr(conf.AllChem, "EmbedMultipleConfs", lambda mol, numConfs, params: [-1])
+    atoms, coords, fallback = conf.generate_conformers("CCO", num_conformers=3, seed=0, timeout=1)
+    assert fallback and coords.shape == (1, 9, 3)
+
+
 def test_real_unembeddable_molecule_uses_the_fallback():
     # cyclobutadiyne: two triple bonds in a 4-ring have no 3D geometry ETKDG accepts
     atoms, coords, fallback = conf.generate_conformers("C1#CC#C1", num_conformers=2, seed=0)
