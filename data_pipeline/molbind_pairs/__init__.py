@@ -1,12 +1,19 @@
 """TFDS builders for MolBind pairs (molbind_mini, molbind_m4, molbind_pairs); see builder.py.
 
-The builders are imported lazily (`from data_pipeline.molbind_pairs import MolbindMini`, or
-`import data_pipeline.molbind_pairs.builder` to register them with TFDS) so that importing
-`data_pipeline.molbind_pairs.parallel` in a spawned worker does not load TensorFlow.
+Importing this package registers the builders with TFDS (it imports builder.py, hence
+TensorFlow), except inside a multiprocessing child: the featurization workers import
+`data_pipeline.molbind_pairs.parallel` and must start without loading TensorFlow. There the
+builder names are still available lazily (module `__getattr__`).
 """
+import multiprocessing as _mp
 
 _BUILDER_NAMES = ("MolbindBuilderBase", "MolbindMini", "MolbindM4", "MolbindPairs", "PairConfig",
                   "features_for", "PAIRS", "SPLITS", "REPORT")
+
+if _mp.parent_process() is None:
+    from data_pipeline.molbind_pairs.builder import (  # noqa: F401
+        PAIRS, REPORT, SPLITS, MolbindBuilderBase, MolbindM4, MolbindMini, MolbindPairs, PairConfig,
+        features_for)
 
 
 def __getattr__(name):

@@ -78,10 +78,12 @@ def featurized(source: str, pair: str, options: dict, records: Iterable[tuple[st
                     errors += 1
                     logging.warning("record %s failed (%s): %s", key, reason, detail)
                 continue
-            if key in seen:
+            # TFDS hashes keys after rewriting "\\" to "/", so compare them the same way.
+            tfds_key = key.replace("\\", "/")
+            if tfds_key in seen:
                 stats.skip(fz.DUPLICATE)
                 continue
-            seen.add(key)
+            seen.add(tfds_key)
             stats.written += 1
             yield key, {"id": key, **example}
     finally:

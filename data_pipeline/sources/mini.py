@@ -498,7 +498,11 @@ def raw_records(pair: str, split: str, options: dict | None = None) -> Iterator[
     for key, raw in candidates(pair, options):
         if split_of(pair, key, raw) == split:
             src = raw.get("source", "chebi" if pair == "graph_text" else "")
-            yield f"mini/{pair}/{src + '/' if src and pair != 'conformer_pocket' else ''}{key}", raw
+            if pair != "conformer_pocket":
+                # Ids name the molecule by a hash of its SMILES: TFDS rewrites backslashes in keys
+                # to "/", which would make E/Z isomers collide.
+                key = f"{src}/{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+            yield f"mini/{pair}/{key}", raw
 
 
 # ----------------------------------------------------------------------------- featurization

@@ -35,6 +35,9 @@ FAKE_SOURCE = textwrap.dedent('''
             yield "fake/0", {"i": 0, "kind": "good", "smiles": "C1CCC1"}  # a duplicate key
 
     def featurize(pair, raw, options):
+        import sys
+        if options.get("check_no_tf") and "tensorflow" in sys.modules:
+            raise RuntimeError("a featurization worker loaded TensorFlow")
         if raw["kind"] == "bad":
             raise fz.SkipRecord(fz.INVALID_SMILES, raw["smiles"])
         if raw["kind"] == "crash":
@@ -122,7 +125,7 @@ def test_rebuild_reuses_and_refuses_other_options(tmp_path, fake_source):
 
 
 def test_process_pool_counts_skips_in_parent(tmp_path, fake_source):
-    b = _build(tmp_path, fake_source, workers=2, n=40)
+    b = _build(tmp_path, fake_source, workers=2, n=40, check_no_tf=True)
     good, bad, crash = _expected(40)
     report = b.read_report()
     assert report["skipped"] == {"duplicate": 1, "error:ValueError": crash, "invalid_smiles": bad}
