@@ -10,7 +10,7 @@ Two halves:
 from __future__ import annotations
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 from scipy.spatial import distance_matrix
 
@@ -91,7 +91,7 @@ def generate_conformers(smiles_or_mol, num_conformers: int = 10, seed: int = 42,
 
     mol = Chem.AddHs(mol)
     atoms = [a.GetSymbol() for a in mol.GetAtoms()]
-    RDLogger.DisableLog("rdApp.*")
+    logs = rdBase.BlockLogs()  # quiet RDKit, restoring the caller's settings after
     try:
         ids = _embed(mol, num_conformers, seed, timeout)
         if ids:
@@ -108,7 +108,7 @@ def generate_conformers(smiles_or_mol, num_conformers: int = 10, seed: int = 42,
         coords[..., 2] = 0.0
         return atoms, coords, True
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        del logs
 
 
 def unimol_input(atoms, coords, dictionary: Dictionary = MOL_DICTIONARY, max_atoms: int = 256,
@@ -233,7 +233,7 @@ def molblock_to_mol(block: str) -> Chem.Mol | None:
     Sanitization failures (e.g. unusual valences in crystal ligands) are retried without
     sanitization: the element symbols and coordinates, all a conformer needs, are intact.
     """
-    RDLogger.DisableLog("rdApp.*")
+    logs = rdBase.BlockLogs()  # quiet RDKit, restoring the caller's settings after
     try:
         mol = _parse_sdf_record(block, sanitize=True)
         if mol is None:
@@ -243,7 +243,7 @@ def molblock_to_mol(block: str) -> Chem.Mol | None:
     except Exception:  # noqa: BLE001
         mol = None
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        del logs
     if mol is None or mol.GetNumAtoms() == 0 or mol.GetNumConformers() == 0:
         return None
     return mol

@@ -25,7 +25,7 @@ Vocabularies (they index fixed embedding tables, so no value may fall outside th
 from __future__ import annotations
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 
 from data_pipeline.featurize import EMPTY_MOLECULE, INVALID_SMILES, UNKNOWN_ELEMENT, SkipRecord
 
@@ -52,11 +52,11 @@ def parse_smiles(smiles) -> Chem.Mol:
     """RDKit molecule from SMILES, or SkipRecord(INVALID_SMILES / EMPTY_MOLECULE)."""
     if not isinstance(smiles, str) or not smiles.strip():
         raise SkipRecord(EMPTY_MOLECULE if isinstance(smiles, str) else INVALID_SMILES, repr(smiles)[:80])
-    RDLogger.DisableLog("rdApp.*")  # RDKit prints every parse error; the skip report counts them
+    logs = rdBase.BlockLogs()  # RDKit prints every parse error; the skip report counts them
     try:
         mol = Chem.MolFromSmiles(smiles.strip())
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        del logs
     if mol is None:
         raise SkipRecord(INVALID_SMILES, smiles[:200])
     if mol.GetNumAtoms() == 0:

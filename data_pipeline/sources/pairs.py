@@ -133,10 +133,10 @@ def generated_conformer_fields(smiles_or_mol, options: dict, seed: int) -> dict:
 
 def scaffold_key(smiles: str) -> str:
     """Bemis-Murcko scaffold SMILES; the canonical SMILES when there is no ring; else the input."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
-    RDLogger.DisableLog("rdApp.*")
+    logs = rdBase.BlockLogs()  # quiet RDKit, restoring the caller's settings after
     try:
         mol = Chem.MolFromSmiles(smiles) if smiles else None
         if mol is None or mol.GetNumAtoms() == 0:
@@ -147,7 +147,7 @@ def scaffold_key(smiles: str) -> str:
             scaffold = ""
         return scaffold or Chem.MolToSmiles(mol, isomericSmiles=False)
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        del logs
 
 
 def hash_split(text: str) -> str:
