@@ -6,6 +6,8 @@
 # Re-running reuses what exists: the dataset build is skipped when built, training resumes
 # from the last checkpoint (and returns at once when finished), the export is redone only
 # when the checkpoints changed, and the evaluation is rerun (it is the output).
+# DEMO_EMERGENT=1 also trains experiments/configs/emergent.py in WORKDIR/emergent and adds
+# the emergent conformer<->text section to the report.
 # TFDS_DATA_DIR defaults to data/tfds in the repository (gitignored). Every step shows
 # progress; the log of each step is kept in WORKDIR/logs/.
 set -euo pipefail
@@ -51,8 +53,23 @@ else
   stamp "export: up to date ($WORKDIR/export, checkpoints: $ckpts)"
 fi
 
-# 4. Evaluation: tables on stdout, report.md / metrics.json / plots in WORKDIR.
-step evaluate "$PY" -m molbind_jax.evaluate --workdir="$WORKDIR" --data_dir="$TFDS_DATA_DIR"
+# 4. Optional (DEMO_EMERGENT=1): the emergent run, mini without conformer_text pairs.
+EVAL_EXTRA=()
+if [ "${DEMO_EMERGENT:-0}" = "1" ]; then
+  EWORK="$WORKDIR/emergent"
+  step train_emergent "$PY" -m molbind_jax.train --config=experiments/configs/emergent.py --workdir="$EWORK"
+  if [ ! -f "$EWORK/export/config.json" ]; then
+    step export_emergent "$PY" -m molbind_jax.export --workdir="$EWORK" --output="$EWORK/export"
+  fi
+  EVAL_EXTRA+=("--emergent_workdir=$EWORK")
+fi
+
+# 5. Evaluation: tables on stdout, report.md / metrics.json / plots in WORKDIR.
+step evaluate "$PY" -m molbind_jax.evaluate --workdir="$WORKDIR" --data_dir="$TFDS_DATA_DIR" "${EVAL_EXTRA[@]}"
 
 stamp "finished in $(( $(date +%s) - START ))s"
+echo
+echo "Retrieval against the whole test split (%), from $WORKDIR/report.md:"
+sed -n '/^## Retrieval against the whole test split/,/^## In-batch/p' "$WORKDIR/report.md" | grep '^|'
+echo
 echo "Report: $WORKDIR/report.md (metrics.json, recall_curves.png, loss_curves.png, embedding_map.png)"

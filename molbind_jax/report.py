@@ -50,8 +50,9 @@ def retrieval_table(retrieval: Mapping, scope: str = "full", with_baselines: boo
             if not with_baselines:
                 continue
             for name, b in res.get("baselines", {}).items():
-                scope_b = b.get(scope, b) if isinstance(b, Mapping) else b
-                lines.append(_row(f"{arrow} {name}", scope_b.get(d)))
+                scope_b = b.get(scope)
+                if scope_b:
+                    lines.append(_row(f"{arrow} {name}", scope_b.get(d)))
             rnd = res.get("random", {}).get(scope, {}).get(d)
             if rnd:
                 lines.append(_row(f"{arrow} random (expected)", rnd))
@@ -207,6 +208,10 @@ def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> s
                retrieval_table(results["retrieval"], "full"), "",
                "## In-batch retrieval (batches of 64)", "",
                retrieval_table(results["retrieval"], "in_batch"), ""]
+    strict = {p: r for p, r in results.get("retrieval", {}).items() if "strict" in r}
+    if strict:
+        md += ["## Ligand-specific pockets (strict: only the pocket cut around this ligand "
+               "is correct)", "", retrieval_table(strict, "strict"), ""]
     if results.get("emergent"):
         md += ["## Emergent pair (model trained without these pairs)", "",
                retrieval_table(results["emergent"], "full"), ""]
