@@ -8,6 +8,10 @@ Inputs are in the original's layout (npz):
   unimol: src_tokens [B,N], src_distance [B,N,N], src_edge_type [B,N,N]
   gin:    x [n,2], edge_index [2,e], edge_attr [e,2], batch [n]
 
+--prefix selects one encoder inside a larger checkpoint (a MolBind Lightning .ckpt):
+model.graph_encoder. (gin), model.conf_encoder. / model.pro_encoder. (unimol); the BERT
+importer finds model.Qformer. by itself.
+
 With --output the Flax outputs are written there (bert: last_hidden_state; unimol:
 encoder_rep; gin: node_rep, graph_rep) and no torch runs. Without it, the torch reference
 (`molbind_jax.convert.<encoder>.run_torch`) runs too and a parity table is printed: per output
@@ -98,17 +102,18 @@ def format_table(errors: Mapping[str, Mapping[str, float]], tolerance: float) ->
 
 
 def run(encoder: str, checkpoint: str, inputs_path: str, dictionary: str | None = None,
-        output: str | None = None, tolerance: float = 1e-5) -> int:
+        output: str | None = None, tolerance: float = 1e-5, prefix: str | None = None) -> int:
     """The command line's work; returns the exit status (1 when parity fails)."""
     with np.load(inputs_path) as data:
         inputs = dict(data)
+    kw = {"prefix": prefix} if prefix else {}
     if output:
-        outputs, report = run_flax_only(encoder, checkpoint, inputs, dictionary)
+        outputs, report = run_flax_only(encoder, checkpoint, inputs, dictionary, **kw)
         print(report.summary())
         np.savez(output, **outputs)
         print(f"wrote {', '.join(sorted(outputs))} to {output}")
         return 0
-    result = compare(encoder, checkpoint, inputs, dictionary)
+    result = compare(encoder, checkpoint, inputs, dictionary, **kw)
     print(result["report"].summary())
     print(format_table(result["errors"], tolerance))
     worst = max(e["rel"] for e in result["errors"].values())
@@ -121,7 +126,7 @@ def main(argv) -> int:
     from absl import flags
 
     f = flags.FLAGS
-    return run(f.encoder, f.checkpoint, f.inputs, f.dictionary, f.output, f.tolerance)
+    return run(f.encoder, f.checkpoint, f.inputs, f.dictionary, f.output, f.tolerance, f.prefix)
 
 
 def _define_flags():
@@ -133,6 +138,8 @@ def _define_flags():
     flags.DEFINE_string("inputs", None, "npz with the inputs in the original's layout")
     flags.DEFINE_string("output", None, "write the Flax outputs here and run no torch")
     flags.DEFINE_float("tolerance", 1e-5, "max allowed relative error")
+    flags.DEFINE_string("prefix", None, "the encoder's key prefix inside a larger checkpoint, e.g. "
+                        "model.conf_encoder. in a MolBind .ckpt (bert finds model.Qformer. itself)")
     flags.mark_flags_as_required(["encoder", "checkpoint", "inputs"])
 
 

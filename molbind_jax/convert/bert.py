@@ -43,16 +43,23 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 OUTPUT = "last_hidden_state"
 
 
-def normalize_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def normalize_keys(state: Mapping[str, np.ndarray], prefix: str | None = None) -> dict[str, np.ndarray]:
     """Maps the accepted layouts onto BertModel's own key names.
 
-    Selects the Q-Former subtree of a MolBind checkpoint, drops a `bert.` prefix, and renames
-    TF-era LayerNorm `gamma`/`beta` to `weight`/`bias` (as transformers does on load).
+    Selects the subtree under `prefix` (by default the Q-Former of a MolBind checkpoint when
+    there is one), drops a `bert.` prefix, and renames TF-era LayerNorm `gamma`/`beta` to
+    `weight`/`bias` (as transformers does on load).
     """
-    for prefix in _TOWER_PREFIXES:
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            break
+    if prefix:
+        selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not selected:
+            raise CheckpointError(f"no keys under prefix {prefix!r}; first keys: {sorted(state)[:5]}")
+        state = selected
+    else:
+        for tower in _TOWER_PREFIXES:
+            if any(k.startswith(tower) for k in state):
+                state = {k[len(tower):]: v for k, v in state.items() if k.startswith(tower)}
+                break
     out = {}
     for k, v in state.items():
         if k.startswith("bert."):
@@ -105,12 +112,14 @@ def _ignore_patterns(cfg: BertConfig) -> tuple[str, ...]:
     return IGNORE_PATTERNS + (r"embeddings\.token_type_embeddings\.",)
 
 
-def assign(module: BertEncoder, state: Mapping[str, np.ndarray], source: str) -> KeyReport:
+def assign(module: BertEncoder, state: Mapping[str, np.ndarray], source: str, *,
+           prefix: str | None = None) -> KeyReport:
     """Copies a torch state dict (any accepted layout) into an existing `BertEncoder`.
 
     Strict: raises CheckpointError listing every missing, mis-shaped or unexpected key.
+    Keys outside the text tower of a larger checkpoint (a MolBind `.ckpt`) are not looked at.
     """
-    state = normalize_keys(state)
+    state = normalize_keys(state, prefix)
     table = _param_table(module.config)
     report = check_keys(state, {k: v[0] for k, v in table.items()}, source=source,
                         ignore_patterns=_ignore_patterns(module.config))
@@ -174,22 +183,25 @@ def _infer_config(state: Mapping[str, np.ndarray], hf: dict | None, source: str,
     return BertConfig(**{**cfg.__dict__, **overrides})
 
 
-def load(checkpoint: str, dictionary: str | None = None, **config_overrides) -> tuple[BertEncoder, KeyReport]:
+def load(checkpoint: str, dictionary: str | None = None, *, prefix: str | None = None,
+         **config_overrides) -> tuple[BertEncoder, KeyReport]:
     """Builds a `BertEncoder` from a checkpoint (see the module docstring for layouts).
 
     Args:
       checkpoint: an HF directory or a weights file.
       dictionary: unused for BERT (the protocol's Uni-Mol dictionary); must be None.
+      prefix: the text tower's key prefix inside a larger state dict; by default
+        `model.Qformer.` / `Qformer.` when present, else the whole state dict.
       **config_overrides: BertConfig fields, e.g. `use_token_type=False`, `dtype=jnp.bfloat16`.
     """
     if dictionary is not None:
         raise ValueError("BERT takes no dictionary; its vocabulary is the tokenizer's (load_tokenizer)")
     path = _weights_path(checkpoint)
     state = load_state_dict(path, subkey="state_dict")
-    norm = normalize_keys(state)
+    norm = normalize_keys(state, prefix)
     cfg = _infer_config(norm, _hf_config_dict(checkpoint), path, config_overrides)
     module = BertEncoder(cfg, rngs=nnx.Rngs(0))
-    return module, assign(module, state, path)
+    return module, assign(module, state, path, prefix=prefix)
 
 
 @nnx.jit
@@ -216,8 +228,8 @@ def _torch_config(cfg: BertConfig):
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def run_torch(checkpoint: str, inputs: Mapping[str, np.ndarray], dictionary: str | None = None,
-              **config_overrides) -> dict[str, np.ndarray]:
+def run_torch(checkpoint: str, inputs: Mapping[str, np.ndarray], dictionary: str | None = None, *,
+              prefix: str | None = None, **config_overrides) -> dict[str, np.ndarray]:
     """The reference: transformers' torch `BertModel`, eval, float32, eager attention.
 
     With `use_token_type=False` (given, or implied by a Q-Former checkpoint) its token-type
@@ -229,7 +241,7 @@ def run_torch(checkpoint: str, inputs: Mapping[str, np.ndarray], dictionary: str
     if dictionary is not None:
         raise ValueError("BERT takes no dictionary")
     path = _weights_path(checkpoint)
-    state = normalize_keys(load_state_dict(path, subkey="state_dict"))
+    state = normalize_keys(load_state_dict(path, subkey="state_dict"), prefix)
     cfg = _infer_config(state, _hf_config_dict(checkpoint), path, config_overrides)
     check_keys(state, {k: v[0] for k, v in _param_table(cfg).items()}, source=path,
                ignore_patterns=_ignore_patterns(cfg))

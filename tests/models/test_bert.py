@@ -172,8 +172,11 @@ def test_qformer_layout_import(tmp_path):
     assert "encoder.layer.1.intermediate_query.dense.weight" in ignored
     assert any(k.startswith("cls.predictions") for k in ignored)
     assert not any("text_proj" in k or "graph_encoder" in k for k in report.used + report.ignored)
-    # With the real head count given, it matches torch BertModel with a zero type table.
-    module, _ = convert.load(path, num_heads=4)
+    with pytest.raises(CheckpointError, match="no keys under prefix 'model.nope.'"):
+        convert.load(path, prefix="model.nope.")
+    # With the real head count given (and the prefix spelled out), it matches torch BertModel
+    # with a zero type table.
+    module, _ = convert.load(path, prefix="model.Qformer.", num_heads=4)
     x = _inputs([6, 3], 8, 50, seed=5)
     ours = convert.run_flax(module, x)["last_hidden_state"]
     ref = convert.run_torch(path, x, num_heads=4)["last_hidden_state"]
