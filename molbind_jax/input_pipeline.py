@@ -25,6 +25,7 @@ rows spread graph sizes evenly over the graph shards.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -70,11 +71,17 @@ def suggest_buckets(sizes: Sequence[int], max_shapes: int = 8, multiple: int = A
     multiple) choose the set that minimises the total padded length sum_i bucket(size_i), i.e.
     maximises the per-item padding efficiency. The largest size is always covered.
     """
+    if max_shapes < 1:
+        raise ValueError("max_shapes must be >= 1")
+    return optimal_bucket_sets(sizes, max_shapes, multiple)[-1]
+
+
+def optimal_bucket_sets(sizes: Sequence[int], max_shapes: int, multiple: int = ATOM_MULTIPLE,
+                        ) -> list[tuple[int, ...]]:
+    """`suggest_buckets` for every shape budget 1..max_shapes from one dynamic programme."""
     sizes = np.asarray(sizes, dtype=np.int64).ravel()
     if sizes.size == 0:
         raise ValueError("suggest_buckets needs at least one size")
-    if max_shapes < 1:
-        raise ValueError("max_shapes must be >= 1")
     values, counts = np.unique(np.maximum(_round_up(sizes, multiple), multiple), return_counts=True)
     u = len(values)
     k_max = min(max_shapes, u)
@@ -91,14 +98,17 @@ def suggest_buckets(sizes: Sequence[int], max_shapes: int = 8, multiple: int = A
             i = int(np.argmin(prev))
             cost[k, j] = prev[i]
             back[k, j] = i + k - 1
-    k = int(np.argmin(cost[:, u - 1]))
-    chosen, j = [], u - 1
-    while True:
-        chosen.append(int(values[j]))
-        if k == 0:
-            break
-        j, k = int(back[k, j]), k - 1
-    return tuple(sorted(chosen))
+    out = []
+    for budget in range(1, max_shapes + 1):
+        k = int(np.argmin(cost[:min(budget, k_max), u - 1]))
+        chosen, j = [], u - 1
+        while True:
+            chosen.append(int(values[j]))
+            if k == 0:
+                break
+            j, k = int(back[k, j]), k - 1
+        out.append(tuple(sorted(chosen)))
+    return out
 
 
 # ----------------------------------------------------------------------------- padding
@@ -307,7 +317,8 @@ class _Schedule:
 
     def __init__(self, pair: str, sizes: Mapping[str, np.ndarray], valid: np.ndarray, *,
                  global_batch_size: int, num_global_shards: int, seed: int, train: bool,
-                 grouping: tuple[str, str, int] | None, window_batches: int | None):
+                 grouping: tuple[str, str, int, str] | None, window_batches: int | None,
+                 bin_edges: Sequence[int] | None = None):
         self.pair, self.sizes, self.valid = pair, sizes, valid
         self.g, self.shards, self.seed, self.train = global_batch_size, num_global_shards, seed, train
         self.grouping, self.window = grouping, window_batches
@@ -317,9 +328,15 @@ class _Schedule:
             raise ValueError(f"{pair}: {n} usable records, fewer than one global batch of {self.g}")
         self.steps_per_epoch = n // self.g if train else -(-n // self.g)
         if grouping is not None:
-            primary, secondary, bins = grouping
-            edges = np.quantile(sizes[primary][valid], np.linspace(0, 1, bins + 1)[1:-1])
-            bin_of = np.searchsorted(edges, sizes[primary], side="right")
+            primary, secondary, bins, cut = grouping
+            if cut == "quantile":  # equal-count bins
+                edges = np.quantile(sizes[primary][valid], np.linspace(0, 1, bins + 1)[1:-1])
+                bin_of = np.searchsorted(edges, sizes[primary], side="right")
+            else:  # "padding": the bins that pad the primary least (narrow bins in the tail)
+                if bin_edges is None:
+                    bin_edges = suggest_buckets(sizes[primary][valid], bins, multiple=1)
+                edges = np.asarray(bin_edges)
+                bin_of = np.searchsorted(edges, sizes[primary], side="left")
             snake = np.where(bin_of % 2 == 0, sizes[secondary], -sizes[secondary])
             self._key = (sizes[primary], snake, bin_of)
         self._cache: tuple[int, list[np.ndarray]] | None = None
@@ -343,7 +360,7 @@ class _Schedule:
                 win = self._sorted(order[w:w + step]).reshape(-1, g)
                 if self.grouping is not None:  # sorted batches: shuffle their order and rows
                     win = win[rng.permutation(len(win))]
-                    win = np.stack([row[rng.permutation(g)] for row in win])
+                    win = rng.permuted(win, axis=1)
                 out.extend(win)
         else:
             order = self._sorted(self.valid)
@@ -379,18 +396,33 @@ class _Schedule:
         """Padded sizes of one global batch, chosen from the buckets (equal on every host)."""
         return {k: choose_bucket(v, self.buckets[k]) for k, v in self.needed(idx).items()}
 
+    def plan(self, num_epochs: int, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices [T, G], mask [T, G]) of the first steps, as `batch` gives them."""
+        idx = []
+        for e in range(num_epochs if self.train else 1):
+            idx.extend(self._epoch(e))
+            if max_steps and len(idx) >= max_steps:
+                break
+        idx = idx[:max_steps] if max_steps else idx
+        mask = np.ones((len(idx), self.g), bool)
+        if len(idx[-1]) < self.g:  # eval's short last batch, padded with copies of its row 0
+            mask[-1, len(idx[-1]):] = False
+            idx[-1] = np.concatenate([idx[-1], np.full(self.g - len(idx[-1]), idx[-1][0])])
+        return np.stack(idx), mask
+
     def simulate(self, num_epochs: int, max_steps: int | None = None
                  ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per-batch needed sizes over the first epochs (or steps), and the padding efficiency
         they give when each is rounded up to a multiple of 8 (what unlimited buckets give)."""
-        need, real = collections.defaultdict(list), collections.Counter()
-        steps = self.steps_per_epoch * (num_epochs if self.train else 1)
-        for step in range(min(steps, max_steps or steps)):
-            idx, mask, _ = self.batch(step)
-            for k, v in self.needed(idx).items():
-                need[k].append(v)
-                real[k] += int(self.sizes[k][idx][mask].sum())
-        need = {k: np.asarray(v) for k, v in need.items()}
+        idx, mask = self.plan(num_epochs, max_steps)
+        need, real = {}, {}
+        for k in (k for m in PAIRS[self.pair] for k in BUCKET_KEYS[m]):
+            size = self.sizes[k][idx]
+            real[k] = int(size[mask].sum())
+            if k.startswith("graph"):  # vectorised `needed`: the fullest shard of each batch
+                need[k] = size.reshape(len(idx), self.shards, -1).sum(2).max(1) + (k == "graph_nodes")
+            else:
+                need[k] = size.max(1)
         eff = {}
         for k, v in need.items():
             width = self.shards if k.startswith("graph") else self.g
@@ -536,8 +568,10 @@ class PairBatches:
         bin_counts = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k == 1 or 2 * k <= steps]
         best = None
         for primary, secondary in ((a, b), (b, a)):
-            for bins in bin_counts:
-                sched = _Schedule(self.pair, self.sizes, self.valid, grouping=(primary, secondary, bins), **kw)
+            edge_sets = optimal_bucket_sets(self.sizes[primary][self.valid], max(bin_counts), multiple=1)
+            for bins, cut in itertools.product(bin_counts, ("quantile", "padding")):
+                sched = _Schedule(self.pair, self.sizes, self.valid, grouping=(primary, secondary, bins, cut),
+                                  bin_edges=edge_sets[bins - 1], **kw)
                 score = min(sched.simulate(1, max_steps=512)[1].values())
                 if best is None or score > best[0] + 1e-9:
                     best = (score, sched)
@@ -609,21 +643,20 @@ class PairBatches:
         """Padding efficiency (real / padded elements, dummy rows count as padding) and distinct
         shapes per bucket key, over global steps 0..num_steps-1, from the sizes alone."""
         num_steps = num_steps or self.steps_per_epoch
-        real = collections.Counter()
-        padded = collections.Counter()
-        shapes = collections.defaultdict(set)
-        g = self.global_batch_size
-        for step in range(num_steps):
-            idx, mask, shp, _ = self.global_batch(step)
-            for k, v in shp.items():
-                shapes[k].add(v)
-                real[k] += int(self.sizes[k][idx][mask].sum())
-                if k.startswith("graph"):
-                    padded[k] += v * self.num_local_shards * self.process_count
-                else:
-                    padded[k] += v * g
-        return {k: {"efficiency": real[k] / padded[k], "num_shapes": len(shapes[k]),
-                    "shapes": sorted(shapes[k])} for k in padded}
+        epochs = -(-num_steps // self.steps_per_epoch)
+        need, _ = self.schedule.simulate(epochs, max_steps=num_steps)
+        idx, mask = self.schedule.plan(epochs, max_steps=num_steps)
+        out = {}
+        for k, v in need.items():
+            buckets = np.asarray(sorted(self.buckets[k]))
+            if v.max() > buckets[-1]:
+                raise ValueError(f"{k}: a batch needs {v.max()}, over the largest bucket {buckets[-1]}")
+            padded = buckets[np.searchsorted(buckets, v)]
+            width = self.num_local_shards * self.process_count if k.startswith("graph") else self.global_batch_size
+            real = self.sizes[k][idx][mask].sum()
+            out[k] = {"efficiency": float(real / (padded.sum() * width)),
+                      "num_shapes": len(set(padded.tolist())), "shapes": sorted(set(padded.tolist()))}
+        return out
 
 
 def make_pair_dataset(pair: str, split: str = "train", *, dataset: str = "molbind_mini",
