@@ -393,7 +393,10 @@ def _conformer_text_candidates(cap, seed, chebi_fraction) -> tuple:
 
     def ccd_stream():
         # Components with readable synonyms first: their text says more than a systematic name.
-        for comp_id, name, synonyms in sorted(ccd_index(), key=lambda c: (not c[2], stable_hash(f"{seed}:{c[0]}"))):
+        from tqdm.auto import tqdm
+
+        order = sorted(ccd_index(), key=lambda c: (not c[2], stable_hash(f"{seed}:{c[0]}")))
+        for comp_id, name, synonyms in tqdm(order, desc="CCD components (ideal 3D -> SMILES)", mininterval=5.0):
             structure = ccd_structure(comp_id)
             if structure is None or structure[0] in seen:
                 continue

@@ -92,6 +92,26 @@ def test_features_follow_design_layout():
     assert g["graph_edge_index"].shape == (2, None) and g["text_ids"].np_dtype == np.int32
 
 
+def test_featurized_counts_skips_and_keeps_good_records(fake_source):
+    """The parallel engine alone (no TensorFlow), in process."""
+    from data_pipeline.molbind_pairs import parallel
+    from data_pipeline.report import BuildStats
+
+    good, bad, crash = _expected()
+    stats = BuildStats()
+    source = __import__(fake_source)
+    out = list(parallel.featurized(fake_source, "graph_conformer", {}, source.raw_records("graph_conformer", "train", {}),
+                                   stats, workers=0))
+    assert [k for k, _ in out] == sorted(good["train"], key=lambda k: int(k.split("/")[1]))  # order kept
+    assert all(ex["id"] == k for k, ex in out)
+    assert stats.written == len(good["train"]) and stats.read == stats.written + sum(stats.skipped.values())
+    assert stats.skipped["duplicate"] == 1
+    assert stats.skipped["invalid_smiles"] + stats.skipped["error:ValueError"] == stats.read - stats.written - 1
+
+
+# Building through TFDS costs ~10 s of one-time TensorFlow start-up per process, so the tests
+# that write shards are marked slow.
+@pytest.mark.slow
 def test_skips_counted_and_good_records_kept(tmp_path, fake_source):
     b = _build(tmp_path, fake_source)
     good, bad, crash = _expected()
@@ -109,6 +129,7 @@ def test_skips_counted_and_good_records_kept(tmp_path, fake_source):
     assert ex["conformer_coords"].shape[0] == 2 and ex["graph_edge_index"].shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_rebuild_reuses_and_refuses_other_options(tmp_path, fake_source):
     first = _build(tmp_path, fake_source)
     before = open(first.report_path()).read()
@@ -124,6 +145,7 @@ def test_rebuild_reuses_and_refuses_other_options(tmp_path, fake_source):
         other.download_and_prepare()
 
 
+@pytest.mark.slow
 def test_process_pool_counts_skips_in_parent(tmp_path, fake_source):
     b = _build(tmp_path, fake_source, workers=2, n=40, check_no_tf=True)
     good, bad, crash = _expected(40)
@@ -132,6 +154,7 @@ def test_process_pool_counts_skips_in_parent(tmp_path, fake_source):
     assert _ids(b, "train") == good["train"]
 
 
+@pytest.mark.slow
 def test_all_records_failing_is_an_error(tmp_path, monkeypatch):
     (tmp_path / "broken_source.py").write_text(textwrap.dedent('''
         def raw_records(pair, split, options):
