@@ -50,7 +50,13 @@ class MetricWriter:
             import tensorflow as tf  # lazy: TF is heavy and only needed for the event files
 
             tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory
+            from tensorflow.core.framework import summary_pb2
+
             self._tf = tf
+            # tf.summary.scalar needs the `tensorboard` package, which is not installed; the
+            # core `tf.summary.write` with the scalars plugin's metadata writes the same events.
+            self._scalar_meta = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
@@ -83,7 +89,8 @@ class MetricWriter:
                 for k, v in rec.items():
                     if k in ("step", "eval") or not isinstance(v, (int, float)) or isinstance(v, bool):
                         continue
-                    self._tf.summary.scalar(prefix + k, v)
+                    self._tf.summary.write(prefix + k, self._tf.constant(float(v), self._tf.float32),
+                                           metadata=self._scalar_meta)
             self._tb.flush()
         return rec
 

