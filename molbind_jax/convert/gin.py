@@ -100,21 +100,21 @@ def assign(module: GIN, state, source: str, *, allow_missing_bn_stats: bool = Fa
         a = np.asarray(state[k], np.float32)
         return jnp.asarray(a.T if transpose else a)
 
-    module.x_embedding1.embedding.value = arr("x_embedding1.weight")
-    module.x_embedding2.embedding.value = arr("x_embedding2.weight")
+    module.x_embedding1.embedding.set_value(arr("x_embedding1.weight"))
+    module.x_embedding2.embedding.set_value(arr("x_embedding2.weight"))
     for i, (conv, bn) in enumerate(zip(module.gnns, module.batch_norms)):
-        conv.mlp_0.kernel.value = arr(f"gnns.{i}.mlp.0.weight", transpose=True)
-        conv.mlp_0.bias.value = arr(f"gnns.{i}.mlp.0.bias")
-        conv.mlp_2.kernel.value = arr(f"gnns.{i}.mlp.2.weight", transpose=True)
-        conv.mlp_2.bias.value = arr(f"gnns.{i}.mlp.2.bias")
-        conv.edge_embedding1.embedding.value = arr(f"gnns.{i}.edge_embedding1.weight")
-        conv.edge_embedding2.embedding.value = arr(f"gnns.{i}.edge_embedding2.weight")
-        bn.weight.value = arr(f"batch_norms.{i}.weight")
-        bn.bias.value = arr(f"batch_norms.{i}.bias")
+        conv.mlp_0.kernel.set_value(arr(f"gnns.{i}.mlp.0.weight", transpose=True))
+        conv.mlp_0.bias.set_value(arr(f"gnns.{i}.mlp.0.bias"))
+        conv.mlp_2.kernel.set_value(arr(f"gnns.{i}.mlp.2.weight", transpose=True))
+        conv.mlp_2.bias.set_value(arr(f"gnns.{i}.mlp.2.bias"))
+        conv.edge_embedding1.embedding.set_value(arr(f"gnns.{i}.edge_embedding1.weight"))
+        conv.edge_embedding2.embedding.set_value(arr(f"gnns.{i}.edge_embedding2.weight"))
+        bn.weight.set_value(arr(f"batch_norms.{i}.weight"))
+        bn.bias.set_value(arr(f"batch_norms.{i}.bias"))
         for name in _BN_STATS:
             k = f"batch_norms.{i}.{name}"
             if k in state:
-                getattr(bn, name).value = arr(k)
+                getattr(bn, name).set_value(arr(k))
     return report
 
 

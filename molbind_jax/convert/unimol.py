@@ -65,7 +65,7 @@ def _targets(module: UniMolEncoder) -> dict[str, tuple[nnx.Variable, bool]]:
 
 
 def _torch_shape(var: nnx.Variable, transpose: bool) -> tuple[int, ...]:
-    shape = tuple(var.value.shape)
+    shape = tuple(var[...].shape)
     return shape[::-1] if transpose else shape
 
 
@@ -76,7 +76,7 @@ def assign(module: UniMolEncoder, state, source: str) -> KeyReport:
                         source=source, ignore_patterns=IGNORE_PATTERNS)
     for k, (var, transpose) in targets.items():
         a = np.asarray(state[k], np.float32)
-        var.value = jnp.asarray(a.T if transpose else a)
+        var.set_value(jnp.asarray(a.T if transpose else a))
     return report
 
 
@@ -136,9 +136,16 @@ def load(checkpoint: str, dictionary: str | None = None, *, prefix: str = "", se
     return module, report
 
 
+@nnx.jit
+def _eval_forward(module: UniMolEncoder, tokens, distance, edge_type):
+    return module(tokens, distance, edge_type, deterministic=True)
+
+
 def run_flax(module: UniMolEncoder, inputs) -> dict[str, np.ndarray]:
-    rep = module(np.asarray(inputs["src_tokens"]), np.asarray(inputs["src_distance"], np.float32),
-                 np.asarray(inputs["src_edge_type"]), deterministic=True)
+    """Eval-mode forward (no dropout) on the collater's arrays; encoder_rep [B,N,D] float32."""
+    rep = _eval_forward(module, np.asarray(inputs["src_tokens"], np.int32),
+                        np.asarray(inputs["src_distance"], np.float32),
+                        np.asarray(inputs["src_edge_type"], np.int32))
     return {"encoder_rep": np.asarray(rep, np.float32)}
 
 

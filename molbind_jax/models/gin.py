@@ -95,11 +95,11 @@ class MaskedBatchNorm(nnx.Module):
             var = jnp.sum(jnp.square(x - mean) * m, axis=axes) / jnp.maximum(n, 1.0)
             unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
             mom = self.momentum
-            self.running_mean.value = (1 - mom) * self.running_mean.value + mom * mean
-            self.running_var.value = (1 - mom) * self.running_var.value + mom * unbiased
+            self.running_mean.set_value((1 - mom) * self.running_mean[...] + mom * mean)
+            self.running_var.set_value((1 - mom) * self.running_var[...] + mom * unbiased)
         else:
-            mean, var = self.running_mean.value, self.running_var.value
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight.value + self.bias.value
+            mean, var = self.running_mean[...], self.running_var[...]
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
         return y.astype(h.dtype)
 
 
@@ -118,7 +118,7 @@ class GINLayer(nnx.Module):
 
     def __call__(self, h, edges, senders, receivers):
         """One shard: h [Nn,D], edges [Ne,2], senders/receivers [Ne] -> [Nn,D]."""
-        ee1, ee2 = self.edge_embedding1.embedding.value, self.edge_embedding2.embedding.value
+        ee1, ee2 = self.edge_embedding1.embedding[...], self.edge_embedding2.embedding[...]
         e = (ee1[edges[:, 0]] + ee2[edges[:, 1]]).astype(h.dtype)
         messages = h[senders] + e
         agg = jax.ops.segment_sum(messages, receivers, num_segments=h.shape[0])
@@ -173,8 +173,8 @@ class GIN(nnx.Module):
         mask = graph_idx < num_graphs - 1
         maskf = mask[..., None].astype(self.config.dtype)
 
-        h = (self.x_embedding1.embedding.value[nodes[..., 0]]
-             + self.x_embedding2.embedding.value[nodes[..., 1]]).astype(self.config.dtype)
+        h = (self.x_embedding1.embedding[...][nodes[..., 0]]
+             + self.x_embedding2.embedding[...][nodes[..., 1]]).astype(self.config.dtype)
         last = self.config.num_layers - 1
         for layer, (conv, bn) in enumerate(zip(self.gnns, self.batch_norms)):
             h = jax.vmap(conv)(h, edges, senders, receivers)

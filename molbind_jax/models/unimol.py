@@ -89,7 +89,7 @@ class LayerNorm32(nnx.Module):
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.weight.value + self.bias.value
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
         return y.astype(x.dtype)
 
 
@@ -103,9 +103,9 @@ class GaussianLayer(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((num_edge_types, 1), jnp.float32))
 
     def __call__(self, distance, edge_type):
-        y = self.mul.value[edge_type] * distance.astype(jnp.float32)[..., None] + self.bias.value[edge_type]
-        mean = self.means.value.reshape(-1)
-        std = jnp.abs(self.stds.value.reshape(-1)) + 1e-5
+        y = self.mul[...][edge_type] * distance.astype(jnp.float32)[..., None] + self.bias[...][edge_type]
+        mean = self.means[...].reshape(-1)
+        std = jnp.abs(self.stds[...].reshape(-1)) + 1e-5
         return jnp.exp(-0.5 * jnp.square((y - mean) / std)) / (_GAUSS_NORM * std)
 
 
@@ -180,7 +180,7 @@ class UniMolEncoder(nnx.Module):
         tokens = jnp.asarray(tokens).astype(jnp.int32)
         edge_type = jnp.asarray(edge_type).astype(jnp.int32)
         pad = tokens == 0  # [B,N]
-        x = self.embed_tokens.value[tokens]
+        x = self.embed_tokens[...][tokens]
         x = self.emb_layer_norm(x).astype(self.config.dtype)
         x = self.emb_dropout(x, deterministic=deterministic)
         x = x * (1 - pad[..., None].astype(x.dtype))

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@torch.jit.script
 def gaussian(x, mean, std):
+    # The original is @torch.jit.script'ed (deprecated in recent torch); same arithmetic.
     pi = 3.14159
     a = (2 * pi) ** 0.5
     return torch.exp(-0.5 * (((x - mean) / std) ** 2)) / (a * std)

@@ -223,10 +223,10 @@ def test_masked_batchnorm_train_equals_unpadded_batch(tiny_ckpt):
     got_nodes = np.concatenate([np.asarray(node_rep[0, :11]), np.asarray(node_rep[1, :6])])
     assert rel_err(got_nodes, ref_nodes.numpy()) <= 1e-5
     for bn, tbn in zip(module.batch_norms, ref.batch_norms):
-        np.testing.assert_allclose(np.asarray(bn.running_mean.value), tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(bn.running_var.value), tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(bn.running_mean[...]), tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(bn.running_var[...]), tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
     # The running stats really moved (momentum 0.1 towards the batch statistics).
-    assert not np.allclose(np.asarray(module.batch_norms[0].running_mean.value),
+    assert not np.allclose(np.asarray(module.batch_norms[0].running_mean[...]),
                            model.batch_norms[0].running_mean.numpy())
 
 
@@ -280,7 +280,7 @@ def test_missing_bn_stats_only_when_allowed(tiny_ckpt, tmp_path):
         report = convert_gin.assign(module, {k: v.numpy() for k, v in sd.items()}, stripped,
                                     allow_missing_bn_stats=True)
     assert len(report.used) == len(sd)
-    np.testing.assert_array_equal(np.asarray(module.batch_norms[1].running_var.value),
+    np.testing.assert_array_equal(np.asarray(module.batch_norms[1].running_var[...]),
                                   model.batch_norms[1].running_var.numpy())
 
 
