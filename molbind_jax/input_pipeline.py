@@ -309,9 +309,10 @@ class _Schedule:
     A pure function of the record sizes, the seed and the epoch, so every host computes the
     same plan and `start_step=k` reproduces an uninterrupted run exactly.
 
-    grouping: None (no size grouping) or (primary key, secondary key, bins): records are
-    sorted by the equal-count bin of their primary size, then by secondary size, ascending in
-    even bins and descending in odd ones (a snake, so that the batch straddling two bins joins
+    grouping: None (no size grouping) or (primary key, secondary key, bins, cut): records are
+    sorted by the bin of their primary size (cut "quantile": equal-count bins; "padding": the
+    bins that pad the primary least, `bin_edges`), then by secondary size, ascending in even
+    bins and descending in odd ones (a snake, so that the batch straddling two bins joins
     records of similar secondary size).
     """
 
@@ -410,10 +411,11 @@ class _Schedule:
             idx[-1] = np.concatenate([idx[-1], np.full(self.g - len(idx[-1]), idx[-1][0])])
         return np.stack(idx), mask
 
-    def simulate(self, num_epochs: int, max_steps: int | None = None
+    def simulate(self, num_epochs: int, max_steps: int | None = None, max_shapes: int | None = None
                  ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per-batch needed sizes over the first epochs (or steps), and the padding efficiency
-        they give when each is rounded up to a multiple of 8 (what unlimited buckets give)."""
+        they give with the best `max_shapes` buckets for them (one fewer for graph budgets,
+        which keep a spare worst-case budget), or with unlimited buckets (multiples of 8)."""
         idx, mask = self.plan(num_epochs, max_steps)
         need, real = {}, {}
         for k in (k for m in PAIRS[self.pair] for k in BUCKET_KEYS[m]):
@@ -425,8 +427,12 @@ class _Schedule:
                 need[k] = size.max(1)
         eff = {}
         for k, v in need.items():
-            width = self.shards if k.startswith("graph") else self.g
-            eff[k] = real[k] / max(1, int(_round_up(v, ATOM_MULTIPLE).sum()) * width)
+            graph = k.startswith("graph")
+            padded = _round_up(v, ATOM_MULTIPLE)
+            if max_shapes:
+                b = np.asarray(suggest_buckets(v, max(1, max_shapes - graph)))
+                padded = b[np.searchsorted(b, v)]
+            eff[k] = real[k] / max(1, int(padded.sum()) * (self.shards if graph else self.g))
         return need, eff
 
 
@@ -530,7 +536,7 @@ class PairBatches:
         self._scan(buckets)
         user = {k: tuple(sorted(v)) for k, v in (buckets or {}).items()}
         self.schedule = self._choose_grouping(train if group_by_size is None else group_by_size,
-                                              window_batches)
+                                              window_batches, max_shapes)
         # Buckets from the sizes the batches of the first epochs actually need (a batch pads to
         # its largest member), plus the largest possible need, so no later epoch can overflow.
         need, _ = self.schedule.simulate(num_epochs=3)
@@ -548,15 +554,20 @@ class PairBatches:
                 self.buckets[k] = suggest_buckets(np.append(v, srt[-1]), max_shapes)
         self.schedule.buckets = self.buckets
         self.steps_per_epoch = self.schedule.steps_per_epoch
+        for k in user:  # fail now, not hours into a run, when the given buckets are too small
+            if k in need and need[k].max() > max(user[k]):
+                raise ValueError(f"{pair}: a batch of the first epochs needs {k} = {need[k].max()}, over "
+                                 f"the largest given bucket {max(user[k])}")
 
-    def _choose_grouping(self, group: bool, window_batches: int | None) -> _Schedule:
+    def _choose_grouping(self, group: bool, window_batches: int | None, max_shapes: int) -> _Schedule:
         """Size grouping that maximises the worse modality's padding efficiency.
 
-        Candidates: either modality as the primary key, split into 1..64 equal-count bins (one
-        bin = sort on the secondary only; more bins suit independent sizes, such as a
-        molecule and its text, fewer suit correlated ones, such as a graph and its conformer). Each is scored on the first steps of epoch 0 by the
-        lower of the two modalities' efficiencies; the plans differ only in order, so any of
-        them is a valid, deterministic schedule.
+        Candidates: either modality as the primary key, cut into 1..64 bins (equal-count or
+        padding-optimal; one bin = sort on the secondary only). Many bins suit independent
+        sizes (a molecule and its text), few suit correlated ones (a graph and its conformer).
+        Each candidate is scored on the first steps of epoch 0 by the lower of the two
+        modalities' efficiencies; the plans differ only in order, so any of them is a valid,
+        deterministic schedule.
         """
         kw = dict(global_batch_size=self.global_batch_size, seed=self.seed, train=self.train,
                   num_global_shards=self.num_local_shards * self.process_count,
@@ -572,10 +583,10 @@ class PairBatches:
             for bins, cut in itertools.product(bin_counts, ("quantile", "padding")):
                 sched = _Schedule(self.pair, self.sizes, self.valid, grouping=(primary, secondary, bins, cut),
                                   bin_edges=edge_sets[bins - 1], **kw)
-                score = min(sched.simulate(1, max_steps=512)[1].values())
+                score = min(sched.simulate(1, max_steps=512, max_shapes=max_shapes)[1].values())
                 if best is None or score > best[0] + 1e-9:
                     best = (score, sched)
-        logging.info("%s: size grouping %s (efficiency %.3f at unlimited buckets)",
+        logging.info("%s: size grouping %s (worst efficiency %.3f on epoch 0)",
                      self.pair, best[1].grouping, best[0])
         return best[1]
 
@@ -595,7 +606,7 @@ class PairBatches:
                     self.sizes[k][i] = v
                 if "conformer" in PAIRS[self.pair]:
                     self.num_conformers[i] = num_conformers(r)
-            except (KeyError, ValueError) as e:
+            except (KeyError, ValueError, TypeError, IndexError) as e:
                 self.skipped[f"malformed: {e}"] += 1
                 continue
             ok[i] = True

@@ -345,6 +345,9 @@ def test_user_buckets_are_used():
     b = data.host_batch(0)
     assert b["text_ids"].shape == (8, 64) and b["graph_nodes"].shape == (2, 256, 2)
     assert b["graph_senders"].shape == (2, 512)
+    with pytest.raises(ValueError, match="over the largest given bucket"):
+        ip.PairBatches("graph_text", recs, global_batch_size=8, num_local_shards=2,
+                       buckets={"graph_nodes": (16,)})
 
 
 def test_mixed_pair_batches_wrap_independently():
@@ -376,3 +379,19 @@ def test_tf_data_source_and_default_device_counts():
     ref = ip.PairBatches("graph_conformer", recs, global_batch_size=8, num_local_shards=8, train=False)
     for a, b in zip(batches, ref):
         _assert_batches_equal(a, b)
+
+
+BUILT = "/work/data/tfds/molbind_mini/graph_text/1.0.0"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(BUILT), reason="molbind_mini/graph_text is not built here")
+def test_built_molbind_mini_graph_text():
+    """End to end on the real built dataset: load, plan, batch, and the efficiency targets."""
+    recs = ip.load_records("graph_text", "train", data_dir="/work/data/tfds")
+    data = ip.PairBatches("graph_text", recs, global_batch_size=96, num_local_shards=8, prefetch=0)
+    b = data.host_batch(0)
+    assert b["text_ids"].shape[0] == 96 and b["graph_nodes"].shape[0] == 8 and b["pair_mask"].all()
+    assert b["text_mask"].sum(1).min() >= 2  # [CLS] ... [SEP]
+    for key, s in data.padding_stats(3 * data.steps_per_epoch).items():
+        assert s["num_shapes"] <= 8 and s["efficiency"] >= 0.8, (key, s)
