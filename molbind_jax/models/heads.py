@@ -87,6 +87,9 @@ def unimol_mean_pool(rep, tokens, mode: str = "atoms", pad_multiple: int = 8):
         output, so the original mean is `(sum_real + (N_orig - n_i) * padded_row_i) / N_orig`.
       pad_multiple: the original collater's multiple (8).
 
+    `N_orig` is taken over the rows passed in: the original padded each rank's batch on its
+    own, so pass one original batch at a time to reproduce it exactly.
+
     Requires N to be a multiple of `pad_multiple` for mode "original" (our buckets are), so
     that `N_orig <= N`; a molecule with `n_i == N` then has `N_orig == n_i` and needs no
     padded row.
