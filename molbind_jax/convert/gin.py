@@ -158,13 +158,17 @@ def run_flax(module: GIN, inputs) -> dict[str, np.ndarray]:
 
 
 def run_torch(checkpoint: str, inputs, dictionary: str | None = None, *, prefix: str | None = None,
-              self_loop_attr=(0, 0)) -> dict[str, np.ndarray]:
-    """The same forward with the PyTorch reference (`torch_reference.gin.GNN`), eval mode."""
+              self_loop_attr=(0, 0), **flax_only) -> dict[str, np.ndarray]:
+    """The same forward with the PyTorch reference (`torch_reference.gin.GNN`), eval mode, float32.
+
+    `flax_only` takes the Flax-side options a caller passes to both (dtype, drop_ratio,
+    allow_missing_bn_stats); the reference loads with strict=False for BN buffers anyway.
+    """
     import torch
 
     from molbind_jax.torch_reference.gin import GNN
 
-    del dictionary
+    del dictionary, flax_only
     raw = load_state_dict(checkpoint, subkey="state_dict")
     prefix = _find_prefix(raw) if prefix is None else prefix
     state = strip_prefix(raw, prefix) if prefix else raw

@@ -103,13 +103,27 @@ def config_from_state(state, **overrides) -> UniMolConfig:
         raise CheckpointError(f"inconsistent Uni-Mol sizes {sizes}: {e}") from e
 
 
-def _read(checkpoint: str, dictionary: str | None, prefix: str):
-    raw = load_state_dict(checkpoint, subkey="model")
+def _find_prefix(raw, checkpoint: str) -> str:
+    """'' for a plain Uni-Mol state dict; else the unique prefix before `embed_tokens.weight`."""
+    if "embed_tokens.weight" in raw:
+        return ""
+    cands = sorted(k[: -len("embed_tokens.weight")] for k in raw if k.endswith(".embed_tokens.weight"))
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        raise CheckpointError(f"{checkpoint}: no embed_tokens.weight; not a Uni-Mol encoder state dict")
+    raise CheckpointError(f"{checkpoint} holds several Uni-Mol encoders ({', '.join(cands)}); pass prefix=")
+
+
+def _read(checkpoint: str, dictionary: str | None, prefix: str | None):
+    raw = load_state_dict(checkpoint, subkey="model")  # Uni-Mol .pt: {'model': state, 'args': ...}
+    if not raw:  # a Lightning .ckpt: {'state_dict': {'model.conf_encoder.embed_tokens.weight': ...}}
+        raw = load_state_dict(checkpoint, subkey="state_dict")
+    if prefix is None:
+        prefix = _find_prefix(raw, checkpoint)
     state = strip_prefix(raw, prefix) if prefix else raw
     if not state:
         raise CheckpointError(f"{checkpoint}: no keys under prefix {prefix!r}")
-    if "embed_tokens.weight" not in state:
-        raise CheckpointError(f"{checkpoint}: no embed_tokens.weight; not a Uni-Mol encoder state dict")
     if dictionary is not None:
         vocab = len(Dictionary.load(dictionary))
         rows = state["embed_tokens.weight"].shape[0]
@@ -117,17 +131,19 @@ def _read(checkpoint: str, dictionary: str | None, prefix: str):
             raise CheckpointError(
                 f"dictionary {dictionary} has {vocab} symbols ([MASK] included) but "
                 f"{checkpoint} embed_tokens.weight has {rows} rows; use the dictionary the model was trained with")
-    return raw, state
+    return raw, state, prefix
 
 
-def load(checkpoint: str, dictionary: str | None = None, *, prefix: str = "", seed: int = 0,
+def load(checkpoint: str, dictionary: str | None = None, *, prefix: str | None = None, seed: int = 0,
          **config_overrides):
     """Builds a UniMolEncoder sized from `checkpoint` and loads it.
 
     `prefix` selects an encoder inside a larger state dict (e.g. `model.conf_encoder.` of a
-    MolBind `.ckpt`); keys outside it are reported as ignored.
+    MolBind `.ckpt`, which holds two); by default a plain state dict is expected, or the one
+    prefix is found. Keys outside it are reported as ignored. `config_overrides` go to
+    UniMolConfig (dtype, dropouts).
     """
-    raw, state = _read(checkpoint, dictionary, prefix)
+    raw, state, prefix = _read(checkpoint, dictionary, prefix)
     cfg = config_from_state(state, **config_overrides)
     module = UniMolEncoder(cfg, rngs=nnx.Rngs(seed))
     report = assign(module, state, checkpoint)
@@ -149,13 +165,19 @@ def run_flax(module: UniMolEncoder, inputs) -> dict[str, np.ndarray]:
     return {"encoder_rep": np.asarray(rep, np.float32)}
 
 
-def run_torch(checkpoint: str, inputs, dictionary: str | None = None, *, prefix: str = "") -> dict[str, np.ndarray]:
-    """The same forward with the PyTorch reference (`torch_reference.unimol`), eval mode."""
+def run_torch(checkpoint: str, inputs, dictionary: str | None = None, *, prefix: str | None = None,
+              **flax_only) -> dict[str, np.ndarray]:
+    """The same forward with the PyTorch reference (`torch_reference.unimol`), eval mode, float32.
+
+    `flax_only` takes the Flax-side options a caller passes to both (dtype, dropouts); the
+    float32 eval-mode reference has no use for them.
+    """
+    del flax_only
     import torch
 
     from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
 
-    _, state = _read(checkpoint, dictionary, prefix)
+    _, state, _ = _read(checkpoint, dictionary, prefix)
     cfg = config_from_state(state)
     model = TorchUniMol(cfg.vocab_size, cfg.num_layers, cfg.embed_dim, cfg.ffn_dim, cfg.num_heads, cfg.num_kernels)
     patterns = [re.compile(p) for p in IGNORE_PATTERNS]

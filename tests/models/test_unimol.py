@@ -235,3 +235,23 @@ def test_not_a_unimol_checkpoint(tmp_path):
     torch.save({"model": {"x_embedding1.weight": torch.zeros(3, 3)}}, path)
     with pytest.raises(CheckpointError, match="embed_tokens.weight"):
         convert_unimol.load(str(path))
+
+
+def test_encoder_inside_a_molbind_checkpoint(tiny_mol, tmp_path):
+    """A Lightning .ckpt holds two Uni-Mol towers: the prefix picks one, none is ambiguous."""
+    state = torch.load(tiny_mol[1], weights_only=True)["model"]
+    pocket = torch_model(10, 1, **TINY).state_dict()
+    wrapped = {**{f"model.conf_encoder.{k}": v for k, v in state.items()},
+               **{f"model.pro_encoder.{k}": v for k, v in pocket.items()}}
+    path = tmp_path / "molbind.ckpt"
+    torch.save({"state_dict": wrapped, "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="several Uni-Mol encoders"):
+        convert_unimol.load(str(path))
+    module, report = convert_unimol.load(str(path), prefix="model.pro_encoder.")
+    assert module.config.vocab_size == 10
+    assert "model.conf_encoder.embed_tokens.weight" in report.ignored
+    toks, coords = random_molecules(np.random.default_rng(6), [4, 7], 10)
+    inputs = collate(toks, coords, 10)
+    ours = convert_unimol.run_flax(module, inputs)["encoder_rep"]
+    ref = convert_unimol.run_torch(str(path), inputs, prefix="model.pro_encoder.")["encoder_rep"]
+    assert rel_err(ours, ref) <= 1e-5
