@@ -395,3 +395,22 @@ def test_built_molbind_mini_graph_text():
     assert b["text_mask"].sum(1).min() >= 2  # [CLS] ... [SEP]
     for key, s in data.padding_stats(3 * data.steps_per_epoch).items():
         assert s["num_shapes"] <= 8 and s["efficiency"] >= 0.8, (key, s)
+
+
+def test_batches_feed_global_arrays_on_a_data_mesh():
+    """The host batch is what jax.make_array_from_process_local_data expects on a 'data' mesh:
+    dense rows and graph shards both split over the devices along axis 0."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    devices = jax.devices()
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    batch = ip.PairBatches("graph_text", small_records(40), global_batch_size=2 * len(devices),
+                           num_local_shards=len(devices), prefetch=0).host_batch(0)
+    sharding = NamedSharding(mesh, P("data"))
+    arrays = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    assert arrays["text_ids"].shape == batch["text_ids"].shape
+    node_shards = arrays["graph_nodes"].addressable_shards
+    assert len(node_shards) == len(devices) and node_shards[0].data.shape[0] == 1
+    for shard in arrays["graph_n_node"].addressable_shards:  # each device holds one whole packed shard
+        s = shard.index[0].start
+        np.testing.assert_array_equal(np.asarray(shard.data)[0], batch["graph_n_node"][s])
