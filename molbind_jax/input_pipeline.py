@@ -16,11 +16,14 @@ Layouts are the contract of docs/DESIGN.md: section 1 (stored records, unpadded)
 3. `PairBatches` / `pair_batches` / `mixed_pair_batches`: read the rows a host needs (random
    access), pick one conformer per example, collate, prefetch on a background thread.
 
-Size grouping (train): each epoch is a seeded permutation; inside windows of `window_batches`
-global batches the records are sorted by (bucket of the larger modality, size of the other),
-cut into batches, and the batch order and the rows inside each batch are shuffled again. The
-larger modality then always fills one bucket, the smaller one is near-homogeneous, and shuffled
-rows spread graph sizes evenly over the graph shards.
+Size grouping (train): each epoch is a seeded permutation; inside it (or inside windows of
+`window_batches` global batches) the records are sorted by the bin of one modality's size, then
+by the other's, cut into batches, and the batch order and the rows inside each batch are
+shuffled again (shuffled rows spread graph sizes evenly over the graph shards). Which modality
+leads and how many bins is chosen at start-up by simulating epoch 0 of each candidate with the
+bucket budget it will get: few bins suit correlated sizes (a graph and its conformer), many
+suit independent ones (a molecule and its text). Buckets then come from the sizes the planned
+batches need. Everything is decided from sizes only, before any batch is collated.
 """
 from __future__ import annotations
 
