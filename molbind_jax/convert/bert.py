@@ -180,6 +180,9 @@ def _infer_config(state: Mapping[str, np.ndarray], hf: dict | None, source: str,
                   intermediate_size=inter.shape[0] if inter is not None else 4 * hidden,
                   num_heads=max(1, hidden // 64))  # heads cannot be read off weights: BERT's 64-wide heads
         cfg = BertConfig(**kw)
+    unknown = sorted(set(overrides) - set(cfg.__dict__))
+    if unknown:
+        raise ValueError(f"unknown BertConfig field(s) {unknown}; fields: {sorted(cfg.__dict__)}")
     return BertConfig(**{**cfg.__dict__, **overrides})
 
 

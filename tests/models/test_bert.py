@@ -83,6 +83,16 @@ def test_forward_shapes_dropout_and_token_types():
         no_tt(x["input_ids"], x["attention_mask"], jnp.zeros_like(x["input_ids"]))
 
 
+def test_train_attention_path_matches_fused_path():
+    """Train mode spells attention out (for dropout on the probabilities); with (almost) no
+    dropout it must compute what jax.nn.dot_product_attention computes in eval mode."""
+    cfg = BertConfig.tiny(dropout=0.0, attention_dropout=1e-9)  # keep-prob rounds to 1 in float32
+    enc = BertEncoder(cfg, rngs=nnx.Rngs(0))
+    x = _inputs([6, 2, 4], 6, 64, seed=6)
+    ids, mask = jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["attention_mask"], jnp.int32)
+    np.testing.assert_allclose(apply_train(enc, ids, mask), apply_eval(enc, ids, mask), rtol=1e-5, atol=1e-5)
+
+
 def test_padding_does_not_change_real_tokens():
     enc = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(1))
     short = _inputs([4, 2], 4, 64, seed=2)
@@ -205,6 +215,8 @@ def test_tiny_errors_name_the_keys(tmp_path):
         convert.load(str(tmp_path))
     with pytest.raises(ValueError, match="no dictionary"):
         convert.load(path, dictionary="dict.txt")
+    with pytest.raises(ValueError, match=r"unknown BertConfig field\(s\) \['num_hidden_layers'\]"):
+        convert.load(_save_hf_dir(tmp_path / "ok", cfg, model.state_dict()), num_hidden_layers=3)
 
 
 def test_tokenizer_is_local_only(tmp_path):
