@@ -630,6 +630,13 @@ class PairBatches:
         idx, mask, epoch = self.schedule.batch(step)
         return idx, mask, self.schedule.shapes(idx), epoch
 
+    def host_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices [B], pair mask [B]) of this host's rows of a step: which stored
+        record (position in `records`, e.g. to look up its `id`) each batch row holds."""
+        idx, mask, _ = self.schedule.batch(step)
+        rows = slice(self.process_index * self.batch_size, (self.process_index + 1) * self.batch_size)
+        return idx[rows], mask[rows]
+
     def host_batch(self, step: int) -> dict[str, np.ndarray]:
         """This host's rows of global step `step`, collated."""
         idx, mask, shapes, epoch = self.global_batch(step)

@@ -316,6 +316,8 @@ def test_eval_single_pass_with_padded_last_batch():
         assert sorted(seen) == list(range(21))
         if not group:
             assert seen == list(range(21))  # file order
+        rows = [data.host_rows(step) for step in range(3)]  # which record each row holds
+        assert [int(i) for idx, m in rows for i in idx[m]] == seen
     # two hosts of the eval: host 1 gets only dummies in the last batch, same shapes
     h = [ip.PairBatches("graph_text", recs, global_batch_size=8, num_local_shards=2, train=False,
                         process_index=p, process_count=2) for p in range(2)]
