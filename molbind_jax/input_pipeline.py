@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import queue
 import threading
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -520,7 +521,8 @@ class PairBatches:
                  process_index: int = 0, process_count: int = 1, seed: int = 0, start_step: int = 0,
                  train: bool = True, buckets: Mapping[str, Sequence[int]] | None = None,
                  conformer_choice: str = "random", group_by_size: bool | None = None,
-                 window_batches: int | None = None, max_shapes: int = 8, prefetch: int = 2):
+                 window_batches: int | None = None, max_shapes: int = 8, prefetch: int = 2,
+                 sizes_cache: str | None = None):
         if pair not in PAIRS:
             raise ValueError(f"unknown pair {pair!r}; expected one of {sorted(PAIRS)}")
         if conformer_choice not in ("random", "first"):
@@ -536,7 +538,7 @@ class PairBatches:
         self.global_batch_size, self.num_local_shards = global_batch_size, num_local_shards
         self.process_index, self.process_count = process_index, process_count
         self.start_step, self.conformer_choice, self.prefetch = start_step, conformer_choice, prefetch
-        self._scan(buckets)
+        self._scan(buckets, sizes_cache)
         user = {k: tuple(sorted(v)) for k, v in (buckets or {}).items()}
         self.schedule = self._choose_grouping(train if group_by_size is None else group_by_size,
                                               window_batches, max_shapes)
@@ -593,37 +595,63 @@ class PairBatches:
                      self.pair, best[1].grouping, best[0])
         return best[1]
 
-    def _scan(self, buckets):
-        """One pass over the records: sizes per bucket key; malformed records are skipped and counted."""
-        from tqdm import tqdm
+    def _scan(self, buckets, sizes_cache: str | None):
+        """Sizes per bucket key of every record; malformed records, and records longer than a
+        given bucket, are skipped and counted. `sizes_cache` (an .npz path) keeps the sizes of
+        a large dataset across restarts (reused only for the same pair and record count)."""
         n = len(self.records)
         keys = [k for m in PAIRS[self.pair] for k in BUCKET_KEYS[m]]
-        self.sizes = {k: np.zeros(n, np.int64) for k in keys}
-        self.num_conformers = np.ones(n, np.int64)
-        self.skipped: collections.Counter = collections.Counter()
-        ok = np.zeros(n, bool)
-        for i in tqdm(range(n), desc=f"sizing {self.pair}", leave=False, disable=n < 10000):
-            r = self.records[i]
-            try:
-                for k, v in record_sizes(self.pair, r).items():
-                    self.sizes[k][i] = v
-                if "conformer" in PAIRS[self.pair]:
-                    self.num_conformers[i] = num_conformers(r)
-            except (KeyError, ValueError, TypeError, IndexError) as e:
-                self.skipped[f"malformed: {e}"] += 1
-                continue
-            ok[i] = True
-            for k in ("text", "conformer", "pocket"):
-                if buckets and k in buckets and k in self.sizes and self.sizes[k][i] > max(buckets[k]):
-                    self.skipped[f"{k} longer than the largest bucket {max(buckets[k])}"] += 1
-                    ok[i] = False
-                    break
+        cached = None
+        if sizes_cache and os.path.exists(sizes_cache):
+            with np.load(sizes_cache, allow_pickle=False) as z:
+                if str(z["pair"]) == self.pair and int(z["n"]) == n:
+                    cached = {k: z[k] for k in z.files}
+        if cached is not None:
+            self.sizes = {k: cached[k] for k in keys}
+            self.num_conformers, ok = cached["num_conformers"], cached["ok"].copy()
+            self.skipped = collections.Counter(dict(zip(cached["skip_reasons"].tolist(),
+                                                        cached["skip_counts"].tolist())))
+        else:
+            self.sizes, self.num_conformers, ok, self.skipped = self._measure(keys)
+            if sizes_cache:
+                tmp = f"{sizes_cache}.tmp.{os.getpid()}.npz"
+                reasons = list(self.skipped)
+                np.savez(tmp, pair=self.pair, n=n, num_conformers=self.num_conformers, ok=ok,
+                         skip_reasons=np.array(reasons, dtype=str),
+                         skip_counts=np.array([self.skipped[r] for r in reasons], np.int64), **self.sizes)
+                os.replace(tmp, sizes_cache)  # atomic: a killed job never leaves half a cache
+        for k in ("text", "conformer", "pocket"):
+            if buckets and k in buckets and k in self.sizes:
+                too_long = ok & (self.sizes[k] > max(buckets[k]))
+                if too_long.any():
+                    self.skipped[f"{k} longer than the largest bucket {max(buckets[k])}"] += int(too_long.sum())
+                    ok &= ~too_long
         self.valid = np.flatnonzero(ok)
         if self.skipped:
             logging.warning("%s: skipped %d of %d records: %s", self.pair, sum(self.skipped.values()),
                             n, dict(self.skipped))
         if len(self.valid) == 0:
             raise ValueError(f"{self.pair}: no usable records ({dict(self.skipped)})")
+
+    def _measure(self, keys):
+        from tqdm import tqdm
+        n = len(self.records)
+        sizes = {k: np.zeros(n, np.int64) for k in keys}
+        num_conf = np.ones(n, np.int64)
+        skipped: collections.Counter = collections.Counter()
+        ok = np.zeros(n, bool)
+        for i in tqdm(range(n), desc=f"sizing {self.pair}", leave=False, disable=n < 10000):
+            r = self.records[i]
+            try:
+                for k, v in record_sizes(self.pair, r).items():
+                    sizes[k][i] = v
+                if "conformer" in PAIRS[self.pair]:
+                    num_conf[i] = num_conformers(r)
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                skipped[f"malformed: {e}"] += 1
+                continue
+            ok[i] = True
+        return sizes, num_conf, ok, skipped
 
     def global_batch(self, step: int) -> tuple[np.ndarray, np.ndarray, dict[str, int], int]:
         """(record indices [G], pair mask [G], padded shapes, epoch) of a global step."""
@@ -692,7 +720,7 @@ def make_pair_dataset(pair: str, split: str = "train", *, dataset: str = "molbin
       default the TFDS dataset `{dataset}/{pair}` split `split` under `data_dir`.
     num_local_shards / process_index / process_count default to JAX's values (JAX is imported
       only then). Remaining kwargs go to `PairBatches` (group_by_size, window_batches,
-      max_shapes, prefetch).
+      max_shapes, prefetch, sizes_cache).
     """
     if num_local_shards is None or process_index is None or process_count is None:
         import jax

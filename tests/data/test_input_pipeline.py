@@ -416,3 +416,26 @@ def test_batches_feed_global_arrays_on_a_data_mesh():
     for shard in arrays["graph_n_node"].addressable_shards:  # each device holds one whole packed shard
         s = shard.index[0].start
         np.testing.assert_array_equal(np.asarray(shard.data)[0], batch["graph_n_node"][s])
+
+
+def test_sizes_cache_is_reused_for_the_same_records(tmp_path):
+    recs = small_records(30)
+    recs[4] = {**recs[4], "text_ids": np.zeros(0, np.int64)}  # malformed: counted in the cache too
+    cache = str(tmp_path / "sizes.npz")
+    kw = dict(global_batch_size=8, num_local_shards=2, prefetch=0, sizes_cache=cache)
+    first = ip.PairBatches("graph_text", recs, **kw)
+    assert os.path.exists(cache) and sum(first.skipped.values()) == 1
+
+    class NoSizing(list):  # records that must not be sized again (only batches read them)
+        def __getitem__(self, i):
+            if not hasattr(self, "sized"):
+                raise AssertionError("records were sized although the cache fits")
+            return list.__getitem__(self, i)
+
+    again = ip.PairBatches("graph_text", NoSizing(recs), **kw)
+    assert again.skipped == first.skipped and (again.valid == first.valid).all()
+    assert again.buckets == first.buckets
+    again.records.sized = True
+    _assert_batches_equal(again.host_batch(3), first.host_batch(3))
+    fewer = ip.PairBatches("graph_text", recs[:20], **kw)  # another record count: sized afresh
+    assert len(fewer.valid) == 19
