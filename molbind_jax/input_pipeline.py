@@ -473,6 +473,24 @@ def _fetch(records, idx: np.ndarray) -> list[Record]:
     return [records[int(i)] for i in idx]
 
 
+def buckets_for(pair: str, buckets) -> dict[str, tuple[int, ...]] | None:
+    """The buckets of one pair from either a flat {bucket key: sizes} mapping (shared by all
+    pairs; keys of other pairs' modalities are ignored) or a {pair: {bucket key: sizes}} one.
+    Accepts any mapping with `.items()` (an ml_collections ConfigDict too)."""
+    if not buckets:
+        return None
+    buckets = dict(buckets.items())
+    all_keys = {k for ks in BUCKET_KEYS.values() for k in ks}
+    if set(buckets) <= set(PAIRS):
+        return buckets_for(pair, buckets.get(pair))
+    unknown = set(buckets) - all_keys
+    if unknown:
+        raise ValueError(f"unknown bucket keys {sorted(unknown)}; expected bucket keys {sorted(all_keys)} "
+                         f"or pair names {sorted(PAIRS)}")
+    mine = {k for m in PAIRS[pair] for k in BUCKET_KEYS[m]}
+    return {k: tuple(int(x) for x in v) for k, v in buckets.items() if k in mine} or None
+
+
 # ----------------------------------------------------------------------------- iterators
 
 _END = object()
@@ -538,6 +556,7 @@ class PairBatches:
         self.global_batch_size, self.num_local_shards = global_batch_size, num_local_shards
         self.process_index, self.process_count = process_index, process_count
         self.start_step, self.conformer_choice, self.prefetch = start_step, conformer_choice, prefetch
+        buckets = buckets_for(pair, buckets)
         self._scan(buckets, sizes_cache)
         user = {k: tuple(sorted(v)) for k, v in (buckets or {}).items()}
         self.schedule = self._choose_grouping(train if group_by_size is None else group_by_size,
@@ -747,15 +766,15 @@ class MixedPairBatches:
     longest pair's epoch, as the original's `max(|2D-Text|, |3D-Protein|, |3D-2D|)`."""
 
     def __init__(self, pairs: Sequence[str] | Mapping[str, PairBatches], split: str = "train", *,
-                 records: Mapping[str, Any] | None = None,
-                 buckets: Mapping[str, Mapping[str, Sequence[int]]] | None = None, **kwargs):
-        if kwargs.get("train", True) is False:
-            raise ValueError("mixed_pair_batches is for training; evaluate each pair with pair_batches")
+                 records: Mapping[str, Any] | None = None, buckets=None, **kwargs):
+        if kwargs.get("train", True) is False:  # eval passes would end at different steps
+            raise ValueError("mixed_pair_batches is for training (every pair repeats); evaluate "
+                             "each pair with pair_batches(..., train=False)")
         if isinstance(pairs, Mapping):
             self.pairs = dict(pairs)
         else:
             self.pairs = {p: make_pair_dataset(p, split, records=(records or {}).get(p),
-                                               buckets=(buckets or {}).get(p), **kwargs)
+                                               buckets=buckets_for(p, buckets), **kwargs)
                           for p in pairs}
         self.steps_per_epoch = max(b.steps_per_epoch for b in self.pairs.values())
 

@@ -347,6 +347,16 @@ def test_user_buckets_are_used():
     b = data.host_batch(0)
     assert b["text_ids"].shape == (8, 64) and b["graph_nodes"].shape == (2, 256, 2)
     assert b["graph_senders"].shape == (2, 512)
+    # the same buckets given per pair, or flat with other pairs' keys, or as a ConfigDict
+    import ml_collections
+    for given in ({"graph_text": {"text": (64,), "graph_nodes": (256,), "graph_edges": (512,)}},
+                  {"text": (64,), "graph_nodes": (256,), "graph_edges": (512,), "pocket": (8,)},
+                  ml_collections.ConfigDict({"text": (64,), "graph_nodes": (256,), "graph_edges": (512,)})):
+        other = ip.PairBatches("graph_text", recs, global_batch_size=8, num_local_shards=2, prefetch=0,
+                               buckets=given)
+        assert other.buckets == data.buckets
+    with pytest.raises(ValueError, match="unknown bucket keys"):
+        ip.PairBatches("graph_text", recs, global_batch_size=8, buckets={"txt": (64,)})
     with pytest.raises(ValueError, match="over the largest given bucket"):
         ip.PairBatches("graph_text", recs, global_batch_size=8, num_local_shards=2,
                        buckets={"graph_nodes": (16,)})
