@@ -454,7 +454,8 @@ def load_records(pair: str, split: str, *, dataset: str = "molbind_mini", data_d
     except ImportError:
         pass
     builder = tfds.builder(f"{dataset}/{pair}", data_dir=data_dir)
-    if str(getattr(builder.info, "file_format", "")).endswith("array_record"):
+    fmt = getattr(builder.info, "file_format", None)
+    if str(getattr(fmt, "value", fmt)) == "array_record":
         return builder.as_data_source(split=split)
     return records_from_tf_dataset(builder.as_dataset(split=split, shuffle_files=False))
 

@@ -449,3 +449,38 @@ def test_sizes_cache_is_reused_for_the_same_records(tmp_path):
     _assert_batches_equal(again.host_batch(3), first.host_batch(3))
     fewer = ip.PairBatches("graph_text", recs[:20], **kw)  # another record count: sized afresh
     assert len(fewer.valid) == 19
+
+
+@pytest.mark.slow  # TensorFlow start-up
+def test_load_records_reads_array_record_lazily(tmp_path):
+    """An array_record TFDS dataset is read through tfds.data_source (random access, a host
+    reads only its rows) and batches like the same records in memory."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class MolbindTinyInputTest(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="graph_text")]
+
+        def _info(self):
+            t = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.int32)
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "text_ids": t((None,)), "graph_node_feat": t((None, 2)),
+                "graph_edge_index": t((2, None)), "graph_edge_feat": t((None, 2))}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, r in enumerate(small_records(20)):
+                yield str(i), {k: np.asarray(r[k], np.int32) for k in
+                               ("text_ids", "graph_node_feat", "graph_edge_index", "graph_edge_feat")}
+
+    tfds.builder("molbind_tiny_input_test/graph_text", data_dir=str(tmp_path),
+                 file_format="array_record").download_and_prepare()
+    recs = ip.load_records("graph_text", "train", dataset="molbind_tiny_input_test", data_dir=str(tmp_path))
+    assert hasattr(recs, "__getitems__") and not isinstance(recs, list) and len(recs) == 20
+    kw = dict(global_batch_size=8, num_local_shards=2, prefetch=0)
+    lazy = ip.PairBatches("graph_text", recs, **kw)
+    in_memory = ip.PairBatches("graph_text", [recs[i] for i in range(20)], **kw)
+    for step in range(4):
+        _assert_batches_equal(lazy.host_batch(step), in_memory.host_batch(step))
