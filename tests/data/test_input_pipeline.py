@@ -484,3 +484,25 @@ def test_load_records_reads_array_record_lazily(tmp_path):
     in_memory = ip.PairBatches("graph_text", [recs[i] for i in range(20)], **kw)
     for step in range(4):
         _assert_batches_equal(lazy.host_batch(step), in_memory.host_batch(step))
+
+
+def test_prefetch_reraises_worker_errors_and_stops_its_thread():
+    import threading
+
+    def failing():
+        yield 1
+        raise RuntimeError("collation failed")
+
+    it = ip._prefetch(failing, 2)
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="collation failed"):
+        next(it)
+    before = threading.active_count()
+    it = ip._prefetch(lambda: iter(range(10**9)), 2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops early: the worker notices and ends
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() <= before
