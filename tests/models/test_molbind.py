@@ -1,0 +1,246 @@
+"""The MolBind module: embeddings, config round trip, and sharded = single-device gradients."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from molbind_jax import losses
+from molbind_jax.models.molbind import PAIRS, MolBind, MolBindConfig
+from molbind_jax.sharding import global_batch, make_mesh
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def random_graphs(num, rng):
+    """Small chain-with-branch molecules as (node_feat [n,2], edge_index [2,e], edge_feat [e,2])."""
+    graphs = []
+    for _ in range(num):
+        n = int(rng.integers(2, 6))
+        nodes = np.stack([rng.integers(0, 118, n), rng.integers(0, 3, n)], 1).astype(np.int32)
+        bonds = [(i, i + 1) for i in range(n - 1)]
+        src = [a for a, b in bonds] + [b for a, b in bonds]
+        dst = [b for a, b in bonds] + [a for a, b in bonds]
+        feat = np.stack([rng.integers(0, 4, len(src)), rng.integers(0, 3, len(src))], 1).astype(np.int32)
+        graphs.append((nodes, np.array([src, dst], np.int32).reshape(2, -1), feat))
+    return graphs
+
+
+def pack_graphs(graphs, shards):
+    """DESIGN.md section 2 layout, written here independently of the input pipeline."""
+    per = len(graphs) // shards
+    groups = [graphs[s * per:(s + 1) * per] for s in range(shards)]
+    nn = max(sum(g[0].shape[0] for g in grp) for grp in groups) + 1  # room for a padding node
+    ne = max(sum(g[1].shape[1] for g in grp) for grp in groups) + 1
+    out = {k: [] for k in ("graph_nodes", "graph_edges", "graph_senders", "graph_receivers",
+                           "graph_n_node", "graph_n_edge")}
+    for grp in groups:
+        nodes = np.zeros((nn, 2), np.int32)
+        edges = np.zeros((ne, 2), np.int32)
+        snd = np.full(ne, nn - 1, np.int32)  # padding edges point at the last (padding) node
+        rcv = np.full(ne, nn - 1, np.int32)
+        off_n = off_e = 0
+        n_node, n_edge = [], []
+        for x, ei, ef in grp:
+            nodes[off_n:off_n + len(x)] = x
+            edges[off_e:off_e + ei.shape[1]] = ef
+            snd[off_e:off_e + ei.shape[1]] = ei[0] + off_n
+            rcv[off_e:off_e + ei.shape[1]] = ei[1] + off_n
+            n_node.append(len(x))
+            n_edge.append(ei.shape[1])
+            off_n += len(x)
+            off_e += ei.shape[1]
+        out["graph_nodes"].append(nodes)
+        out["graph_edges"].append(edges)
+        out["graph_senders"].append(snd)
+        out["graph_receivers"].append(rcv)
+        out["graph_n_node"].append(np.array(n_node + [nn - off_n], np.int32))
+        out["graph_n_edge"].append(np.array(n_edge + [ne - off_e], np.int32))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def atoms(batch, length, vocab, rng):
+    tokens = np.zeros((batch, length), np.int32)
+    coords = np.zeros((batch, length, 3), np.float32)
+    for i in range(batch):
+        n = int(rng.integers(1, length - 1))
+        tokens[i, :n + 2] = [1] + list(rng.integers(4, vocab - 1, n)) + [2]
+        c = rng.normal(size=(n, 3)).astype(np.float32) * 1.5
+        coords[i, 1:n + 1] = c - c.mean(0)
+    return tokens, coords
+
+
+def make_batches(batch=16, shards=8, seed=0, vocab_text=64):
+    rng = np.random.default_rng(seed)
+    graphs = random_graphs(batch, rng)
+    ids = rng.integers(5, vocab_text, (batch, 8)).astype(np.int32)
+    lens = rng.integers(2, 9, batch)
+    tmask = (np.arange(8)[None] < lens[:, None]).astype(np.int32)
+    ids = ids * tmask
+    ct, cc = atoms(batch, 8, 31, rng)
+    pt, pc = atoms(batch, 16, 10, rng)
+    pair_mask = np.ones(batch, bool)
+    pair_mask[-1] = False  # a padded example
+    g = pack_graphs(graphs, shards)
+    text = {"text_ids": ids, "text_mask": tmask}
+    conf = {"conformer_tokens": ct, "conformer_coords": cc}
+    pocket = {"pocket_tokens": pt, "pocket_coords": pc}
+    return {
+        "graph_text": {**g, **text, "pair_mask": pair_mask},
+        "conformer_text": {**conf, **text, "pair_mask": pair_mask},
+        "graph_conformer": {**g, **conf, "pair_mask": pair_mask},
+        "conformer_pocket": {**conf, **pocket, "pair_mask": pair_mask},
+    }, graphs
+
+
+def jit_call(model, method, *args):
+    """model.method(*args) under nnx.jit (one compile instead of hundreds of eager ops);
+    string arguments (pair names) are bound statically."""
+    static = [a for a in args if isinstance(a, str)]
+    arrays = [a for a in args if not isinstance(a, str)]
+    return nnx.jit(lambda m, *a: getattr(m, method)(*static, *a))(model, *arrays)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MolBind(MolBindConfig.tiny(), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.slow  # compiles tiny towers: ~5-10 s of CPU each
+def test_embeddings_are_unit_float32_rows(model):
+    batches, _ = make_batches(batch=8, shards=2)
+    outs = {}
+    for pair in PAIRS:
+        x, y, mask = outs[pair] = jit_call(model, "pair_embeddings", pair, batches[pair])
+        for e in (x, y):
+            assert e.shape == (8, 16) and e.dtype == jnp.float32
+            np.testing.assert_allclose(np.linalg.norm(np.asarray(e), axis=1), 1.0, rtol=1e-5)
+        assert mask.dtype == jnp.bool_ and not bool(mask[-1])
+    # One conformer tower: the conformer side of conformer_text and conformer_pocket agree.
+    np.testing.assert_allclose(outs["conformer_text"][0], outs["conformer_pocket"][0], atol=1e-6)
+    np.testing.assert_allclose(outs["conformer_text"][0], outs["graph_conformer"][1], atol=1e-6)
+    np.testing.assert_allclose(outs["graph_text"][0], outs["graph_conformer"][0], atol=1e-6)
+    np.testing.assert_allclose(outs["graph_text"][1], outs["conformer_text"][1], atol=1e-6)
+    with pytest.raises(ValueError, match="unknown pair type"):
+        model.pair_embeddings("text_text", batches["graph_text"])
+    with pytest.raises(KeyError, match="graph batch lacks"):
+        model.embed_graph({"graph_nodes": batches["graph_text"]["graph_nodes"]})
+
+
+@pytest.mark.slow  # compiles tiny towers: ~5-10 s of CPU each
+def test_graph_rows_in_example_order_whatever_the_sharding(model):
+    rng = np.random.default_rng(3)
+    graphs = random_graphs(8, rng)
+    ref = np.asarray(jit_call(model, "embed_graph", pack_graphs(graphs, 1)))
+    for shards in (2, 4, 8):
+        np.testing.assert_allclose(np.asarray(jit_call(model, "embed_graph", pack_graphs(graphs, shards))), ref, atol=1e-6)
+    # The rows follow the examples (a permutation of the graphs permutes the rows).
+    perm = rng.permutation(8)
+    out = np.asarray(jit_call(model, "embed_graph", pack_graphs([graphs[i] for i in perm], 4)))
+    np.testing.assert_allclose(out, ref[perm], atol=1e-6)
+    assert not np.allclose(ref[0], ref[1])
+
+
+@pytest.mark.slow  # compiles tiny towers: ~5-10 s of CPU each
+def test_pooling_modes_differ_only_through_padding():
+    cfg = MolBindConfig.tiny(unimol_pooling="original")
+    m_orig = MolBind(cfg, rngs=nnx.Rngs(0))
+    m_atoms = MolBind(MolBindConfig.tiny(), rngs=nnx.Rngs(0))
+    # Every molecule fills its row exactly to a multiple of 8: the two poolings agree.
+    rng = np.random.default_rng(0)
+    tokens = np.concatenate([[1], rng.integers(4, 30, 6), [2]])[None].repeat(2, 0).astype(np.int32)
+    coords = rng.normal(size=(2, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jit_call(m_orig, "embed_conformer", tokens, coords)),
+                               np.asarray(jit_call(m_atoms, "embed_conformer", tokens, coords)), atol=1e-6)
+    tokens[1, 5:] = 0
+    tokens[1, 4] = 2
+    assert not np.allclose(np.asarray(jit_call(m_orig, "embed_conformer", tokens, coords))[1],
+                           np.asarray(jit_call(m_atoms, "embed_conformer", tokens, coords))[1], atol=1e-4)
+
+
+def test_config_round_trip_and_presets():
+    cfg = MolBindConfig.tiny(dtype="bfloat16", unimol_pooling="original")
+    back = MolBindConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg
+    orig = MolBindConfig.original()
+    assert (orig.bert.hidden_size, orig.bert.num_layers, orig.bert.vocab_size, orig.bert.use_token_type) == (768, 12, 31091, False)
+    assert (orig.gin.num_layers, orig.gin.emb_dim, orig.gin.self_loop_attr) == (5, 300, (0, 0))
+    assert (orig.conformer.num_layers, orig.conformer.embed_dim, orig.conformer.vocab_size, orig.pocket.vocab_size) == (15, 512, 31, 10)
+    assert orig.embed_dim == 512
+    assert MolBindConfig.from_dict(orig.to_dict()) == orig
+    partial = MolBindConfig.from_dict({"embed_dim": 8, "gin": {"num_layers": 1, "emb_dim": 4}})
+    assert partial.gin.num_layers == 1 and partial.gin.num_bond_type == 6 and partial.embed_dim == 8
+    with pytest.raises(ValueError, match="unknown GINConfig field"):
+        MolBindConfig.from_dict({"gin": {"layers": 3}})
+    with pytest.raises(ValueError, match="unimol_pooling"):
+        MolBindConfig.tiny(unimol_pooling="cls")
+
+
+@pytest.mark.slow  # compiles tiny towers: ~5-10 s of CPU each
+def test_bfloat16_model_gives_float32_embeddings():
+    m = MolBind(MolBindConfig.tiny(dtype="bfloat16"), rngs=nnx.Rngs(1))
+    batches, _ = make_batches(batch=4, shards=2)
+    x, y, _ = jit_call(m, "pair_embeddings", "graph_text", batches["graph_text"])
+    assert x.dtype == jnp.float32 and y.dtype == jnp.float32
+    assert m.text_encoder.layers[0].intermediate.kernel.value.dtype == jnp.float32  # float32 params
+
+
+def _loss_and_grads(model, batches, mesh, train, gather_gradient=True):
+    """Functional NNX: (loss, updated non-parameter state), parameter gradients."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params, rest, batches):
+        # copy=True: fresh Variables in this trace, so that dropout may advance its RNG count
+        # and BatchNorm may update its statistics inside jax.grad.
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        embs = {p: m.pair_embeddings(p, b, train=train) for p, b in batches.items()}
+        total, _ = losses.molbind_loss(embs, mesh=mesh, gather_gradient=gather_gradient)
+        return total, nnx.state(m, nnx.Not(nnx.Param))
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, rest, batches)
+
+
+@pytest.mark.slow
+def test_sharded_parameter_gradients_equal_single_device():
+    """Train mode on 8 devices (batch rows and graph shards split over "data") equals one
+    device on the same arrays: loss, every parameter gradient, the updated BN statistics.
+
+    graph_text and conformer_pocket together exercise all four towers and heads (the two
+    other pair types reuse them; the loss over four pairs is tested in test_losses.py).
+    """
+    model = MolBind(MolBindConfig.tiny(), rngs=nnx.Rngs(0))
+    batches, _ = make_batches(batch=16, shards=8)
+    batches = {p: batches[p] for p in ("graph_text", "conformer_pocket")}
+    mesh = make_mesh(8)
+    (val1, state1), g1 = _loss_and_grads(model, batches, None, True)
+    (val8, state8), g8 = _loss_and_grads(model, global_batch(batches, mesh), mesh, True)
+    assert rel_err(val8, val1) <= 1e-5
+
+    flat1 = jax.tree_util.tree_leaves_with_path(g1)
+    flat8 = dict(jax.tree_util.tree_leaves_with_path(g8))
+    vec1 = np.concatenate([np.ravel(a) for _, a in flat1])
+    vec8 = np.concatenate([np.ravel(flat8[p]) for p, _ in flat1])
+    # The stated criterion, over all parameters: max |g8 - g1| / max |g1| <= 1e-5.
+    assert rel_err(vec8, vec1) <= 1e-5
+    scale = np.max(np.abs(vec1))
+    for path, a in flat1:
+        # Per leaf: rtol 1e-4 (small leaves summed with heavy cancellation, e.g. the Gaussian
+        # means) plus atol 1e-6 of the largest gradient, for the analytically zero gradients
+        # whose computed values are pure round-off: biases followed by train-mode BatchNorm
+        # (GIN mlp_2), a per-head constant on every logit of a row (Uni-Mol gbf_proj_linear2
+        # bias, BERT key bias).
+        a, b = np.asarray(a), np.asarray(flat8[path])
+        assert np.max(np.abs(b - a)) <= 1e-4 * np.max(np.abs(a)) + 1e-6 * scale, jax.tree_util.keystr(path)
+    bn8 = dict(jax.tree_util.tree_leaves_with_path(state8))
+    compared = 0
+    for (path, a) in jax.tree_util.tree_leaves_with_path(state1):
+        if "running_mean" in jax.tree_util.keystr(path) or "running_var" in jax.tree_util.keystr(path):
+            assert rel_err(bn8[path], a) <= 1e-5, jax.tree_util.keystr(path)
+            compared += 1
+    assert compared == 2 * model.config.gin.num_layers
+    assert np.any(np.asarray(state1["graph_encoder"]["batch_norms"][0]["running_mean"][...]) != 0)  # updated
