@@ -1,0 +1,207 @@
+"""Imports a MolBind Lightning `.ckpt` (spec sections 0 and 2) into `models.molbind.MolBind`.
+
+Key layout of the original (`MolbindTrainer.model = Model(...)`, so every key starts with
+`model.`), and where each part goes:
+
+    model.graph_encoder.*   -> graph_encoder      (convert.gin.assign)
+    model.Qformer.*         -> text_encoder       (convert.bert.assign: bert.* used; cls.*,
+                                                   crossattention.*, *_query.* reported, ignored)
+    model.conf_encoder.*    -> conformer_encoder  (convert.unimol.assign)
+    model.pro_encoder.*     -> pocket_encoder     (convert.unimol.assign)
+    model.ln_graph.*, model.graph_proj.*  -> graph_proj (norm, proj)
+    model.text_proj.*                     -> text_proj  (proj; no LayerNorm)
+    model.ln_conf.*,  model.conf_proj.*   -> conf_proj
+    model.ln_pro.*,   model.pro_proj.*    -> pro_proj
+
+Strict: every part is checked by `common.check_keys` (through the per-encoder `assign`), so a
+missing, mis-shaped or unexpected key raises a `CheckpointError` naming it; any key outside
+these prefixes is an error too.
+
+BatchNorm statistics (spec section 0 quirk): the original's `on_save_checkpoint` drops every
+buffer, so a MolBind `.ckpt` has no GIN `running_mean`/`running_var`; at run time the original
+keeps the statistics of `./backbone/graph_pretrain.pth`, loaded before the ckpt. Pass that
+file as `gin_backbone` to reproduce it. Without it the statistics stay as initialised
+(mean 0, variance 1) and eval-mode graph embeddings will NOT match the original: that is
+warned about loudly and recorded in the report (`bn_stats`). Statistics present in the ckpt
+itself win over the backbone's (as the original's load order implies).
+
+Lightning checkpoints carry `hyper_parameters` (an argparse Namespace in MolBind); loading uses
+`torch.load(weights_only=True)` with only `argparse.Namespace` allowed besides tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from molbind_jax.convert import bert as bert_convert
+from molbind_jax.convert import gin as gin_convert
+from molbind_jax.convert import unimol as unimol_convert
+from molbind_jax.convert.common import CheckpointError, KeyReport, check_keys, load_state_dict, strip_prefix
+from molbind_jax.models.bert import BertConfig
+from molbind_jax.models.molbind import MolBind, MolBindConfig
+
+ENCODER_PREFIXES = {
+    "graph_encoder": "model.graph_encoder.",
+    "text_encoder": "model.Qformer.",
+    "conformer_encoder": "model.conf_encoder.",
+    "pocket_encoder": "model.pro_encoder.",
+}
+# Flax head -> (LayerNorm key prefix or None, Linear key prefix).
+HEADS = {
+    "graph_proj": ("model.ln_graph.", "model.graph_proj."),
+    "text_proj": (None, "model.text_proj."),
+    "conf_proj": ("model.ln_conf.", "model.conf_proj."),
+    "pro_proj": ("model.ln_pro.", "model.pro_proj."),
+}
+_BN_STAT = re.compile(r"batch_norms\.(\d+)\.(running_mean|running_var)$")
+
+
+@dataclasses.dataclass
+class MolBindImportReport:
+    """Per-part key reports plus where the GIN BatchNorm statistics came from."""
+
+    source: str
+    parts: dict[str, KeyReport] = dataclasses.field(default_factory=dict)
+    bn_stats: str = ""
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: MolBind checkpoint import", f"GIN BatchNorm statistics: {self.bn_stats}"]
+        for name, rep in self.parts.items():
+            lines.append(f"[{name}] " + rep.summary())
+        return "\n".join(lines)
+
+
+def read_checkpoint(path: str) -> dict[str, np.ndarray]:
+    """The `state_dict` of a Lightning `.ckpt` (or a plain state dict file) as numpy arrays."""
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return load_state_dict(path, subkey="state_dict")
+
+
+def _bert_config_from_state(state: Mapping[str, np.ndarray], **overrides) -> BertConfig:
+    """Sizes of the text tower from `model.Qformer.bert.*` (heads: hidden/64, BERT's rule)."""
+    p = "model.Qformer.bert."
+    try:
+        vocab, hidden = state[p + "embeddings.word_embeddings.weight"].shape
+        max_pos = state[p + "embeddings.position_embeddings.weight"].shape[0]
+        inter = state[p + "encoder.layer.0.intermediate.dense.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"no text tower under {p} (missing {e})") from e
+    layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(re.escape(p) + r"encoder\.layer\.(\d+)\.", k)))
+    kw = dict(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=max(hidden // 64, 1),
+              intermediate_size=inter, max_position_embeddings=max_pos,
+              use_token_type=(p + "embeddings.token_type_embeddings.weight") in state)
+    kw.update(overrides)
+    return BertConfig.scibert(**kw)
+
+
+def config_from_state(state: Mapping[str, np.ndarray], **overrides) -> MolBindConfig:
+    """`MolBindConfig.original()` with every size read from the checkpoint.
+
+    overrides: MolBindConfig fields; sub-configs may be given as dicts of field overrides,
+    e.g. `bert={"num_heads": 4}` (heads cannot be read from a state dict).
+    """
+    overrides = dict(overrides)
+    sub = {k: overrides.pop(k) for k in ("bert", "gin", "conformer", "pocket") if isinstance(overrides.get(k), Mapping)}
+    gin = gin_convert.config_from_state(strip_prefix(state, ENCODER_PREFIXES["graph_encoder"]), **sub.get("gin", {}))
+    conf = unimol_convert.config_from_state(strip_prefix(state, ENCODER_PREFIXES["conformer_encoder"]),
+                                            **sub.get("conformer", {}))
+    pocket = unimol_convert.config_from_state(strip_prefix(state, ENCODER_PREFIXES["pocket_encoder"]),
+                                              **sub.get("pocket", {}))
+    bert = _bert_config_from_state(state, **sub.get("bert", {}))
+    embed_dim = state["model.text_proj.weight"].shape[0] if "model.text_proj.weight" in state else 512
+    kw = dict(bert=bert, gin=gin, conformer=conf, pocket=pocket, embed_dim=embed_dim)
+    kw.update(overrides)
+    return MolBindConfig.original(**kw)
+
+
+def _bn_stats_from_backbone(path: str, num_layers: int) -> dict[str, np.ndarray]:
+    state = load_state_dict(path)
+    prefix = gin_convert._find_prefix(state) if "x_embedding1.weight" not in state else ""
+    state = strip_prefix(state, prefix) if prefix else state
+    stats = {k: v for k, v in state.items() if _BN_STAT.match(k)}
+    want = {f"batch_norms.{i}.{s}" for i in range(num_layers) for s in ("running_mean", "running_var")}
+    missing = sorted(want - set(stats))
+    if missing:
+        raise CheckpointError(f"GIN backbone {path} lacks BatchNorm statistics: {missing}")
+    return {k: stats[k] for k in want}
+
+
+def assign(model: MolBind, state: Mapping[str, np.ndarray], source: str, *,
+           gin_backbone: str | None = None) -> MolBindImportReport:
+    """Copies a MolBind state dict (keys `model.*`) into an existing `MolBind`, strictly."""
+    report = MolBindImportReport(source=source)
+    known = tuple(ENCODER_PREFIXES.values()) + tuple(p for h in HEADS.values() for p in h if p)
+    stray = sorted(k for k in state if not k.startswith(known))
+    if stray:
+        raise CheckpointError(f"{source}: {len(stray)} key(s) belong to no MolBind part:\n"
+                              + "\n".join(f"  {k}" for k in stray))
+
+    # GIN, with the BatchNorm statistics from the checkpoint, else the backbone, else none.
+    gin_state = strip_prefix(state, ENCODER_PREFIXES["graph_encoder"])
+    n_layers = model.graph_encoder.config.num_layers
+    has_stats = any(_BN_STAT.match(k) for k in gin_state)
+    if has_stats:
+        report.bn_stats = "from the checkpoint"
+        if gin_backbone:
+            logging.warning("%s has its own GIN BatchNorm statistics; %s is not used for them", source, gin_backbone)
+    elif gin_backbone:
+        gin_state.update(_bn_stats_from_backbone(gin_backbone, n_layers))
+        report.bn_stats = f"from the GIN backbone {gin_backbone}"
+    else:
+        report.bn_stats = "MISSING: kept as initialised (mean 0, var 1); eval-mode graph embeddings differ from the original"
+        msg = (f"{source} has no GIN BatchNorm running statistics (the original drops them when saving) "
+               "and no gin_backbone was given: they stay as initialised (mean 0, var 1), so eval-mode "
+               "graph embeddings will NOT match the original. Pass the backbone graph_pretrain.pth.")
+        warnings.warn(msg, stacklevel=2)
+        logging.warning(msg)
+    with warnings.catch_warnings():
+        # Our own, louder warning above covers the missing statistics.
+        warnings.simplefilter("ignore")
+        report.parts["graph_encoder"] = gin_convert.assign(
+            model.graph_encoder, gin_state, f"{source} [{ENCODER_PREFIXES['graph_encoder']}]",
+            allow_missing_bn_stats=not has_stats and not gin_backbone)
+
+    text_state = strip_prefix(state, ENCODER_PREFIXES["text_encoder"])
+    report.parts["text_encoder"] = bert_convert.assign(
+        model.text_encoder, text_state, f"{source} [{ENCODER_PREFIXES['text_encoder']}]")
+    for name in ("conformer_encoder", "pocket_encoder"):
+        sub = strip_prefix(state, ENCODER_PREFIXES[name])
+        report.parts[name] = unimol_convert.assign(getattr(model, name), sub, f"{source} [{ENCODER_PREFIXES[name]}]")
+
+    heads_state = {k: v for k, v in state.items() if k.startswith(tuple(p for h in HEADS.values() for p in h if p))}
+    expected = {}
+    for name, (ln, lin) in HEADS.items():
+        head = getattr(model, name)
+        out_dim, in_dim = head.proj.kernel.value.shape[::-1]
+        expected[lin + "weight"] = (out_dim, in_dim)
+        expected[lin + "bias"] = (out_dim,)
+        if ln:
+            expected[ln + "weight"] = (in_dim,)
+            expected[ln + "bias"] = (in_dim,)
+    report.parts["heads"] = check_keys(heads_state, expected, source=f"{source} [heads]")
+    for name, (ln, lin) in HEADS.items():
+        getattr(model, name).set_from_torch(
+            state[lin + "weight"], state[lin + "bias"],
+            state[ln + "weight"] if ln else None, state[ln + "bias"] if ln else None)
+    return report
+
+
+def load(checkpoint: str, *, gin_backbone: str | None = None, seed: int = 0, **config_overrides):
+    """Builds a MolBind sized from `checkpoint` (see `config_from_state`) and imports it.
+
+    Returns (model, MolBindImportReport). `config_overrides` go to `config_from_state`.
+    """
+    from flax import nnx
+
+    state = read_checkpoint(checkpoint)
+    config = config_from_state(state, **config_overrides)
+    model = MolBind(config, rngs=nnx.Rngs(seed))
+    return model, assign(model, state, checkpoint, gin_backbone=gin_backbone)
