@@ -396,7 +396,8 @@ def _conformer_text_candidates(cap, seed, chebi_fraction) -> tuple:
         from tqdm.auto import tqdm
 
         order = sorted(ccd_index(), key=lambda c: (not c[2], stable_hash(f"{seed}:{c[0]}")))
-        for comp_id, name, synonyms in tqdm(order, desc="CCD components (ideal 3D -> SMILES)", mininterval=5.0):
+        progress = tqdm(total=n_ccd, desc="CCD components (ideal 3D -> SMILES)", mininterval=5.0)
+        for comp_id, name, synonyms in order:
             structure = ccd_structure(comp_id)
             if structure is None or structure[0] in seen:
                 continue
@@ -408,8 +409,10 @@ def _conformer_text_candidates(cap, seed, chebi_fraction) -> tuple:
                 extra = [s for s in pubchem_synonyms().get(key, []) if s.lower() != name.lower()][:5]
                 names = list(dict.fromkeys(synonyms + extra))[:6]
                 text = f"{name}." + (f" Synonyms: {'; '.join(names)}." if names else "")
+            progress.update(1)
             yield smiles, {"smiles": smiles, "text": text, "atoms": elements, "coords": coords[None],
                            "source": f"ccd:{comp_id}"}
+        progress.close()
 
     def chebi_stream():
         # RDKit embedding of very large molecules (polysaccharides, lipids) is slow and fragile.
@@ -434,8 +437,8 @@ def _graph_conformer_candidates(cap, seed) -> tuple:
     def stream():
         for index, row in _hash_order(rows, seed):
             smiles = canonical(row["SMILES"]) or row["SMILES"]  # an unparsable one is skipped later
-            yield smiles, {"smiles": smiles, "atoms": ast.literal_eval(row["Elements"]),
-                           "coords": np.asarray(json.loads(row["XYZ_Ang"]), np.float32)[None],
+            # The geometry is parsed in the worker (qm9_geometry), where a bad row is a counted skip.
+            yield smiles, {"smiles": smiles, "qm9_elements": row["Elements"], "qm9_xyz": row["XYZ_Ang"],
                            "source": f"qm9:{index}"}
 
     return take_per_split(stream(), cap, lambda k, r: split_of_smiles(r["smiles"]))
@@ -531,12 +534,34 @@ def _conformer_fields(raw: dict, options: dict, seed: int) -> dict:
     from data_pipeline.featurize import conformer
     from data_pipeline.featurize.dictionaries import MOL_DICTIONARY
 
-    if raw.get("coords") is not None:
+    if raw.get("qm9_xyz") is not None:
+        atoms, coords = qm9_geometry(raw["qm9_elements"], raw["qm9_xyz"])
+    elif raw.get("coords") is not None:
         atoms, coords = list(raw["atoms"]), np.asarray(raw["coords"], np.float32)
     else:
         atoms, coords, _ = conformer.generate_conformers(raw["smiles"], int(options["num_conformers"]), seed)
     out = conformer.unimol_input(atoms, coords, MOL_DICTIONARY, max_atoms=256, seed=seed)
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def qm9_geometry(elements: str, xyz: str) -> tuple[list[str], np.ndarray]:
+    """QM9's element list and XYZ_Ang JSON -> (atoms, coords [1, n, 3]).
+
+    A few QM9 geometries are written with bare "0." floats or Mathematica exponents ("1.2*^-6"),
+    which JSON rejects; Python's literal syntax reads both once "*^" is made "e".
+    """
+    try:
+        atoms = ast.literal_eval(elements)
+        try:
+            values = json.loads(xyz)
+        except ValueError:
+            values = ast.literal_eval(xyz.replace("*^", "e"))
+        coords = np.asarray(values, np.float32)
+    except (ValueError, SyntaxError) as err:
+        raise fz.SkipRecord(fz.UNREADABLE_FILE, f"QM9 geometry: {err}") from err
+    if coords.ndim != 2 or coords.shape != (len(atoms), 3):
+        raise fz.SkipRecord(fz.UNREADABLE_FILE, f"QM9 geometry of shape {coords.shape} for {len(atoms)} atoms")
+    return list(atoms), coords[None]
 
 
 def _graph_fields(smiles: str) -> dict:

@@ -102,3 +102,14 @@ def test_featurize_each_pair_type_on_real_records():
             tokens = example["conformer_tokens"]
             assert tokens[0] == 1 and tokens[-1] == 2
             assert example["conformer_coords"].shape[1:] == (len(tokens), 3)
+
+
+def test_qm9_geometry_parses_bare_floats_and_mathematica_exponents_and_skips_bad_rows():
+    from data_pipeline.featurize import SkipRecord
+
+    atoms, coords = mini.qm9_geometry("['C','H']", "[[0.,1.5*^-6,0.0],[1.0,0.,1.]]")
+    assert atoms == ["C", "H"] and coords.shape == (1, 2, 3) and abs(coords[0, 0, 1] - 1.5e-6) < 1e-12
+    with pytest.raises(SkipRecord, match="unreadable_file"):
+        mini.qm9_geometry("['C','H']", "[[0.0,1.0,0.0]]")
+    with pytest.raises(SkipRecord, match="unreadable_file"):
+        mini.qm9_geometry("['C']", "[[0.0,1.0")
