@@ -206,7 +206,7 @@ def main(argv):
             head = f"{pair:17s} {r['source']:9s} {r['records']:7d} {r['batches_per_s']:8.1f}" if j == 0 else " " * 44
             print(f"{head}  {k:12s} {s['efficiency']:.3f}  {s['num_shapes']}")
     print(f"\nall pairs together: {results['mixed_steps_per_s']:.1f} steps/s "
-          f"(global batch {FLAGS.global_batch_size} per pair, {FLAGS.num_local_shards} graph shards)")
+          f"(global batch {FLAGS.global_batch_size} per pair, graph shards: {FLAGS.num_local_shards})")
     if FLAGS.train_step_seconds:
         print(f"pipeline / train step rate: {results['pipeline_over_train_rate']:.1f}x (target >= 5x)")
     if FLAGS.output:
