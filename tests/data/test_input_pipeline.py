@@ -1,4 +1,5 @@
-"""Tests of molbind_jax/input_pipeline.py on hand-made records (no built dataset needed).
+"""Tests of molbind_jax/input_pipeline.py on hand-made records, size distributions of real
+molecules and texts, and (slow, when it is built) the real molbind_mini graph_text.
 
 Records encode their own index in the payload (text id 1000+i, first graph node atom i % 100,
 conformer coordinates i + 0.1*k for conformer k), so a batch row says which record and which
@@ -15,7 +16,6 @@ import numpy as np
 import pytest
 
 from molbind_jax import input_pipeline as ip
-
 
 
 def make_record(i, n_text=5, n_atoms=6, n_pocket=20, n_conf=3, rng=None):
