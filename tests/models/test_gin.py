@@ -295,3 +295,13 @@ def test_prefixed_state_dict(tiny_ckpt, tmp_path):
     inputs = to_pyg(random_graphs(np.random.default_rng(9), [4]))
     assert rel_err(convert_gin.run_flax(module, inputs)["graph_rep"],
                    convert_gin.run_torch(tiny_ckpt[1], inputs)["graph_rep"]) <= 1e-5
+
+
+def test_dropout_only_in_train_mode():
+    module = GIN(GINConfig.tiny(drop_ratio=0.5), rngs=nnx.Rngs(0, dropout=1))
+    g = pack(random_graphs(np.random.default_rng(10), [4, 6]), 12, 30)
+    e1, e2 = apply_eval(module, g)[1], apply_eval(module, g)[1]
+    np.testing.assert_array_equal(np.asarray(e1), np.asarray(e2))
+    t1, t2 = apply_train(module, g)[1], apply_train(module, g)[1]
+    assert np.isfinite(np.asarray(t1)).all()
+    assert not np.allclose(np.asarray(t1), np.asarray(t2))  # fresh masks each step
