@@ -1,7 +1,5 @@
 """GIN encoder: parity with the PyTorch reference, padding/batching invariance, masked BatchNorm,
 self-loop options and the `.pth` importer's error messages."""
-import os
-
 import jax
 import jax.numpy as jnp
 import jraph
@@ -81,6 +79,11 @@ def randomize_bn(model: GNN, seed=0):
 
 def save_torch(model, path):
     torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def save_torch_dict(sd, path):
+    torch.save(sd, path)
     return str(path)
 
 
@@ -260,11 +263,6 @@ def test_bad_state_dicts_are_named(tiny_ckpt, tmp_path, edit, needle):
     path = save_torch_dict(sd, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=needle):
         convert_gin.load(path)
-
-
-def save_torch_dict(sd, path):
-    torch.save(sd, path)
-    return str(path)
 
 
 def test_missing_bn_stats_only_when_allowed(tiny_ckpt, tmp_path):
