@@ -288,10 +288,11 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
             per = batch_size // num_shards if batch_size % num_shards == 0 else None
             if per is None:
                 raise ValueError(f"batch of {batch_size} cannot be split over {num_shards} graph shards")
-            sz = np.array([_graph_sizes(r) for r in examples]).reshape(num_shards, per, 2).sum(1)
-            nodes, edges = sz[:, 0], sz[:, 1]
-            nb = shapes.get("graph_nodes") or _default_shape("graph_nodes", max(nodes) + 1, buckets)
-            eb = shapes.get("graph_edges") or _default_shape("graph_edges", max(edges), buckets)
+            nb, eb = shapes.get("graph_nodes"), shapes.get("graph_edges")
+            if not (nb and eb):
+                sz = np.array([_graph_sizes(r) for r in examples]).reshape(num_shards, per, 2).sum(1)
+                nb = nb or _default_shape("graph_nodes", sz[:, 0].max() + 1, buckets)
+                eb = eb or _default_shape("graph_edges", sz[:, 1].max(), buckets)
             batch.update(pack_graphs(examples, num_shards, nb, eb))
         else:
             tokens, coords = [], []
@@ -678,6 +679,16 @@ class PairBatches:
         idx, mask, epoch = self.schedule.batch(step)
         return idx, mask, self.schedule.shapes(idx), epoch
 
+    def _conformer_draw(self, epoch: int) -> np.ndarray:
+        """Conformer index of every record in an epoch: one seeded uniform draw per (epoch,
+        record), so the choice does not depend on the host, the batch or the order of reading."""
+        cached = getattr(self, "_conf_cache", None)
+        if cached is None or cached[0] != epoch:
+            u = np.random.default_rng([self.seed, epoch, 0xC0F]).random(len(self.num_conformers))
+            cached = (epoch, np.minimum((u * self.num_conformers).astype(np.int64), self.num_conformers - 1))
+            self._conf_cache = cached
+        return cached[1]
+
     def host_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(record indices [B], pair mask [B]) of this host's rows of a step: which stored
         record (position in `records`, e.g. to look up its `id`) each batch row holds."""
@@ -692,8 +703,7 @@ class PairBatches:
         idx, mask = idx[rows], mask[rows]
         conf = None
         if "conformer" in PAIRS[self.pair] and self.conformer_choice == "random":
-            conf = [int(np.random.default_rng([self.seed, epoch, int(i), 0xC0F]).integers(self.num_conformers[i]))
-                    for i in idx]
+            conf = self._conformer_draw(epoch)[idx]
         return collate_pair(self.pair, _fetch(self.records, idx), num_shards=self.num_local_shards,
                             shapes=shapes, conformer_indices=conf, pair_mask=mask)
 
