@@ -324,8 +324,8 @@ class _Schedule:
     def __init__(self, pair: str, sizes: Mapping[str, np.ndarray], valid: np.ndarray, *,
                  global_batch_size: int, num_global_shards: int, seed: int, train: bool,
                  grouping: tuple[str, str, int, str] | None, window_batches: int | None,
-                 bin_edges: Sequence[int] | None = None):
-        self.pair, self.sizes, self.valid = pair, sizes, valid
+                 bin_edges: Sequence[int] | None = None, multiple: int = ATOM_MULTIPLE):
+        self.pair, self.sizes, self.valid, self.multiple = pair, sizes, valid, multiple
         self.g, self.shards, self.seed, self.train = global_batch_size, num_global_shards, seed, train
         self.grouping, self.window = grouping, window_batches
         self.buckets: Mapping[str, Sequence[int]] = {}
@@ -433,9 +433,9 @@ class _Schedule:
         eff = {}
         for k, v in need.items():
             graph = k.startswith("graph")
-            padded = _round_up(v, ATOM_MULTIPLE)
+            padded = _round_up(v, self.multiple)
             if max_shapes:
-                b = np.asarray(suggest_buckets(v, max(1, max_shapes - graph)))
+                b = np.asarray(suggest_buckets(v, max(1, max_shapes - graph), self.multiple))
                 padded = b[np.searchsorted(b, v)]
             eff[k] = real[k] / max(1, int(padded.sum()) * (self.shards if graph else self.g))
         return need, eff
@@ -535,14 +535,28 @@ def _prefetch(make_iter, size: int) -> Iterator[Any]:
 
 
 class PairBatches:
-    """Host-local batches of one pair type (an iterable; see `make_pair_dataset`)."""
+    """Host-local batches of one pair type (an iterable; see `make_pair_dataset`).
+
+    records: random-access sequence of stored records (list, `tfds.data_source`, ...).
+    global_batch_size: examples per step over all hosts; each host yields G / process_count.
+    num_local_shards: graph shards per host (its local devices).
+    train: infinite, reshuffled every epoch, drop_last; else one pass in stored order with a
+      padded last batch (`pair_mask` False on the dummies).
+    buckets: fixed bucket sizes per key (flat or per pair, see `buckets_for`); else derived.
+    group_by_size: size grouping (default: when training).
+    window_batches: group inside windows of this many batches (default: the whole epoch).
+    max_shapes: at most this many padded sizes per key.
+    pad_multiple: derived buckets are multiples of this (8: the original collater's rule,
+      DESIGN.md; 1 lets tiny molecules such as QM9's pad far less).
+    sizes_cache: .npz path that keeps the sizing pass across restarts.
+    """
 
     def __init__(self, pair: str, records, *, global_batch_size: int, num_local_shards: int = 1,
                  process_index: int = 0, process_count: int = 1, seed: int = 0, start_step: int = 0,
                  train: bool = True, buckets: Mapping[str, Sequence[int]] | None = None,
                  conformer_choice: str = "random", group_by_size: bool | None = None,
                  window_batches: int | None = None, max_shapes: int = 8, prefetch: int = 2,
-                 sizes_cache: str | None = None):
+                 sizes_cache: str | None = None, pad_multiple: int = ATOM_MULTIPLE):
         if pair not in PAIRS:
             raise ValueError(f"unknown pair {pair!r}; expected one of {sorted(PAIRS)}")
         if conformer_choice not in ("random", "first"):
@@ -561,8 +575,10 @@ class PairBatches:
         buckets = buckets_for(pair, buckets)
         self._scan(buckets, sizes_cache)
         user = {k: tuple(sorted(v)) for k, v in (buckets or {}).items()}
+        if pad_multiple < 1:
+            raise ValueError("pad_multiple must be >= 1")
         self.schedule = self._choose_grouping(train if group_by_size is None else group_by_size,
-                                              window_batches, max_shapes)
+                                              window_batches, max_shapes, pad_multiple)
         # Buckets from the sizes the batches of the first epochs actually need (a batch pads to
         # its largest member), plus the largest possible need, so no later epoch can overflow.
         need, _ = self.schedule.simulate(num_epochs=3)
@@ -574,10 +590,10 @@ class PairBatches:
             srt = np.sort(self.sizes[k][self.valid])
             if k.startswith("graph"):  # all the largest graphs in one shard: never seen, so
                 worst = int(srt[-per:].sum()) + (k == "graph_nodes")  # it costs one spare shape
-                b = suggest_buckets(v, max(1, max_shapes - 1))
-                self.buckets[k] = b if worst <= b[-1] else b + (int(_round_up(worst, ATOM_MULTIPLE)),)
+                b = suggest_buckets(v, max(1, max_shapes - 1), pad_multiple)
+                self.buckets[k] = b if worst <= b[-1] else b + (int(_round_up(worst, pad_multiple)),)
             else:  # the longest record is the worst case
-                self.buckets[k] = suggest_buckets(np.append(v, srt[-1]), max_shapes)
+                self.buckets[k] = suggest_buckets(np.append(v, srt[-1]), max_shapes, pad_multiple)
         self.schedule.buckets = self.buckets
         self.steps_per_epoch = self.schedule.steps_per_epoch
         for k in user:  # fail now, not hours into a run, when the given buckets are too small
@@ -585,7 +601,8 @@ class PairBatches:
                 raise ValueError(f"{pair}: a batch of the first epochs needs {k} = {need[k].max()}, over "
                                  f"the largest given bucket {max(user[k])}")
 
-    def _choose_grouping(self, group: bool, window_batches: int | None, max_shapes: int) -> _Schedule:
+    def _choose_grouping(self, group: bool, window_batches: int | None, max_shapes: int,
+                         pad_multiple: int) -> _Schedule:
         """Size grouping that maximises the worse modality's padding efficiency.
 
         Candidates: either modality as the primary key, cut into 1..64 bins (equal-count or
@@ -597,7 +614,7 @@ class PairBatches:
         """
         kw = dict(global_batch_size=self.global_batch_size, seed=self.seed, train=self.train,
                   num_global_shards=self.num_local_shards * self.process_count,
-                  window_batches=window_batches)
+                  window_batches=window_batches, multiple=pad_multiple)
         if not group:
             return _Schedule(self.pair, self.sizes, self.valid, grouping=None, **kw)
         a, b = (BUCKET_KEYS[m][0] for m in PAIRS[self.pair])
@@ -750,7 +767,7 @@ def make_pair_dataset(pair: str, split: str = "train", *, dataset: str = "molbin
       default the TFDS dataset `{dataset}/{pair}` split `split` under `data_dir`.
     num_local_shards / process_index / process_count default to JAX's values (JAX is imported
       only then). Remaining kwargs go to `PairBatches` (group_by_size, window_batches,
-      max_shapes, prefetch, sizes_cache).
+      max_shapes, prefetch, sizes_cache, pad_multiple).
     """
     if num_local_shards is None or process_index is None or process_count is None:
         import jax

@@ -340,6 +340,20 @@ def test_malformed_records_are_skipped_and_counted():
         ip.PairBatches("conformer_text", recs[:3], global_batch_size=4)
 
 
+def test_pad_multiple_for_tiny_molecules():
+    """QM9-sized conformers (3..11 tokens) pad to 8 or 16 under the multiple-of-8 rule; a pad
+    multiple of 1 lets the buckets follow the sizes."""
+    rng = np.random.default_rng(0)
+    recs = [make_record(i, n_atoms=int(rng.integers(1, 10))) for i in range(400)]
+    kw = dict(global_batch_size=16, num_local_shards=2, prefetch=0)
+    eight = ip.PairBatches("graph_conformer", recs, **kw)
+    one = ip.PairBatches("graph_conformer", recs, pad_multiple=1, **kw)
+    assert all(b % 8 == 0 for k in eight.buckets for b in eight.buckets[k])
+    e8, e1 = eight.padding_stats()["conformer"], one.padding_stats()["conformer"]
+    assert e1["num_shapes"] <= 8 and e1["efficiency"] > 0.85 > e8["efficiency"], (e1, e8)
+    assert one.host_batch(0)["conformer_tokens"].shape[1] in one.buckets["conformer"]
+
+
 def test_user_buckets_are_used():
     recs = small_records(40)
     data = ip.PairBatches("graph_text", recs, global_batch_size=8, num_local_shards=2, prefetch=0,
