@@ -38,6 +38,7 @@ flags.DEFINE_string("split", "train", "split to read")
 flags.DEFINE_list("pairs", list(ip.PAIRS), "pair types to benchmark")
 flags.DEFINE_integer("global_batch_size", 96, "global batch per pair")
 flags.DEFINE_integer("num_local_shards", 8, "graph shards per host (local devices)")
+flags.DEFINE_integer("pad_multiple", 8, "derived buckets are multiples of this (8: the original's rule)")
 flags.DEFINE_integer("num_batches", 50, "batches timed per pair (after 2 warm-up batches)")
 flags.DEFINE_integer("num_molecules", 500, "real molecules for the graph featurization rate")
 flags.DEFINE_integer("num_conformer_molecules", 30, "molecules for the conformer generation rate")
@@ -157,7 +158,7 @@ def time_batches(data, num: int) -> float:
 def main(argv):
     del argv
     results = {"config": {k: FLAGS[k].value for k in (
-        "data_dir", "dataset", "split", "pairs", "global_batch_size", "num_local_shards",
+        "data_dir", "dataset", "split", "pairs", "global_batch_size", "num_local_shards", "pad_multiple",
         "num_batches", "num_molecules", "num_conformer_molecules", "num_conformers",
         "synthetic_records", "train_step_seconds")}}
     smiles = real_smiles(FLAGS.num_molecules)
@@ -180,7 +181,8 @@ def main(argv):
         load_s = time.perf_counter() - t
         t = time.perf_counter()
         data = ip.PairBatches(pair, records, global_batch_size=FLAGS.global_batch_size,
-                              num_local_shards=FLAGS.num_local_shards, seed=0)
+                              num_local_shards=FLAGS.num_local_shards, seed=0,
+                              pad_multiple=FLAGS.pad_multiple)
         plan_s = time.perf_counter() - t
         datasets[pair] = data
         stats = data.padding_stats(min(3 * data.steps_per_epoch, 3000))
