@@ -271,7 +271,9 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
     batch_size = n_real if batch_size is None else batch_size
     if n_real > batch_size:
         raise ValueError(f"{n_real} examples for a batch of {batch_size}")
-    mask = np.ones(n_real, bool) if pair_mask is None else np.asarray(pair_mask, bool)
+    mask = np.ones(n_real, bool) if pair_mask is None else np.asarray(pair_mask, bool).ravel()
+    if len(mask) != n_real or (conformer_indices is not None and len(conformer_indices) != n_real):
+        raise ValueError(f"{n_real} examples but pair_mask / conformer_indices of another length")
     fill = batch_size - n_real
     examples = list(examples) + [examples[0]] * fill
     mask = np.concatenate([mask, np.zeros(fill, bool)])
