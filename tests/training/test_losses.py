@@ -101,6 +101,28 @@ def test_no_grad_gather_matches_original_ddp_rule(mesh8):
     assert rel_err(val1, ref_val) <= 1e-5 and rel_err(g1[0], ref_g[0]) <= 1e-5
 
 
+def test_no_grad_gather_with_masked_rows_is_the_per_anchor_rule(mesh8):
+    """With masked rows the compat rule weighs every valid anchor equally (documented)."""
+    x, y = embeddings(24, seed=6)
+    mask = np.ones(24, bool)
+    mask[[0, 1, 2, 20]] = False  # device 0 holds one valid anchor, device 1 three
+
+    def ref(a, b):
+        idx = np.flatnonzero(mask)
+        a, b = a[idx], b[idx]
+        sa, sb = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
+        lab = jnp.arange(len(idx))
+        lx = -jax.nn.log_softmax(a @ sb.T / TAU, axis=1)[lab, lab].mean()
+        ly = -jax.nn.log_softmax(b @ sa.T / TAU, axis=1)[lab, lab].mean()
+        return 0.5 * (lx + ly)
+
+    ref_val, ref_g = jax.value_and_grad(ref, argnums=(0, 1))(x, y)
+    for chunk_size in (None, 5):
+        val, g = loss_and_grads(*sharded(mesh8, x, y, mask), mesh=mesh8, gather_gradient=False, chunk_size=chunk_size)
+        assert rel_err(val, ref_val) <= 1e-5
+        assert rel_err(g[0], ref_g[0]) <= 1e-5 and rel_err(g[1], ref_g[1]) <= 1e-5
+
+
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_masked_pairs_are_neither_anchors_nor_negatives(mesh8, chunk_size):
     x, y = embeddings(24, seed=2)
