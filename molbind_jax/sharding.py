@@ -103,7 +103,13 @@ def maybe_initialize_distributed(flag: bool = False, *, cpu_collectives: str = "
                 kwargs[key] = int(os.environ[env])
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:
+        raise ValueError(
+            f"jax.distributed.initialize failed ({e}). Outside a detected cluster (SLURM, Open MPI, "
+            "TPU, Kubernetes) set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID."
+        ) from e
     logging.info(
         "jax.distributed initialised: process %d of %d, %d local / %d global devices",
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),

@@ -53,7 +53,9 @@ def _sub_to_dict(cfg) -> dict:
     return out
 
 
-def _sub_from_dict(cls, d: Mapping[str, Any]):
+def _sub_from_dict(base, d: Mapping[str, Any]):
+    """`base` (a sub-config instance) with the fields given in `d` replaced."""
+    cls = type(base)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -65,7 +67,7 @@ def _sub_from_dict(cls, d: Mapping[str, Any]):
         elif isinstance(v, list):
             v = tuple(v)
         kw[k] = v
-    return cls(**kw)
+    return dataclasses.replace(base, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,17 +130,20 @@ class MolBindConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MolBindConfig":
-        """From `to_dict` output or a partial dict (e.g. `ConfigDict.to_dict()`): a sub-config
-        given as a dict takes its class defaults for the fields it leaves out."""
+    def from_dict(cls, d: Mapping[str, Any], base: "MolBindConfig | None" = None) -> "MolBindConfig":
+        """From `to_dict` output, or a partial dict (e.g. `ConfigDict.to_dict()`) applied on top
+        of `base` (default: `MolBindConfig()`, the original sizes): top-level fields replace
+        base's, a sub-config given as a dict replaces only the fields it names, e.g.
+        `MolBindConfig.from_dict({"gin": {"num_layers": 3}}, base=MolBindConfig.tiny())`."""
+        base = cls() if base is None else base
         d = dict(d)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown MolBindConfig field(s) {unknown}")
-        for name, sub_cls in _SUB_CONFIGS.items():
+        for name in _SUB_CONFIGS:
             if name in d and isinstance(d[name], Mapping):
-                d[name] = _sub_from_dict(sub_cls, d[name])
-        return cls(**d)
+                d[name] = _sub_from_dict(getattr(base, name), d[name])
+        return dataclasses.replace(base, **d)
 
 
 class MolBind(nnx.Module):

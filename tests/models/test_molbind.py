@@ -175,6 +175,10 @@ def test_config_round_trip_and_presets():
     assert MolBindConfig.from_dict(orig.to_dict()) == orig
     partial = MolBindConfig.from_dict({"embed_dim": 8, "gin": {"num_layers": 1, "emb_dim": 4}})
     assert partial.gin.num_layers == 1 and partial.gin.num_bond_type == 6 and partial.embed_dim == 8
+    assert partial.bert == MolBindConfig().bert  # untouched sub-configs: the base's
+    small = MolBindConfig.from_dict({"gin": {"num_layers": 3}, "dtype": "bfloat16"}, base=MolBindConfig.tiny())
+    assert small.gin == MolBindConfig.tiny().gin.__class__.tiny(num_layers=3)
+    assert small.bert == MolBindConfig.tiny().bert and small.dtype == "bfloat16"
     with pytest.raises(ValueError, match="unknown GINConfig field"):
         MolBindConfig.from_dict({"gin": {"layers": 3}})
     with pytest.raises(ValueError, match="unimol_pooling"):

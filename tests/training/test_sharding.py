@@ -52,3 +52,20 @@ def test_maybe_initialize_distributed_off_without_flag_or_env(monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
     assert sharding.maybe_initialize_distributed(False) is False
     assert not jax.distributed.is_initialized()
+
+
+def test_maybe_initialize_distributed_flag_without_cluster_explains(tmp_path):
+    """Asked by flag outside any cluster: a clear error naming the variables (fresh process,
+    since jax.distributed must start before the backend)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_", "OMPI_"))}
+    env.update(PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+    code = "from molbind_jax import sharding; sharding.maybe_initialize_distributed(True)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "JAX_COORDINATOR_ADDRESS" in out.stderr, out.stderr[-2000:]
