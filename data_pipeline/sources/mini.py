@@ -64,6 +64,8 @@ DEFAULT_OPTIONS = {
     "seed": 0,
     "num_conformers": 2,  # for RDKit-generated conformers (ChEBI part of conformer_text)
     "chebi_conformer_fraction": 0.33,  # share of conformer_text taken from ChEBI molecules
+    "chebi_conformer_max_heavy_atoms": 40,  # larger ones (lipids, glycans) embed slowly
+    "conformer_timeout": 10,  # seconds per ETKDG pass before the featurizer's fallback
     "pocket_cutoff": 6.0,
     "tokenizer_path": None,  # None -> the offline MiniLM vocab
     "max_text_tokens": 256,
@@ -382,7 +384,7 @@ def ccd_structure(comp_id: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _conformer_text_candidates(cap, seed, chebi_fraction) -> tuple:
+def _conformer_text_candidates(cap, seed, chebi_fraction, max_heavy) -> tuple:
     n_chebi = None if cap is None else int(round(cap * chebi_fraction))
     n_ccd = None if cap is None else cap - n_chebi
     chebi = chebi_molecules()
@@ -418,7 +420,7 @@ def _conformer_text_candidates(cap, seed, chebi_fraction) -> tuple:
         # RDKit embedding of very large molecules (polysaccharides, lipids) is slow and fragile.
         Chem = _rdkit()
         for smiles, entry in _hash_order(chebi.items(), seed, "conformer"):
-            if smiles in seen or Chem.MolFromSmiles(smiles).GetNumHeavyAtoms() > 60:
+            if smiles in seen or Chem.MolFromSmiles(smiles).GetNumHeavyAtoms() > max_heavy:
                 continue
             text = chebi_text(entry["name"], entry["classes"], inchikey(smiles))
             yield smiles, {"smiles": smiles, "text": text, "source": "chebi"}
@@ -483,7 +485,8 @@ def candidates(pair: str, options: dict) -> tuple:
     if pair == "graph_text":
         return _graph_text_candidates(cap, seed)
     if pair == "conformer_text":
-        return _conformer_text_candidates(cap, seed, float(options["chebi_conformer_fraction"]))
+        return _conformer_text_candidates(cap, seed, float(options["chebi_conformer_fraction"]),
+                                          int(options["chebi_conformer_max_heavy_atoms"]))
     if pair == "graph_conformer":
         return _graph_conformer_candidates(cap, seed)
     if pair == "conformer_pocket":
@@ -539,7 +542,8 @@ def _conformer_fields(raw: dict, options: dict, seed: int) -> dict:
     elif raw.get("coords") is not None:
         atoms, coords = list(raw["atoms"]), np.asarray(raw["coords"], np.float32)
     else:
-        atoms, coords, _ = conformer.generate_conformers(raw["smiles"], int(options["num_conformers"]), seed)
+        atoms, coords, _ = conformer.generate_conformers(raw["smiles"], int(options["num_conformers"]), seed,
+                                                         timeout=int(options["conformer_timeout"]))
     out = conformer.unimol_input(atoms, coords, MOL_DICTIONARY, max_atoms=256, seed=seed)
     return {k: np.asarray(v) for k, v in out.items()}
 
