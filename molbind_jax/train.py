@@ -190,14 +190,6 @@ def evaluate(train_step, state, eval_sets: Mapping[str, list], mesh) -> dict[str
     return out
 
 
-def _poison(batch: Mapping) -> dict:
-    """Test hook (`debug_nan_at_step`): a corrupt batch, every float feature NaN."""
-    import numpy as np
-
-    return {k: (np.full_like(v, np.nan) if np.issubdtype(np.asarray(v).dtype, np.floating) else v)
-            for k, v in batch.items()}
-
-
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -274,8 +266,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
             micro = []
             for _ in range(accum):
                 local = next(batches)
-                if step + 1 == config.debug_nan_at_step:
-                    local = {p: _poison(b) for p, b in local.items()}
                 micro.append({p: train_inputs.to_global(b, mesh) for p, b in local.items()})
             state, m = train_step(state, micro)
             # One scalar per step crosses to the host: a non-finite step left the state unchanged

@@ -63,7 +63,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.tensorboard = True
     c.progress_bar = True
 
-    # Test hooks: SIGKILL the process after this step; make this step's batch NaN.
+    # Test hook: SIGKILL the process right after this step (a preempted job).
     c.debug_kill_at_step = -1
-    c.debug_nan_at_step = -1
     return c

@@ -1,0 +1,125 @@
+"""Checkpoints: keep-N, atomic saves, restore equality, metrics truncation on resume, and the
+non-finite guard of the launcher (stops, keeps the last good checkpoint, saves nothing bad)."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from molbind_jax.checkpoints import Checkpointer
+from molbind_jax.logging_utils import MetricWriter, read_metrics
+from molbind_jax.train_step import state_leaves_equal
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def smoke_config(**overrides):
+    """experiments/configs/mini.py:smoke on 2 devices, no eval/TensorBoard, plus overrides."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mini_cfg", os.path.join(REPO, "experiments/configs/mini.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config("smoke")
+    cfg.num_devices = 2
+    cfg.eval_every = 0
+    cfg.tensorboard = False
+    cfg.progress_bar = False
+    cfg.log_every = 1
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _state(v: float):
+    return {"step": jnp.asarray(int(v), jnp.int32),
+            "trainable": {"w": jnp.full((3, 2), v, jnp.float32), "b": jnp.arange(4, dtype=jnp.float32) * v},
+            "opt_state": ({"count": jnp.asarray(int(v), jnp.int32)},)}
+
+
+def test_keep_n_and_restore_latest(tmp_path):
+    ck = Checkpointer(str(tmp_path / "ckpt"), max_to_keep=2)
+    for s in range(1, 6):
+        assert ck.save(s, _state(s), {"step": s, "input_position": s * 4}, force=True)
+    ck.wait_until_finished()
+    assert ck.all_steps() == [4, 5]
+    restored, meta = ck.restore(_state(0))
+    assert meta == {"step": 5, "input_position": 20}
+    assert state_leaves_equal(restored, _state(5))
+    older, _ = ck.restore(_state(0), step=4)
+    assert state_leaves_equal(older, _state(4))
+    ck.close()
+
+
+def test_unfinished_save_is_ignored(tmp_path):
+    # A save killed half-way leaves only orbax's temporary directory: it is never the latest.
+    ck = Checkpointer(str(tmp_path / "ckpt"), max_to_keep=3)
+    ck.save(2, _state(2), {"step": 2}, force=True)
+    ck.close()
+    os.makedirs(tmp_path / "ckpt" / "4.orbax-checkpoint-tmp-1234567" / "state")
+    ck = Checkpointer(str(tmp_path / "ckpt"), max_to_keep=3)
+    assert ck.latest_step() == 2
+    restored, meta = ck.restore(_state(0))
+    assert meta["step"] == 2 and state_leaves_equal(restored, _state(2))
+    ck.close()
+
+
+def test_metrics_after_resume_drop_records_past_the_checkpoint(tmp_path):
+    w = MetricWriter(str(tmp_path), tensorboard=False)
+    for s in range(1, 7):
+        w.write(s, {"loss": 1.0 / s})
+    w.write(6, {"r1/graph_text": 0.5}, eval=True)
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a line cut off by SIGKILL
+    w = MetricWriter(str(tmp_path), tensorboard=False, resume_step=4)
+    w.write(5, {"loss": 0.3, "finite": np.bool_(True), "nan": float("nan")})
+    w.close()
+    recs = read_metrics(str(tmp_path))
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]
+    assert recs[-1] == {"step": 5, "loss": 0.3, "finite": True, "nan": "nan"}
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    w = MetricWriter(str(tmp_path), tensorboard=True)
+    w.write(3, {"loss": 1.5, "learning_rate": 1e-4})
+    w.write(3, {"r1/graph_text": 0.25}, eval=True)
+    w.close()
+    import tensorflow as tf
+
+    files = os.listdir(tmp_path / "tensorboard")
+    assert len(files) == 1
+    tags = {}
+    for ev in tf.compat.v1.train.summary_iterator(str(tmp_path / "tensorboard" / files[0])):
+        for v in ev.summary.value:
+            tags[v.tag] = (ev.step, float(tf.make_ndarray(v.tensor)), v.metadata.plugin_data.plugin_name)
+    assert tags["loss"] == (3, 1.5, "scalars")
+    assert tags["eval/r1/graph_text"] == (3, 0.25, "scalars")
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    from molbind_jax import train
+
+    import re
+
+    # A diverging run: an absurd learning rate blows the parameters up within a few steps.
+    cfg = smoke_config(total_steps=8, checkpoint_every=1, keep_checkpoints=20)
+    cfg.lr.peak, cfg.lr.warmup_steps = 1e38, 0
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.NonFiniteLossError) as err:
+        train.train_and_evaluate(cfg, workdir)
+    bad = int(re.search(r"non-finite loss at step (\d+)", str(err.value)).group(1))
+    assert 1 < bad <= 8
+    assert f"last good checkpoint is step {bad - 1}" in str(err.value)
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ck.latest_step() == bad - 1  # every step before was saved, the bad one never
+    ck.close()
+    recs = read_metrics(workdir)
+    assert [r["step"] for r in recs] == list(range(1, bad))  # nothing logged for the bad step
+    assert all(np.isfinite(r["loss"]) for r in recs)
