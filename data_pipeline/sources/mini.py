@@ -38,7 +38,6 @@ import glob
 import hashlib
 import importlib.util
 import json
-import logging
 import os
 import pickle
 import re
