@@ -198,3 +198,15 @@ def test_tfds_build_command_builds_a_config(tmp_path):
     lengths = {s["name"]: int(s["shardLengths"][0]) for s in info["splits"]}
     assert lengths == {"train": 3, "validation": 3, "test": 3}
     assert (built / "build_report.json").exists()
+
+
+def test_keys_that_tfds_would_merge_count_as_duplicates(fake_source):
+    """TFDS hashes keys after rewriting backslashes to "/": such a clash is a counted duplicate."""
+    from data_pipeline.molbind_pairs import parallel
+    from data_pipeline.report import BuildStats
+
+    raw = {"i": 1, "kind": "good", "smiles": "C/C=C\\C"}
+    stats = BuildStats()
+    out = list(parallel.featurized(fake_source, "graph_conformer", {}, [("m/C=C\\C", raw), ("m/C=C/C", raw)],
+                                   stats, workers=0))
+    assert [k for k, _ in out] == ["m/C=C\\C"] and stats.skipped == {"duplicate": 1} and stats.read == 2
