@@ -397,7 +397,8 @@ def _conformer_text_candidates(cap, seed, chebi_fraction, max_heavy) -> tuple:
         from tqdm.auto import tqdm
 
         order = sorted(ccd_index(), key=lambda c: (not c[2], stable_hash(f"{seed}:{c[0]}")))
-        progress = tqdm(total=n_ccd, desc="CCD components (ideal 3D -> SMILES)", mininterval=5.0)
+        # No total: the split quotas decide how many conversions are needed.
+        progress = tqdm(desc="CCD components converted (ideal 3D -> SMILES)", unit="comp", mininterval=5.0)
         for comp_id, name, synonyms in order:
             structure = ccd_structure(comp_id)
             if structure is None or structure[0] in seen:
