@@ -147,6 +147,7 @@ def step_options(config: ConfigDict):
         loss_chunk_size=int(config.loss_chunk_size) or None,
         seed=int(config.seed),
         fused=bool(config.fused_step),
+        frozen=tuple(config.frozen),
     )
 
 
@@ -188,6 +189,18 @@ def evaluate(train_step, state, eval_sets: Mapping[str, list], mesh) -> dict[str
             out[f"r1/{pair}"] = 0.5 * (a + b)
             out[f"n/{pair}"] = int(sum(len(r) for r in r_xy))
     return out
+
+
+def _check_text_ids(batches: Mapping, vocab_size: int) -> None:
+    """Token ids beyond the text tower's vocabulary would be clamped silently by the embedding
+    gather on device; a tokenizer/model mismatch must fail loudly instead."""
+    for pair, b in batches.items():
+        if "text_ids" in b:
+            top = int(b["text_ids"].max())
+            if top >= vocab_size:
+                raise ValueError(f"{pair}: text token id {top} >= the text tower's vocab_size {vocab_size}; "
+                                 "the dataset was tokenized with another vocabulary than the model's "
+                                 "(set model.text_init or model.overrides.bert.vocab_size)")
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -266,6 +279,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
             micro = []
             for _ in range(accum):
                 local = next(batches)
+                _check_text_ids(local, text_vocab)
                 micro.append({p: train_inputs.to_global(b, mesh) for p, b in local.items()})
             state, m = train_step(state, micro)
             # One scalar per step crosses to the host: a non-finite step left the state unchanged

@@ -189,7 +189,8 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
             pairs, split, dataset=config.data.dataset, data_dir=config.data.data_dir or None,
             global_batch_size=config.batch_size, num_local_shards=num_local_shards,
             process_index=process_index, process_count=process_count, seed=config.seed,
-            start_step=start, train=train, buckets=config.data.get("buckets") or None)
+            start_step=start, train=train, buckets=config.data.get("buckets") or None,
+            max_shapes=int(config.data.get("max_shapes", 8)))
     raise ValueError(f"unknown data.source {source!r} (expected 'tfds' or 'synthetic')")
 
 
@@ -200,9 +201,10 @@ def eval_batches(config, pair: str, *, text_vocab: int, num_batches: int, mesh) 
 
         it = input_pipeline.pair_batches(
             pair, "validation", dataset=config.data.dataset, data_dir=config.data.data_dir or None,
-            global_batch_size=config.batch_size, num_local_shards=local_shards(mesh),
-            process_index=jax.process_index(), process_count=jax.process_count(), seed=config.seed,
-            start_step=0, train=False, buckets=config.data.get("buckets") or None)
+            global_batch_size=int(config.get("eval_batch_size") or config.batch_size),
+            num_local_shards=local_shards(mesh), process_index=jax.process_index(),
+            process_count=jax.process_count(), seed=config.seed, start_step=0, train=False,
+            buckets=config.data.get("buckets") or None, max_shapes=int(config.data.get("max_shapes", 8)))
         return list(itertools.islice(it, num_batches))
     it = micro_batches(config, split="validation", start=0, train=False, text_vocab=text_vocab, mesh=mesh,
                        pairs=(pair,))

@@ -139,6 +139,9 @@ class StepOptions:
     loss_chunk_size: int | None = None
     seed: int = 0
     fused: bool = False
+    # Top-level model submodules kept fixed. Besides the zero update (optimizer side), their
+    # parameters enter the forward through stop_gradient, so XLA drops their backward pass.
+    frozen: tuple[str, ...] = ()
 
 
 def init_trainable(model: nnx.Module, opts: StepOptions) -> dict:
@@ -245,7 +248,12 @@ class TrainStep:
         """Weighted loss of one pair type, its unweighted value and the updated BN stats."""
         key = jax.random.fold_in(jax.random.key(self.opts.seed), step)
         key = jax.random.fold_in(key, micro * len(PAIRS) + PAIRS.index(pair))
-        model = nnx.merge(self.graphdef, *fresh(trainable["model"], batch_stats, reseed_state(rest, key)))
+        params = trainable["model"]
+        if self.opts.frozen:
+            frozen = set(self.opts.frozen)
+            params = jax.tree_util.tree_map_with_path(
+                lambda path, v: jax.lax.stop_gradient(v) if getattr(path[0], "key", None) in frozen else v, params)
+        model = nnx.merge(self.graphdef, *fresh(params, batch_stats, reseed_state(rest, key)))
         x, y, mask = model.pair_embeddings(pair, batch, train=True)
         tau = temperatures(trainable, self.opts)[pair]
         loss, _ = self._losses.pair_infonce(

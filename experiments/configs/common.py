@@ -53,11 +53,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.build_if_missing = True
     c.data.buckets = ml_collections.FieldReference(None, field_type=dict)
     c.data.synthetic_pool = 256
+    # Distinct padded sizes per modality and pair. Each new shape combination compiles a
+    # program; on a CPU compile time dominates, on accelerators padding does.
+    c.data.max_shapes = 8
 
     c.num_devices = 0  # 0 = all devices
     c.log_every = 10
     c.eval_every = 100  # 0 = no in-training validation
     c.eval_batches = 4  # validation batches per pair type
+    c.eval_batch_size = 0  # in-batch retrieval batch of the validation (0 = batch_size)
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.tensorboard = True
