@@ -226,3 +226,95 @@ def test_synthetic_batches_follow_the_design_layout():
     again = next(train_inputs.micro_batches(_config(16), split="train", start=5, train=True, text_vocab=128,
                                             mesh=mesh))
     assert all(np.array_equal(b[p][k], again[p][k]) for p in b for k in b[p])
+
+
+# ----------------------------------------------------------------------------------------------
+# The real launcher, in process, on the tiny MolBind and synthetic pairs (mini.py:smoke).
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def smoke_config(**overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mini_cfg", os.path.join(REPO, "experiments/configs/mini.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config("smoke")
+    cfg.num_devices = 2
+    cfg.progress_bar = False
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from molbind_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
+    cfg = smoke_config(total_steps=6, log_every=1, eval_every=3, eval_batches=1, checkpoint_every=4)
+    summary = train.train_and_evaluate(cfg, workdir)
+    return workdir, cfg, summary
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_metrics_evals_checkpoints(smoke_run):
+    from molbind_jax.checkpoints import Checkpointer
+    from molbind_jax.logging_utils import read_metrics
+
+    workdir, cfg, summary = smoke_run
+    recs = read_metrics(workdir)
+    train_recs = [r for r in recs if not r.get("eval")]
+    evals = [r for r in recs if r.get("eval")]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4, 5, 6]
+    for r in train_recs:
+        assert np.isfinite(r["loss"]) and r["learning_rate"] > 0 and r["steps_per_sec"] > 0
+        np.testing.assert_allclose(r["loss"], 0.25 * sum(r[f"loss/{p}"] for p in PAIRS), rtol=1e-5)
+        assert r["temperature/graph_text"] == pytest.approx(0.1)
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all(0.0 <= evals[-1][f"r1/{p}"] <= 1.0 and evals[-1][f"n/{p}"] == 16 for p in PAIRS)
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ck.all_steps() == [4, 6]
+    assert ck.restore_meta()["input_position"] == 6
+    ck.close()
+    with open(os.path.join(workdir, "train_summary.json")) as f:
+        s = json.load(f)
+    assert s["steps_run"] == 6 and s["mean_step_time_s"] > 0 and set(s["final_eval"]) >= {f"r1/{p}" for p in PAIRS}
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["embed_dim"] == 16
+
+
+@pytest.mark.slow
+def test_export_round_trip_reproduces_embeddings(smoke_run, tmp_path):
+    from molbind_jax import export, train
+    from molbind_jax.checkpoints import Checkpointer
+    from molbind_jax.models.molbind import MolBind, MolBindConfig
+
+    workdir, cfg, _ = smoke_run
+    out = export.export_run(workdir, str(tmp_path / "export"))
+    assert sorted(os.listdir(out)) == ["config.json", "dictionaries", "state", "tokenizer"]
+    model, mcfg, tok = export.load_export(out)
+    assert isinstance(model, MolBind) and isinstance(mcfg, MolBindConfig) and mcfg.embed_dim == 16
+    assert tok("a benzene ring")["input_ids"][0] == tok.cls_token_id
+
+    # The trained state, straight from the run's last checkpoint, through the train step.
+    mesh = sharding.make_mesh(1)
+    ref_model, _, _ = train.build_model(cfg)
+    opts = train.step_options(cfg)
+    labels = param_labels(init_trainable(ref_model, opts), ())
+    ts = TrainStep(ref_model, make_optimizer(train.make_schedule(cfg), labels=labels), mesh, opts)
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+    state, _ = ck.restore(ts.init_state(ref_model))
+    ck.close()
+    batches = next(train_inputs.micro_batches(cfg, split="validation", start=0, train=False,
+                                              text_vocab=mcfg.bert.vocab_size, mesh=mesh))
+    trained_params = jax.tree.leaves(state["trainable"]["model"])
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(trained_params, jax.tree.leaves(nnx.state(ref_model, nnx.Param))))  # it trained
+    for pair in PAIRS:
+        want = ts.eval_embeddings(state, pair, batches[pair])
+        got = model.pair_embeddings(pair, batches[pair], train=False)
+        for w, g in zip(want[:2], got[:2]):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
