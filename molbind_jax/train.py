@@ -228,6 +228,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     t_start = time.time()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    summary_path = os.path.join(workdir, "train_summary.json")
+    probe = Checkpointer(os.path.join(workdir, "checkpoints"))
+    done = probe.latest_step()
+    probe.close()
+    if done is not None and done >= int(config.total_steps):
+        # A finished run: re-running the command is a no-op (and keeps the measured summary).
+        log.info("run in %s is complete (step %d of %d); nothing to do", workdir, done, config.total_steps)
+        if os.path.exists(summary_path):
+            with open(summary_path, encoding="utf-8") as f:
+                return json.load(f)
+        return {"start_step": done, "total_steps": int(config.total_steps), "wall_time_s": 0.0,
+                "mean_step_time_s": None, "final_eval": {}}
     if config.data.source == "tfds" and config.data.get("build_if_missing", True):
         from data_pipeline.build import ensure_built
 
@@ -336,7 +348,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         "platform": jax.devices()[0].platform,
     }
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "train_summary.json"), summary)
+        _write_json(summary_path, summary)
     return summary
 
 

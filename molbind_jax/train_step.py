@@ -275,13 +275,14 @@ class TrainStep:
                                            out_shardings=self.replicated)
         return self._grad_fns[pair]
 
-    def _update_impl(self, state, grads, batch_stats, num_micro):
-        """Mean over micro-batches, AdamW, and a finite guard: a non-finite gradient leaves the
-        state unchanged (the host then stops the run), so a bad update is never saved."""
+    def _update_impl(self, state, grads, batch_stats, num_micro, loss_sum):
+        """Mean over micro-batches, AdamW, and a finite guard: a non-finite loss or gradient
+        leaves the state unchanged (the host then stops the run), so a bad update is never saved."""
         grads = jax.tree.map(lambda g: g / num_micro, grads)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = finite & jnp.isfinite(loss_sum)
         new = {"step": state["step"] + 1, "trainable": trainable, "batch_stats": batch_stats,
                "opt_state": opt_state}
         keep = {"step": state["step"], "trainable": state["trainable"],
@@ -312,7 +313,7 @@ class TrainStep:
         if grads is None:
             raise ValueError("train step got no batches")
         n = len(micro_batches)
-        state, finite = self._update(state, grads, batch_stats, jnp.float32(n))
+        state, finite = self._update(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
         metrics = {f"loss/{p}": v / n for p, v in sums.items()}
         metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
         metrics["finite"] = finite & jnp.isfinite(metrics["loss"])
@@ -334,7 +335,7 @@ class TrainStep:
                 grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
                 sums[pair] = loss if pair not in sums else sums[pair] + loss
         n = len(micro_batches)
-        new_state, finite = self._update_impl(state, grads, batch_stats, jnp.float32(n))
+        new_state, finite = self._update_impl(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
         metrics = {f"loss/{p}": v / n for p, v in sums.items()}
         metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
         metrics["finite"] = finite & jnp.isfinite(metrics["loss"])

@@ -160,7 +160,7 @@ def test_split_step_equals_fused_step_and_reference_update(sgd_toy):
 
 @pytest.mark.slow
 def test_frozen_submodule_and_learnable_temperature():
-    opts = StepOptions(learn_temperature=True, temperature=0.1)
+    opts = StepOptions(learn_temperature=True, temperature=0.1, frozen=("text_encoder",))
     mesh, model, ts = _setup(opts, frozen=("text_encoder",), lr=1e-2)
     state = ts.init_state(model)
     before = jax.tree.map(np.asarray, state["trainable"])
