@@ -18,7 +18,7 @@ From the shell: `tfds build molbind_mini --imports=data_pipeline.molbind_pairs.b
 Featurization runs in a local process Pool (see parallel.py). For builds beyond one machine
 TFDS would run `_generate_examples` as an Apache Beam pipeline (`beam.Create(raw records) |
 beam.Map(featurize_one)`, with counters for skips); apache_beam is not installed here, so that
-path is documented in docs/readme/data.md but not implemented.
+path is documented in docs/data.md but not implemented.
 """
 from __future__ import annotations
 

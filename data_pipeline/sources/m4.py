@@ -58,7 +58,7 @@ Download the MolBind4M release (see github.com/MolBind/Code) and pass the direct
 holds 2D-Text/, 3D-Text/, 3D-2D/ and 3D-Protein/ (each with pretrain/, valid/, test/) as
 the manual directory. LMDB values are read with a restricted unpickler (numpy arrays and
 plain containers only). PyG graph files need torch_geometric (>= 2.6) or conversion to
-dicts of tensors {x, edge_index, edge_attr}; see docs/readme/featurize.md."""
+dicts of tensors {x, edge_index, edge_attr}; see docs/featurize.md."""
 
 
 def dataset_root(manual_dir: str) -> str:
@@ -179,7 +179,7 @@ def load_graph(path: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         hint = (" (a PyG Data object: install torch_geometric >= 2.6 or convert the files to dicts "
-                "of tensors, see docs/readme/featurize.md)") if "torch_geometric" in str(err) else ""
+                "of tensors, see docs/featurize.md)") if "torch_geometric" in str(err) else ""
         raise SkipRecord(UNREADABLE_FILE, f"{path}: {type(err).__name__}: {str(err)[:300]}{hint}") from err
 
     def field(name):

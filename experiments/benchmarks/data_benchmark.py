@@ -10,7 +10,7 @@ records whose sizes and contents come from the same real molecules (real graphs,
 tokens with random coordinates, real ChEBI definitions from `c3p` tokenized with the default
 MiniLM vocab, synthetic pockets of 58..256 atoms) and is marked "synthetic" in the table.
 
-Targets (docs/readme/input_pipeline.md): padding efficiency >= 0.8 and <= 8 shapes per padded
+Targets (docs/input_pipeline.md): padding efficiency >= 0.8 and <= 8 shapes per padded
 dimension, and an input pipeline >= 5x the train step rate. `--train_step_seconds` (measured
 by the training benchmark) turns the pipeline rate into that ratio; a train step consumes one
 batch of every pair, so the ratio uses the mixed (all-pairs) step rate.
