@@ -298,6 +298,18 @@ class TrainStep:
         (weighted total, mean over micro-batches), `loss/<pair>` (unweighted), `finite`."""
         if self.opts.fused:
             return self._fused_call(state, micro_batches)
+        grads, batch_stats, sums = self._accumulate(
+            state, micro_batches, lambda pair, *args: self.grad_fn(pair)(*args), self._add)
+        if grads is None:
+            raise ValueError("train step got no batches")
+        n = len(micro_batches)
+        state, finite = self._update(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
+        return state, self._metrics(sums, n, finite)
+
+    def _accumulate(self, state, micro_batches, grad_of, add):
+        """Sums each pair's gradients over pairs and micro-batches, threading the BatchNorm
+        statistics through in order. `grad_of(pair, trainable, batch_stats, batch, step, micro)`
+        is the per-pair jitted function (split step) or its traced body (fused step)."""
         step = state["step"]
         batch_stats = state["batch_stats"]
         grads = None
@@ -306,40 +318,25 @@ class TrainStep:
             for pair in self.opts.pairs:
                 if pair not in batches:
                     continue
-                loss, g, batch_stats = self.grad_fn(pair)(state["trainable"], batch_stats, batches[pair],
-                                                          step, micro)
-                grads = g if grads is None else self._add(grads, g)
+                loss, g, batch_stats = grad_of(pair, state["trainable"], batch_stats, batches[pair], step, micro)
+                grads = g if grads is None else add(grads, g)
                 sums[pair] = loss if pair not in sums else sums[pair] + loss
-        if grads is None:
-            raise ValueError("train step got no batches")
-        n = len(micro_batches)
-        state, finite = self._update(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
+        return grads, batch_stats, sums
+
+    def _metrics(self, sums, n, finite):
         metrics = {f"loss/{p}": v / n for p, v in sums.items()}
         metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
         metrics["finite"] = finite & jnp.isfinite(metrics["loss"])
-        return state, metrics
+        return metrics
 
     # -- fused single-program variant ----------------------------------------------------------
 
     def _fused_impl(self, state, micro_batches):
-        step = state["step"]
-        batch_stats = state["batch_stats"]
-        grads = None
-        sums = {}
-        for micro, batches in enumerate(micro_batches):
-            for pair in self.opts.pairs:
-                if pair not in batches:
-                    continue
-                loss, g, batch_stats = self._grad_impl(pair, state["trainable"], batch_stats,
-                                                       batches[pair], step, micro)
-                grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-                sums[pair] = loss if pair not in sums else sums[pair] + loss
+        grads, batch_stats, sums = self._accumulate(
+            state, micro_batches, self._grad_impl, lambda a, b: jax.tree.map(jnp.add, a, b))
         n = len(micro_batches)
         new_state, finite = self._update_impl(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
-        metrics = {f"loss/{p}": v / n for p, v in sums.items()}
-        metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
-        metrics["finite"] = finite & jnp.isfinite(metrics["loss"])
-        return new_state, metrics
+        return new_state, self._metrics(sums, n, finite)
 
     def _fused_call(self, state, micro_batches):
         # One program for everything: only sensible when every pair has one fixed shape
