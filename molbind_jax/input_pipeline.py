@@ -793,25 +793,53 @@ def pair_batches(pair: str, split: str = "train", **kwargs) -> Iterator[dict[str
 
 class MixedPairBatches:
     """One dict {pair: batch} per step. Each pair wraps around on its own; an epoch is the
-    longest pair's epoch, as the original's `max(|2D-Text|, |3D-Protein|, |3D-2D|)`."""
+    longest pair's epoch, as the original's `max(|2D-Text|, |3D-Protein|, |3D-2D|)`.
+
+    pair_batch_size: {pair: global batch} for pairs whose batch differs from
+      `global_batch_size` (a cheap pair such as graph_conformer can see more pairs per step).
+    pair_every: {pair: k}: the pair is in every k-th step only (0-based steps k-1, 2k-1, ...;
+      an expensive, small pair such as conformer_pocket trained less often). Its own iterator
+      advances only on those steps, so `start_step` resumes exactly. Default: every step, as
+      the original.
+    """
 
     def __init__(self, pairs: Sequence[str] | Mapping[str, PairBatches], split: str = "train", *,
-                 records: Mapping[str, Any] | None = None, buckets=None, **kwargs):
+                 records: Mapping[str, Any] | None = None, buckets=None,
+                 pair_batch_size: Mapping[str, int] | None = None,
+                 pair_every: Mapping[str, int] | None = None, **kwargs):
         if kwargs.get("train", True) is False:  # eval passes would end at different steps
             raise ValueError("mixed_pair_batches is for training (every pair repeats); evaluate "
                              "each pair with pair_batches(..., train=False)")
+        names = list(pairs)
+        for opt, table in (("pair_batch_size", pair_batch_size), ("pair_every", pair_every)):
+            unknown = sorted(set(table or {}) - set(names))
+            if unknown:
+                raise ValueError(f"{opt} names pairs that are not trained: {unknown} (pairs: {names})")
+            bad = {p: v for p, v in (table or {}).items() if int(v) < 1}
+            if bad:
+                raise ValueError(f"{opt} values must be >= 1, got {bad}")
+        self.every = {p: int((pair_every or {}).get(p, 1)) for p in names}
+        self.start_step = int(kwargs.pop("start_step", 0))
         if isinstance(pairs, Mapping):
             self.pairs = dict(pairs)
         else:
-            self.pairs = {p: make_pair_dataset(p, split, records=(records or {}).get(p),
-                                               buckets=buckets_for(p, buckets), **kwargs)
-                          for p in pairs}
-        self.steps_per_epoch = max(b.steps_per_epoch for b in self.pairs.values())
+            self.pairs = {}
+            for p in names:
+                kw = dict(kwargs)
+                if pair_batch_size and p in pair_batch_size:
+                    kw["global_batch_size"] = int(pair_batch_size[p])
+                # Steps 0..start-1 held floor(start / k) batches of a pair trained every k steps.
+                kw["start_step"] = self.start_step // self.every[p]
+                self.pairs[p] = make_pair_dataset(p, split, records=(records or {}).get(p),
+                                                  buckets=buckets_for(p, buckets), **kw)
+        self.steps_per_epoch = max(b.steps_per_epoch * self.every[p] for p, b in self.pairs.items())
 
     def __iter__(self) -> Iterator[dict[str, dict[str, np.ndarray]]]:
         iters = {p: iter(b) for p, b in self.pairs.items()}
+        step = self.start_step
         while True:
-            yield {p: next(it) for p, it in iters.items()}
+            yield {p: next(it) for p, it in iters.items() if (step + 1) % self.every[p] == 0}
+            step += 1
 
 
 def mixed_pair_batches(pairs: Sequence[str], split: str = "train", **kwargs

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -245,6 +246,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
         config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
 
+    sparse = {p: k for p, k in train_inputs.pair_every(config).items() if k > 1}
+    if sparse and (int(config.log_every) * int(config.accumulate_steps)) % math.lcm(*sparse.values()):
+        # Otherwise some logged steps would lack those pairs and the logged total would jump.
+        raise ValueError(f"pair_every {sparse}: log_every x accumulate_steps "
+                         f"({config.log_every} x {config.accumulate_steps}) must be a multiple of every k")
     mesh = sharding.make_mesh(int(config.num_devices) or None)
     model, mcfg, text_dir = build_model(config)
     opts = step_options(config)
@@ -277,7 +283,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         eval_sets = {p: train_inputs.eval_batches(config, p, text_vocab=text_vocab,
                                                   num_batches=int(config.eval_batches), mesh=mesh)
                      for p in config.pairs}
-    pairs_per_step = config.batch_size * accum * len(config.pairs)
+    every = train_inputs.pair_every(config)
+    sizes = train_inputs.pair_batch_sizes(config)
+    pairs_per_step = sum(accum * sizes[p] / every[p] for p in config.pairs)  # on average
     meta = {"seed": int(config.seed), "accumulate_steps": accum, "model": mcfg.to_dict()}
 
     last_eval, step_times, last = {}, [], None

@@ -138,17 +138,22 @@ def synthetic_pair_batch(pair: str, indices, *, num_local_shards: int, text_voca
 
 
 def _synthetic_stream(pairs, split, *, local_batch, num_local_shards, process_index, seed, start,
-                      train, text_vocab, pool_size):
+                      train, text_vocab, pool_size, every=None):
+    # local_batch: {pair: host batch}. every: {pair: k} (the pair only on every k-th micro-step).
     # Disjoint pools per split: train draws from [0, pool), validation from [pool, pool + pool/4).
-    base, size = (0, pool_size) if split == "train" else (pool_size, max(pool_size // 4, local_batch))
+    every = every or {}
     for micro in itertools.count(start):
         out = {}
         for k, pair in enumerate(pairs):
+            if (micro + 1) % every.get(pair, 1):
+                continue
+            n = local_batch[pair]
+            base, size = (0, pool_size) if split == "train" else (pool_size, max(pool_size // 4, n))
             r = np.random.default_rng([seed, micro, k, process_index])
             if train:
-                idx = base + r.choice(size, size=local_batch, replace=False)
+                idx = base + r.choice(size, size=n, replace=False)
             else:
-                idx = base + (np.arange(local_batch) + micro * local_batch) % size
+                idx = base + (np.arange(n) + micro * n) % size
             out[pair] = synthetic_pair_batch(pair, idx, num_local_shards=num_local_shards, text_vocab=text_vocab)
         yield out
 
@@ -162,6 +167,24 @@ def local_shards(mesh) -> int:
     return sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
 
 
+def pair_batch_sizes(config, pairs=None) -> dict[str, int]:
+    """Global batch of each trained pair: `config.pair_batch_size[pair]`, or `config.batch_size`
+    where that is 0 or absent."""
+    table = dict(config.get("pair_batch_size") or {})
+    return {p: int(table.get(p) or config.batch_size) for p in (pairs or config.pairs)}
+
+
+def pair_every(config, pairs=None) -> dict[str, int]:
+    """{pair: k}: the pair is in every k-th micro-step only, 0-based k-1, 2k-1, ...
+    (`config.pair_every`; 0 or absent = 1, every micro-step)."""
+    table = dict(config.get("pair_every") or {})
+    out = {p: int(table.get(p) or 1) for p in (pairs or config.pairs)}
+    bad = {p: k for p, k in out.items() if k < 1}
+    if bad:
+        raise ValueError(f"pair_every values must be >= 1, got {bad}")
+    return out
+
+
 def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: int, mesh,
                   pairs=None) -> Iterator[dict]:
     """Host-local {pair: numpy batch} dicts, one per micro-step, from micro-step `start` on.
@@ -171,17 +194,21 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
     """
     pairs = tuple(pairs or config.pairs)
     process_count, process_index = jax.process_count(), jax.process_index()
-    if config.batch_size % (8 if config.data.get("require_multiple_of_8", True) else 1):
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by 8 (fixed for any device count)")
-    if config.batch_size % mesh.devices.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.devices.size} devices")
-    local_batch = config.batch_size // process_count
+    pair_batch_size = pair_batch_sizes(config, pairs)
+    for pair, size in pair_batch_size.items():
+        name = "batch_size" if size == config.batch_size else f"pair_batch_size[{pair}]"
+        if size % (8 if config.data.get("require_multiple_of_8", True) else 1):
+            raise ValueError(f"{name} {size} must be divisible by 8 (fixed for any device count)")
+        if size % mesh.devices.size:
+            raise ValueError(f"{name} {size} is not divisible by the {mesh.devices.size} devices")
     num_local_shards = local_shards(mesh)
     source = config.data.source
     if source == "synthetic":
-        return _synthetic_stream(pairs, split, local_batch=local_batch, num_local_shards=num_local_shards,
-                                 process_index=process_index, seed=config.seed, start=start, train=train,
-                                 text_vocab=text_vocab, pool_size=config.data.get("synthetic_pool", 256))
+        return _synthetic_stream(pairs, split, local_batch={p: n // process_count for p, n in pair_batch_size.items()},
+                                 num_local_shards=num_local_shards, process_index=process_index,
+                                 seed=config.seed, start=start, train=train, text_vocab=text_vocab,
+                                 pool_size=config.data.get("synthetic_pool", 256),
+                                 every=pair_every(config, pairs) if train else None)
     if source == "tfds":
         from molbind_jax import input_pipeline
 
@@ -190,7 +217,9 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
             global_batch_size=config.batch_size, num_local_shards=num_local_shards,
             process_index=process_index, process_count=process_count, seed=config.seed,
             start_step=start, train=train, buckets=config.data.get("buckets") or None,
-            max_shapes=int(config.data.get("max_shapes", 8)))
+            max_shapes=int(config.data.get("max_shapes", 8)),
+            pair_batch_size={p: n for p, n in pair_batch_size.items() if n != config.batch_size},
+            pair_every=pair_every(config, pairs))
     raise ValueError(f"unknown data.source {source!r} (expected 'tfds' or 'synthetic')")
 
 

@@ -25,6 +25,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Global batch size of EACH pair type (fixed whatever the device count; divisible by 8).
     c.batch_size = 32
+    # Per pair type: a different global batch (0 = batch_size), and how often the pair is
+    # trained (k: in every k-th micro-step only; 1 = every step, as the original).
+    c.pair_batch_size = ml_collections.ConfigDict({p: 0 for p in PAIRS})
+    c.pair_every = ml_collections.ConfigDict({p: 1 for p in PAIRS})
     c.accumulate_steps = 1  # micro-batches per optimizer update (the original: 4)
     c.total_steps = 1000  # optimizer updates
     c.steps_per_epoch = 0  # 0 = total_steps (one "epoch"); only the schedule uses it

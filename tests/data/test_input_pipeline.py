@@ -391,6 +391,38 @@ def test_mixed_pair_batches_wrap_independently():
         ip.MixedPairBatches(list(recs), records=recs, global_batch_size=8, train=False)
 
 
+def test_mixed_pair_batches_per_pair_batch_size_and_frequency():
+    recs = {"graph_text": small_records(40), "graph_conformer": small_records(64, seed=2),
+            "conformer_pocket": small_records(16, seed=1)}
+    kw = dict(records=recs, global_batch_size=8, num_local_shards=2, process_index=0, process_count=1,
+              seed=0, pair_batch_size={"graph_conformer": 16}, pair_every={"conformer_pocket": 3})
+    mixed = ip.MixedPairBatches(list(recs), **kw)
+    steps = list(itertools.islice(iter(mixed), 9))
+    # conformer_pocket only in the 3rd, 6th, 9th step (0-based 2, 5, 8); the others every step.
+    assert [("conformer_pocket" in s) for s in steps] == [False, False, True] * 3
+    assert all({"graph_text", "graph_conformer"} <= s.keys() for s in steps)
+    assert all(s["graph_conformer"]["pair_mask"].shape == (16,) for s in steps)
+    assert all(s["graph_text"]["pair_mask"].shape == (8,) for s in steps)
+    # The sparse pair's own stream is consecutive: its 3 batches are its first 3 batches.
+    single = _first(ip.PairBatches("conformer_pocket", recs["conformer_pocket"], global_batch_size=8,
+                                   num_local_shards=2), 3)
+    for s, b in zip([s for s in steps if "conformer_pocket" in s], single):
+        _assert_batches_equal(s["conformer_pocket"], b)
+    # An epoch counts the sparse pair's steps: 2 batches x every 3 steps = 6 > graph_text's 5.
+    assert mixed.steps_per_epoch == 6
+    # Resuming at any step continues exactly as the uninterrupted stream.
+    for start in (1, 2, 3, 4, 7):
+        resumed = list(itertools.islice(iter(ip.MixedPairBatches(list(recs), start_step=start, **kw)), 9 - start))
+        for a, b in zip(steps[start:], resumed):
+            assert a.keys() == b.keys()
+            for p in a:
+                _assert_batches_equal(a[p], b[p])
+    with pytest.raises(ValueError, match="not trained"):
+        ip.MixedPairBatches(["graph_text"], records=recs, global_batch_size=8, pair_every={"conformer_pocket": 2})
+    with pytest.raises(ValueError, match=">= 1"):
+        ip.MixedPairBatches(list(recs), records=recs, global_batch_size=8, pair_every={"conformer_pocket": 0})
+
+
 @pytest.mark.slow  # importing TensorFlow takes several seconds
 def test_tf_data_source_and_default_device_counts():
     tf = pytest.importorskip("tensorflow")
@@ -407,14 +439,18 @@ def test_tf_data_source_and_default_device_counts():
         _assert_batches_equal(a, b)
 
 
-BUILT = "/work/data/tfds/molbind_mini/graph_text/1.0.0"
+# A molbind_mini build on this machine (`make demo` builds one into data/tfds), any version.
+BUILT_DIR = os.environ.get("TFDS_DATA_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data", "tfds")
+BUILT = (sorted(glob.glob(os.path.join(BUILT_DIR, "molbind_mini", "graph_text", "*", "dataset_info.json")))
+         or [""])[-1]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(BUILT), reason="molbind_mini/graph_text is not built here")
+@pytest.mark.skipif(not BUILT, reason="molbind_mini/graph_text is not built here")
 def test_built_molbind_mini_graph_text():
     """End to end on the real built dataset: load, plan, batch, and the efficiency targets."""
-    recs = ip.load_records("graph_text", "train", data_dir="/work/data/tfds")
+    recs = ip.load_records("graph_text", "train", data_dir=BUILT_DIR)
     data = ip.PairBatches("graph_text", recs, global_batch_size=96, num_local_shards=8, prefetch=0)
     b = data.host_batch(0)
     assert b["text_ids"].shape[0] == 96 and b["graph_nodes"].shape[0] == 8 and b["pair_mask"].all()

@@ -228,6 +228,37 @@ def test_synthetic_batches_follow_the_design_layout():
     assert all(np.array_equal(b[p][k], again[p][k]) for p in b for k in b[p])
 
 
+def test_pair_batch_size_and_pair_every_reach_the_step():
+    mesh = sharding.make_mesh(2)
+    c = _config(8)
+    c.pair_batch_size = {"graph_conformer": 24, "graph_text": 0}  # 0 = batch_size
+    c.pair_every = {"conformer_pocket": 2}
+    assert train_inputs.pair_batch_sizes(c) == {"graph_text": 8, "conformer_text": 8, "graph_conformer": 24,
+                                                "conformer_pocket": 8}
+    steps = [next(train_inputs.micro_batches(c, split="train", start=s, train=True, text_vocab=128, mesh=mesh))
+             for s in range(4)]
+    assert [("conformer_pocket" in b) for b in steps] == [False, True, False, True]
+    assert all(b["graph_conformer"]["pair_mask"].shape == (24,) for b in steps)
+    mesh, model, ts = _setup()
+    state, m = ts(ts.init_state(model), [{p: train_inputs.to_global(x, mesh) for p, x in steps[0].items()}])
+    assert "loss/conformer_pocket" not in m and bool(m["finite"])
+    np.testing.assert_allclose(float(m["loss"]), 0.25 * sum(float(m[f"loss/{p}"]) for p in
+                                                            ("graph_text", "conformer_text", "graph_conformer")),
+                               rtol=1e-6)
+    c.pair_batch_size = {"graph_conformer": 12}
+    with pytest.raises(ValueError, match=r"pair_batch_size\[graph_conformer\] 12 must be divisible by 8"):
+        next(train_inputs.micro_batches(c, split="train", start=0, train=True, text_vocab=128, mesh=mesh))
+
+
+def test_pair_every_must_divide_the_logging_interval(tmp_path):
+    from molbind_jax import train
+
+    cfg = smoke_config(log_every=5)
+    cfg.pair_every.conformer_pocket = 2
+    with pytest.raises(ValueError, match="multiple of every k"):
+        train.train_and_evaluate(cfg, str(tmp_path / "run"))
+
+
 # ----------------------------------------------------------------------------------------------
 # The real launcher, in process, on the tiny MolBind and synthetic pairs (mini.py:smoke).
 
