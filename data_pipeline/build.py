@@ -88,8 +88,9 @@ def ensure_built(dataset: str = "molbind_mini", data_dir: str | None = None) -> 
     if source == "pairs":
         raise ValueError("molbind_pairs needs a user file: use `python -m data_pipeline.build --source=pairs`")
     data_dir = default_data_dir(data_dir)
+    version = str(_builder_cls(source).VERSION)
     missing = [p for p in PAIRS
-               if not os.path.exists(os.path.join(data_dir, dataset, p, "1.0.0", "dataset_info.json"))]
+               if not os.path.exists(os.path.join(data_dir, dataset, p, version, "dataset_info.json"))]
     if missing:
         build(source, data_dir, missing, verbose=True)
     return data_dir
@@ -101,8 +102,11 @@ def main(argv):
     f = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
+    options = {"pocket_split": f.pocket_split} if f.pocket_split else None
+    if options and f.source != "mini":
+        raise ValueError("--pocket_split applies to --source=mini only")
     report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,
-                   workers=f.workers, max_records=f.max_records)
+                   workers=f.workers, max_records=f.max_records, options=options)
     print(json.dumps({p: {k: r.get(k) for k in ("read", "written", "skipped", "wall_seconds")}
                       for p, r in report.items()}, indent=1))
 
@@ -117,6 +121,8 @@ def _define_flags():
     flags.DEFINE_string("manual_dir", None, "Folder of the MolBind-M4 release (--source=m4).")
     flags.DEFINE_integer("workers", None, "Featurization processes (default: all cores; 0 or 1 = in process).")
     flags.DEFINE_integer("max_records", None, "Cap on raw records per pair type (default: the source's caps).")
+    flags.DEFINE_enum("pocket_split", None, ["scaffold", "target"],
+                      "mini conformer_pocket split: ligands by scaffold (default) or whole targets held out.")
 
 
 if __name__ == "__main__":

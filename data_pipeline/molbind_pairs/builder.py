@@ -10,7 +10,7 @@ set SOURCE; everything else (features, parallel featurization, build report) is 
 
     builder = tfds.builder("molbind_mini/graph_text", data_dir=DIR,
                            source_options={"max_records": 100}, workers=2)
-    builder.download_and_prepare()   # writes DIR/molbind_mini/graph_text/1.0.0/build_report.json
+    builder.download_and_prepare()   # writes DIR/molbind_mini/graph_text/1.1.0/build_report.json
 
 From the shell: `tfds build molbind_mini --imports=data_pipeline.molbind_pairs.builder
 --data_dir=DIR` (or `python -m data_pipeline.build`, which prints the report).
@@ -87,8 +87,10 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
     """Shared implementation; subclasses set SOURCE (a key of parallel.SOURCES)."""
 
     SOURCE = "mini"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: four pair types, scaffold / target splits."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release: four pair types, scaffold / target splits.",
+                     "1.1.0": "molbind_mini conformer_pocket: ligands split by scaffold within their "
+                              "targets (held-out targets: source option pocket_split=target)."}
     BUILDER_CONFIGS = [PairConfig(name=p, pair=p, description=_DESCRIPTIONS[p]) for p in PAIRS]
     DEFAULT_CONFIG_NAME = "graph_text"
 

@@ -21,8 +21,10 @@ No file is downloaded: every record comes from data installed with pinned packag
 Splits. Molecule pairs are split by Bemis-Murcko scaffold: the scaffold (the molecule itself
 when it has no ring) is hashed (sha1) to a bucket in [0, 1000): < 800 train, < 900
 validation, else test. The split of a molecule therefore never depends on the caps or on the
-pair type, so no test molecule appears in any training pair. conformer_pocket keeps whole
-targets out of training (TARGET_SPLITS).
+pair type, so no test molecule appears in any training pair. conformer_pocket ligands are
+split the same way within their targets (the 8 perses proteins appear in train and test, the
+ligands do not), and posebusters' 4 proteins are test only; `pocket_split="target"` holds
+whole targets out instead (TARGET_SPLITS).
 
 Interface (shared with sources.m4 / sources.pairs): `raw_records(pair, split, options)`
 yields `(key, raw)` cheaply in the parent; `featurize(pair, raw, options)` runs in worker
@@ -68,9 +70,13 @@ DEFAULT_OPTIONS = {
     "pocket_cutoff": 6.0,
     "tokenizer_path": None,  # None -> the offline MiniLM vocab
     "max_text_tokens": 256,
+    # conformer_pocket split: "scaffold" (default) splits each target's ligands by scaffold like
+    # every other molecule, with posebusters' 4 proteins in test; "target" holds whole targets
+    # out (TARGET_SPLITS), which 8 proteins are too few to learn (only 2 in val/test).
+    "pocket_split": "scaffold",
 }
 
-# Whole targets are held out of training (target -> split).
+# pocket_split="target": whole targets are held out of training (target -> split).
 TARGET_SPLITS = {
     "bace": "train", "jnk1": "train", "mcl1": "train", "p38a": "train", "thrombin": "train",
     "tyk2": "train", "cdk2": "validation", "ptp1b": "test",
@@ -462,8 +468,20 @@ def pocket_systems() -> list[tuple[str, str, str]]:
     return out
 
 
+def pocket_split_of(raw: dict, mode: str) -> str:
+    """Split of one conformer_pocket record (see DEFAULT_OPTIONS["pocket_split"])."""
+    if mode == "target":
+        return TARGET_SPLITS[raw["split_group"]]
+    if mode != "scaffold":
+        raise ValueError(f"pocket_split must be 'scaffold' or 'target', got {mode!r}")
+    if raw["split_group"] == "posebusters":
+        return "test"  # 4 proteins seen nowhere else: held out whole
+    # A ligand RDKit cannot read goes to train; the featurizer then counts it as a skip.
+    return split_of_smiles(raw["ligand_smiles"]) if raw.get("ligand_smiles") else "train"
+
+
 @functools.lru_cache(maxsize=16)
-def _conformer_pocket_candidates(cap, seed) -> tuple:
+def _conformer_pocket_candidates(cap, seed, mode="scaffold") -> tuple:
     Chem = _rdkit()
     out = []
     for target, protein, sdf in pocket_systems():
@@ -472,11 +490,17 @@ def _conformer_pocket_candidates(cap, seed) -> tuple:
             block = Chem.MolToMolBlock(mol) if mol is not None else None
             name = mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") else str(i)
             code = os.path.basename(os.path.dirname(protein)) if target == "posebusters" else target
+            smiles = None
+            if mol is not None:
+                try:
+                    smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
+                except Exception:  # noqa: BLE001 (any RDKit failure: split as unreadable)
+                    smiles = None
             out.append((f"{code}/{i}:{name}", {"target": code if target != "posebusters" else f"posebusters:{code}",
                                                "split_group": target, "protein_path": protein,
-                                               "molblock": block}))
+                                               "molblock": block, "ligand_smiles": smiles}))
     return take_per_split(_hash_order(out, seed) if cap is not None else out, cap,
-                          lambda k, r: TARGET_SPLITS[r["split_group"]])
+                          lambda k, r: pocket_split_of(r, mode))
 
 
 def candidates(pair: str, options: dict) -> tuple:
@@ -490,13 +514,13 @@ def candidates(pair: str, options: dict) -> tuple:
     if pair == "graph_conformer":
         return _graph_conformer_candidates(cap, seed)
     if pair == "conformer_pocket":
-        return _conformer_pocket_candidates(cap, seed)
+        return _conformer_pocket_candidates(cap, seed, str(options["pocket_split"]))
     raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
 
 
-def split_of(pair: str, key: str, raw: dict) -> str:
+def split_of(pair: str, key: str, raw: dict, options: dict | None = None) -> str:
     if pair == "conformer_pocket":
-        return TARGET_SPLITS[raw["split_group"]]
+        return pocket_split_of(raw, str(resolve_options(options)["pocket_split"]))
     return split_of_smiles(raw["smiles"])
 
 
@@ -505,7 +529,7 @@ def raw_records(pair: str, split: str, options: dict | None = None) -> Iterator[
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     for key, raw in candidates(pair, options):
-        if split_of(pair, key, raw) == split:
+        if split_of(pair, key, raw, options) == split:
             src = raw.get("source", "chebi" if pair == "graph_text" else "")
             if pair != "conformer_pocket":
                 # Ids name the molecule by a hash of its SMILES: TFDS rewrites backslashes in keys

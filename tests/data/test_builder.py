@@ -193,7 +193,7 @@ def test_tfds_build_command_builds_a_config(tmp_path):
            f"--data_dir={tmp_path / 'tfds'}", "--max_examples_per_split=3"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=os.path.dirname(os.path.dirname(
         os.path.dirname(os.path.abspath(__file__)))))
-    built = tmp_path / "tfds" / "molbind_mini" / "graph_conformer" / "1.0.0"
+    built = tmp_path / "tfds" / "molbind_mini" / "graph_conformer" / str(mb.MolbindMini.VERSION)
     info = json.load(open(built / "dataset_info.json"))
     lengths = {s["name"]: int(s["shardLengths"][0]) for s in info["splits"]}
     assert lengths == {"train": 3, "validation": 3, "test": 3}

@@ -48,12 +48,29 @@ def test_max_records_option():
 
 
 def test_pocket_targets_are_held_out_whole():
-    records = {s: list(mini.raw_records("conformer_pocket", s, {})) for s in mini.SPLITS}
+    records = {s: list(mini.raw_records("conformer_pocket", s, {"pocket_split": "target"})) for s in mini.SPLITS}
     targets = {s: {r["split_group"] for _, r in recs} for s, recs in records.items()}
     assert targets["validation"] == {"cdk2"} and targets["test"] == {"ptp1b", "posebusters"}
     assert not targets["train"] & (targets["validation"] | targets["test"])
     assert sum(len(v) for v in records.values()) > 190  # ~199 perses ligands + 4 crystal ligands
     assert len(targets["train"]) == 6
+
+
+def test_pocket_ligands_split_by_scaffold_by_default():
+    records = {s: list(mini.raw_records("conformer_pocket", s, {})) for s in mini.SPLITS}
+    assert sum(len(v) for v in records.values()) > 190
+    scaffolds = {s: {mini.scaffold_of(r["ligand_smiles"]) for _, r in recs if r["split_group"] != "posebusters"}
+                 for s, recs in records.items()}
+    assert not scaffolds["train"] & (scaffolds["validation"] | scaffolds["test"])
+    assert not scaffolds["validation"] & scaffolds["test"]
+    groups = {s: {r["split_group"] for _, r in recs} for s, recs in records.items()}
+    assert "posebusters" in groups["test"] and "posebusters" not in groups["train"] | groups["validation"]
+    # Held-out ligands of proteins seen in training: the test split is not one protein.
+    assert len(groups["test"] & groups["train"]) >= 3
+    assert all(mini.split_of_smiles(r["ligand_smiles"]) == s for s, recs in records.items()
+               for _, r in recs if r["split_group"] != "posebusters")
+    with pytest.raises(ValueError, match="pocket_split"):
+        list(mini.raw_records("conformer_pocket", "train", {"pocket_split": "random"}))
 
 
 @pytest.mark.slow
