@@ -215,6 +215,19 @@ def _write_json(path: str, obj: Any) -> None:
 # The run.
 
 
+def pair_every_log_warning(config: ConfigDict) -> str | None:
+    """A message when some logged steps will lack a pair trained on every k-th step only."""
+    from molbind_jax import train_inputs
+
+    sparse = {p: k for p, k in train_inputs.pair_every(config).items() if k > 1}
+    if not sparse or (int(config.log_every) * int(config.accumulate_steps)) % math.lcm(*sparse.values()) == 0:
+        return None
+    return (f"pair_every {sparse} with log_every x accumulate_steps = {config.log_every} x "
+            f"{config.accumulate_steps}: some logged steps hold no batch of those pairs, so their "
+            "loss/<pair> is missing there and the logged total `loss` covers the other pairs only. "
+            "Make log_every x accumulate_steps a multiple of every k for comparable totals.")
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the summary written to train_summary.json."""
     import jax
@@ -246,11 +259,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
         config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
 
-    sparse = {p: k for p, k in train_inputs.pair_every(config).items() if k > 1}
-    if sparse and (int(config.log_every) * int(config.accumulate_steps)) % math.lcm(*sparse.values()):
-        # Otherwise some logged steps would lack those pairs and the logged total would jump.
-        raise ValueError(f"pair_every {sparse}: log_every x accumulate_steps "
-                         f"({config.log_every} x {config.accumulate_steps}) must be a multiple of every k")
+    warning = pair_every_log_warning(config)
+    if warning:
+        log.warning("%s", warning)
     mesh = sharding.make_mesh(int(config.num_devices) or None)
     model, mcfg, text_dir = build_model(config)
     opts = step_options(config)

@@ -250,13 +250,17 @@ def test_pair_batch_size_and_pair_every_reach_the_step():
         next(train_inputs.micro_batches(c, split="train", start=0, train=True, text_vocab=128, mesh=mesh))
 
 
-def test_pair_every_must_divide_the_logging_interval(tmp_path):
+def test_pair_every_warns_when_logged_steps_miss_a_pair():
     from molbind_jax import train
 
     cfg = smoke_config(log_every=5)
+    assert train.pair_every_log_warning(cfg) is None  # smoke trains every pair on every step
     cfg.pair_every.conformer_pocket = 2
-    with pytest.raises(ValueError, match="multiple of every k"):
-        train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    assert "conformer_pocket" in train.pair_every_log_warning(cfg)
+    cfg.log_every = 10
+    assert train.pair_every_log_warning(cfg) is None
+    cfg.log_every, cfg.accumulate_steps = 5, 2
+    assert train.pair_every_log_warning(cfg) is None
 
 
 # ----------------------------------------------------------------------------------------------
