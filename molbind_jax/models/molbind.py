@@ -35,7 +35,14 @@ from molbind_jax.models.gin import GIN, GINConfig
 from molbind_jax.models.heads import POOLING_MODES, ProjectionHead, l2_normalize, text_cls_pool, unimol_mean_pool
 from molbind_jax.models.unimol import UniMolConfig, UniMolEncoder, pair_inputs
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+# Pair type -> (x modality, y modality), in the loss's orientation.
+PAIR_MODALITIES = {
+    "graph_text": ("graph", "text"),
+    "conformer_text": ("conformer", "text"),
+    "graph_conformer": ("graph", "conformer"),
+    "conformer_pocket": ("conformer", "pocket"),
+}
+PAIRS = tuple(PAIR_MODALITIES)
 GRAPH_KEYS = ("graph_nodes", "graph_edges", "graph_senders", "graph_receivers", "graph_n_node", "graph_n_edge")
 _SUB_CONFIGS = {"bert": BertConfig, "gin": GINConfig, "conformer": UniMolConfig, "pocket": UniMolConfig}
 _DTYPE_FIELDS = ("dtype", "param_dtype")
@@ -207,26 +214,27 @@ class MolBind(nnx.Module):
         """Pocket dictionary tokens [B, M] and coordinates [B, M, 3] -> [B, E]."""
         return self._embed_3d(self.pocket_encoder, self.pro_proj, tokens, coords, train)
 
+    def embed_modality(self, modality: str, batch: Mapping[str, Any], *, train: bool = False):
+        """One modality's rows of a pair batch (DESIGN.md section 2 keys) -> [B, E]."""
+        if modality == "graph":
+            return self.embed_graph(batch, train=train)
+        if modality == "text":
+            return self.embed_text(batch["text_ids"], batch["text_mask"], train=train)
+        if modality == "conformer":
+            return self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], train=train)
+        if modality == "pocket":
+            return self.embed_pocket(batch["pocket_tokens"], batch["pocket_coords"], train=train)
+        raise ValueError(f"unknown modality {modality!r}; expected graph, text, conformer or pocket")
+
     # ------------------------------------------------------------------------- pair types
     def pair_embeddings(self, pair: str, batch: Mapping[str, Any], *, train: bool = False):
         """(x, y, mask) of one pair type's batch, in the loss's orientation:
         graph_text (graph, text), conformer_text (conformer, text), graph_conformer
         (graph, conformer), conformer_pocket (ligand conformer, pocket). mask is the batch's
         pair_mask (all True when absent)."""
-        if pair == "graph_text":
-            x = self.embed_graph(batch, train=train)
-            y = self.embed_text(batch["text_ids"], batch["text_mask"], train=train)
-        elif pair == "conformer_text":
-            x = self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], train=train)
-            y = self.embed_text(batch["text_ids"], batch["text_mask"], train=train)
-        elif pair == "graph_conformer":
-            x = self.embed_graph(batch, train=train)
-            y = self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], train=train)
-        elif pair == "conformer_pocket":
-            x = self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], train=train)
-            y = self.embed_pocket(batch["pocket_tokens"], batch["pocket_coords"], train=train)
-        else:
+        if pair not in PAIR_MODALITIES:
             raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
+        x, y = (self.embed_modality(m, batch, train=train) for m in PAIR_MODALITIES[pair])
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{pair}: {x.shape[0]} rows on the x side but {y.shape[0]} on the y side "
                              "(graph shards must hold B/S graphs each)")
