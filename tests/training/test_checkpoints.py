@@ -13,27 +13,12 @@ import pytest
 from molbind_jax.checkpoints import Checkpointer
 from molbind_jax.logging_utils import MetricWriter, read_metrics
 from molbind_jax.train_step import state_leaves_equal
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from smoke_configs import smoke_config as shared_smoke_config
 
 
 def smoke_config(**overrides):
-    """experiments/configs/mini.py:smoke on 2 devices, no eval/TensorBoard, plus overrides."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mini_cfg", os.path.join(REPO, "experiments/configs/mini.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config("smoke")
-    cfg.num_devices = 2
-    cfg.eval_every = 0
-    cfg.tensorboard = False
-    cfg.progress_bar = False
-    cfg.log_every = 1
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
+    """mini.py:smoke on 2 devices, no eval/TensorBoard, a record per step, plus overrides."""
+    return shared_smoke_config(**{"eval_every": 0, "tensorboard": False, "log_every": 1, **overrides})
 
 
 def _state(v: float):

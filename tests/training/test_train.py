@@ -23,6 +23,7 @@ from molbind_jax import losses, sharding, train_inputs
 from molbind_jax.train_step import (PAIRS, StepOptions, TrainStep, init_trainable, lr_schedule,
                                     fresh, make_optimizer, param_labels, reseed_state,
                                     state_leaves_equal)
+from smoke_configs import smoke_config
 
 D = 8
 
@@ -265,23 +266,6 @@ def test_pair_every_warns_when_logged_steps_miss_a_pair():
 
 # ----------------------------------------------------------------------------------------------
 # The real launcher, in process, on the tiny MolBind and synthetic pairs (mini.py:smoke).
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def smoke_config(**overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mini_cfg", os.path.join(REPO, "experiments/configs/mini.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config("smoke")
-    cfg.num_devices = 2
-    cfg.progress_bar = False
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
