@@ -218,7 +218,7 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
             process_index=process_index, process_count=process_count, seed=config.seed,
             start_step=start, train=train, buckets=config.data.get("buckets") or None,
             max_shapes=int(config.data.get("max_shapes", 8)),
-            pair_batch_size={p: n for p, n in pair_batch_size.items() if n != config.batch_size},
+            pair_batch_size=pair_batch_size,
             pair_every=pair_every(config, pairs))
     raise ValueError(f"unknown data.source {source!r} (expected 'tfds' or 'synthetic')")
 

@@ -295,25 +295,28 @@ class TrainStep:
     def __call__(self, state: dict, micro_batches: Sequence[Mapping[str, Mapping[str, jax.Array]]]):
         """One optimizer update from `micro_batches`: a list (length = gradient accumulation) of
         {pair: global batch} dicts. Returns (new_state, metrics) with device scalars: `loss`
-        (weighted total, mean over micro-batches), `loss/<pair>` (unweighted), `finite`."""
+        (weighted total, mean over micro-batches), `loss/<pair>` (unweighted, mean over the
+        micro-batches that hold the pair), `finite`."""
         if self.opts.fused:
             return self._fused_call(state, micro_batches)
-        grads, batch_stats, sums = self._accumulate(
+        grads, batch_stats, sums, counts = self._accumulate(
             state, micro_batches, lambda pair, *args: self.grad_fn(pair)(*args), self._add)
         if grads is None:
             raise ValueError("train step got no batches")
         n = len(micro_batches)
         state, finite = self._update(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
-        return state, self._metrics(sums, n, finite)
+        return state, self._metrics(sums, counts, n, finite)
 
     def _accumulate(self, state, micro_batches, grad_of, add):
         """Sums each pair's gradients over pairs and micro-batches, threading the BatchNorm
         statistics through in order. `grad_of(pair, trainable, batch_stats, batch, step, micro)`
-        is the per-pair jitted function (split step) or its traced body (fused step)."""
+        is the per-pair jitted function (split step) or its traced body (fused step). Also
+        returns each pair's loss sum and how many micro-batches held it (pair_every)."""
         step = state["step"]
         batch_stats = state["batch_stats"]
         grads = None
         sums: dict[str, jax.Array] = {}
+        counts: dict[str, int] = {}
         for micro, batches in enumerate(micro_batches):
             for pair in self.opts.pairs:
                 if pair not in batches:
@@ -321,22 +324,26 @@ class TrainStep:
                 loss, g, batch_stats = grad_of(pair, state["trainable"], batch_stats, batches[pair], step, micro)
                 grads = g if grads is None else add(grads, g)
                 sums[pair] = loss if pair not in sums else sums[pair] + loss
-        return grads, batch_stats, sums
+                counts[pair] = counts.get(pair, 0) + 1
+        return grads, batch_stats, sums, counts
 
-    def _metrics(self, sums, n, finite):
-        metrics = {f"loss/{p}": v / n for p, v in sums.items()}
-        metrics["loss"] = sum(self.opts.weights[p] * metrics[f"loss/{p}"] for p in sums)
+    def _metrics(self, sums, counts, n, finite):
+        # loss/<pair>: mean over the micro-batches that held the pair; loss: the optimised
+        # objective, the weighted sum over pairs averaged over all n micro-batches (the two
+        # agree unless pair_every leaves a pair out of some micro-batches).
+        metrics = {f"loss/{p}": v / counts[p] for p, v in sums.items()}
+        metrics["loss"] = sum(self.opts.weights[p] * v for p, v in sums.items()) / n
         metrics["finite"] = finite & jnp.isfinite(metrics["loss"])
         return metrics
 
     # -- fused single-program variant ----------------------------------------------------------
 
     def _fused_impl(self, state, micro_batches):
-        grads, batch_stats, sums = self._accumulate(
+        grads, batch_stats, sums, counts = self._accumulate(
             state, micro_batches, self._grad_impl, lambda a, b: jax.tree.map(jnp.add, a, b))
         n = len(micro_batches)
         new_state, finite = self._update_impl(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
-        return new_state, self._metrics(sums, n, finite)
+        return new_state, self._metrics(sums, counts, n, finite)
 
     def _fused_call(self, state, micro_batches):
         # One program for everything: only sensible when every pair has one fixed shape

@@ -246,6 +246,18 @@ def test_pair_batch_size_and_pair_every_reach_the_step():
     np.testing.assert_allclose(float(m["loss"]), 0.25 * sum(float(m[f"loss/{p}"]) for p in
                                                             ("graph_text", "conformer_text", "graph_conformer")),
                                rtol=1e-6)
+    # Two micro-batches, conformer_pocket in the second only: its logged loss is that batch's
+    # loss (not halved), and the total is the objective, the weighted sum averaged over both.
+    mesh, model, ts = _setup()
+    state = ts.init_state(model)
+    micro = [{p: train_inputs.to_global(x, mesh) for p, x in b.items()} for b in steps[:2]]
+    ref = {(p, i): float(ts.grad_fn(p)(state["trainable"], state["batch_stats"], b[p], state["step"], i)[0])
+           for i, b in enumerate(micro) for p in b}
+    state, m = ts(state, micro)
+    np.testing.assert_allclose(float(m["loss/conformer_pocket"]), ref["conformer_pocket", 1], rtol=1e-6)
+    np.testing.assert_allclose(float(m["loss/graph_text"]), (ref["graph_text", 0] + ref["graph_text", 1]) / 2,
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(m["loss"]), 0.25 * sum(ref.values()) / 2, rtol=1e-6)
     c.pair_batch_size = {"graph_conformer": 12}
     with pytest.raises(ValueError, match=r"pair_batch_size\[graph_conformer\] 12 must be divisible by 8"):
         next(train_inputs.micro_batches(c, split="train", start=0, train=True, text_vocab=128, mesh=mesh))
