@@ -153,8 +153,15 @@ class MolBindConfig:
         return dataclasses.replace(base, **d)
 
 
+def _finish(projected, normalize: bool):
+    """float32 rows, L2-normalised as in the original's training path; `normalize=False` gives
+    the raw projections that the original's evaluation ranks (spec section 4, bug 2)."""
+    return l2_normalize(projected) if normalize else projected.astype(jnp.float32)
+
+
 class MolBind(nnx.Module):
-    """The four towers and heads; every `embed_*` returns L2-normalised float32 [B, embed_dim]."""
+    """The four towers and heads; every `embed_*` returns float32 [B, embed_dim] rows,
+    L2-normalised unless `normalize=False` (the original's evaluation features)."""
 
     def __init__(self, config: MolBindConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -174,12 +181,12 @@ class MolBind(nnx.Module):
         self.pro_proj = ProjectionHead(pocket.embed_dim, e, layer_norm=True, rngs=rngs, dtype=dt)
 
     # ------------------------------------------------------------------ single modalities
-    def embed_text(self, ids, mask, *, train: bool = False):
+    def embed_text(self, ids, mask, *, train: bool = False, normalize: bool = True):
         """ids, mask [B, L] -> [B, E] from the first ([CLS]) position, no LayerNorm."""
         hidden = self.text_encoder(jnp.asarray(ids), jnp.asarray(mask), deterministic=not train)
-        return l2_normalize(self.text_proj(text_cls_pool(hidden)))
+        return _finish(self.text_proj(text_cls_pool(hidden)), normalize)
 
-    def embed_graph(self, batch: Mapping[str, Any], *, train: bool = False):
+    def embed_graph(self, batch: Mapping[str, Any], *, train: bool = False, normalize: bool = True):
         """The graph_* arrays of DESIGN.md section 2 ([S, ...] with one padding graph last in
         each shard) -> [B, E] with B = S * G, in example order (shard s holds examples
         s*G .. s*G+G-1); the padding graphs are dropped. In train mode the GIN BatchNorm uses
@@ -198,32 +205,34 @@ class MolBind(nnx.Module):
         _, graph_rep = self.graph_encoder(graph, train=train)  # [S, G+1, D]
         s, g1, d = graph_rep.shape
         rows = graph_rep[:, :-1].reshape(s * (g1 - 1), d)
-        return l2_normalize(self.graph_proj(rows))
+        return _finish(self.graph_proj(rows), normalize)
 
-    def _embed_3d(self, encoder, head, tokens, coords, train):
+    def _embed_3d(self, encoder, head, tokens, coords, train, normalize):
         tokens = jnp.asarray(tokens)
         distance, edge_type = pair_inputs(tokens, coords, encoder.config.vocab_size)
         rep = encoder(tokens, distance, edge_type, deterministic=not train)
-        return l2_normalize(head(unimol_mean_pool(rep, tokens, mode=self.config.unimol_pooling)))
+        return _finish(head(unimol_mean_pool(rep, tokens, mode=self.config.unimol_pooling)), normalize)
 
-    def embed_conformer(self, tokens, coords, *, train: bool = False):
+    def embed_conformer(self, tokens, coords, *, train: bool = False, normalize: bool = True):
         """Molecule dictionary tokens [B, N] (0 = pad) and coordinates [B, N, 3] -> [B, E]."""
-        return self._embed_3d(self.conformer_encoder, self.conf_proj, tokens, coords, train)
+        return self._embed_3d(self.conformer_encoder, self.conf_proj, tokens, coords, train, normalize)
 
-    def embed_pocket(self, tokens, coords, *, train: bool = False):
+    def embed_pocket(self, tokens, coords, *, train: bool = False, normalize: bool = True):
         """Pocket dictionary tokens [B, M] and coordinates [B, M, 3] -> [B, E]."""
-        return self._embed_3d(self.pocket_encoder, self.pro_proj, tokens, coords, train)
+        return self._embed_3d(self.pocket_encoder, self.pro_proj, tokens, coords, train, normalize)
 
-    def embed_modality(self, modality: str, batch: Mapping[str, Any], *, train: bool = False):
+    def embed_modality(self, modality: str, batch: Mapping[str, Any], *, train: bool = False,
+                       normalize: bool = True):
         """One modality's rows of a pair batch (DESIGN.md section 2 keys) -> [B, E]."""
+        kw = dict(train=train, normalize=normalize)
         if modality == "graph":
-            return self.embed_graph(batch, train=train)
+            return self.embed_graph(batch, **kw)
         if modality == "text":
-            return self.embed_text(batch["text_ids"], batch["text_mask"], train=train)
+            return self.embed_text(batch["text_ids"], batch["text_mask"], **kw)
         if modality == "conformer":
-            return self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], train=train)
+            return self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], **kw)
         if modality == "pocket":
-            return self.embed_pocket(batch["pocket_tokens"], batch["pocket_coords"], train=train)
+            return self.embed_pocket(batch["pocket_tokens"], batch["pocket_coords"], **kw)
         raise ValueError(f"unknown modality {modality!r}; expected graph, text, conformer or pocket")
 
     # ------------------------------------------------------------------------- pair types

@@ -128,6 +128,15 @@ def test_embeddings_are_unit_float32_rows(model):
     np.testing.assert_allclose(outs["graph_text"][1], outs["conformer_text"][1], atol=1e-6)
     with pytest.raises(ValueError, match="unknown pair type"):
         model.pair_embeddings("text_text", batches["graph_text"])
+    # normalize=False: the raw projections (the original's evaluation features), whose
+    # L2-normalised rows are the default embeddings.
+    b = batches["conformer_pocket"]
+    for modality in ("conformer", "pocket"):
+        raw = np.asarray(nnx.jit(lambda m, bb: m.embed_modality(modality, bb, normalize=False))(model, b))
+        unit = np.asarray(nnx.jit(lambda m, bb: m.embed_modality(modality, bb))(model, b))
+        assert raw.dtype == np.float32
+        assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
+        np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, rtol=1e-5, atol=1e-6)
     with pytest.raises(KeyError, match="graph batch lacks"):
         model.embed_graph({"graph_nodes": batches["graph_text"]["graph_nodes"]})
 
