@@ -1,7 +1,7 @@
 """molbind_mini: the embedded default dataset, built offline from chemistry shipped in packages.
 
 No file is downloaded: every record comes from data installed with pinned packages
-(/work/shared/DATA.md). The four pair types and where they come from:
+(`requirements-data.txt`, `docs/data.md`). The four pair types and where they come from:
 
 - graph_text: ChEBI molecules listed as class members in c3p's program metadata (read with
   `ast`, never imported). Text recipe, per molecule (ChEBI text is CC BY 4.0):
@@ -117,7 +117,7 @@ def package_dir(name: str) -> str:
     """Install directory of a package, found without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {name!r} is not installed (see /work/shared/DATA.md)")
+        raise FileNotFoundError(f"package {name!r} is not installed (make setup installs it from requirements-data.txt)")
     return list(spec.submodule_search_locations)[0]
 
 
