@@ -161,6 +161,27 @@ def collate_3d(tokens: np.ndarray, coordinates: np.ndarray, vocab_size: int):
     return tok, dist, et
 
 
+def check_ranges(inputs: Mapping[str, np.ndarray], config) -> None:
+    """Every id inside its table (JAX would clamp an index silently, torch would raise deep inside)."""
+    g, b = config.gin, config.bert
+    limits = []
+    if "graph_x" in inputs:
+        x, ea = np.asarray(inputs["graph_x"]), np.asarray(inputs["graph_edge_attr"])
+        limits += [("graph_x[:, 0]", x[:, 0], g.num_atom_type), ("graph_x[:, 1]", x[:, 1], g.num_chirality),
+                   ("graph_edge_attr[:, 0]", ea[:, 0], g.num_bond_type), ("graph_edge_attr[:, 1]", ea[:, 1], g.num_bond_dir)]
+    if "text_input_ids" in inputs:
+        ids = np.asarray(inputs["text_input_ids"])
+        limits.append(("text_input_ids", ids, b.vocab_size))
+        if ids.shape[1] > b.max_position_embeddings:
+            raise ValueError(f"text_input_ids has {ids.shape[1]} positions; the text tower has {b.max_position_embeddings}")
+    for m, cfg in (("conformer", config.conformer), ("pocket", config.pocket)):
+        if f"{m}_tokens" in inputs:
+            limits.append((f"{m}_tokens", np.asarray(inputs[f"{m}_tokens"]), cfg.vocab_size))
+    for name, a, n in limits:
+        if a.size and (a.min() < 0 or a.max() >= n):
+            raise ValueError(f"{name} holds ids in [{a.min()}, {a.max()}], outside the checkpoint's table of {n}")
+
+
 # ----------------------------------------------------------------------------- both sides
 def flax_embeddings(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Raw (unnormalised) float32 embeddings of every present modality, eval mode, jitted."""
@@ -295,6 +316,7 @@ def compare(checkpoint: str, inputs: Mapping[str, np.ndarray], *, gin_backbone: 
     logging.info("reading %s", checkpoint)
     state = molbind_convert.read_checkpoint(checkpoint)
     config = molbind_convert.config_from_state(state, **({"bert": {"num_heads": text_heads}} if text_heads else {}))
+    check_ranges(inputs, config)
     ref, added = torch_reference(state, config, gin_backbone=gin_backbone, source=checkpoint)
     model = MolBind(config, rngs=nnx.Rngs(0))
     report = molbind_convert.assign(model, state, checkpoint, gin_backbone=gin_backbone)
@@ -310,6 +332,14 @@ def compare(checkpoint: str, inputs: Mapping[str, np.ndarray], *, gin_backbone: 
             metrics[pair] = {side: original_protocol.evaluate(e[a], e[b], bf16=bf16)
                              for side, e in (("flax", ours), ("torch", theirs))}
     return {"report": report, "added": added, "flax": ours, "torch": theirs, "errors": errors, "metrics": metrics}
+
+
+def format_parity(errors: Mapping[str, Mapping[str, float]], tolerance: float) -> str:
+    lines = [f"{'embedding':<10} {'max abs':>10} {'rel':>10}  status"]
+    for name, e in errors.items():
+        status = "ok" if e["rel"] <= tolerance else f"FAIL (> {tolerance:g})"
+        lines.append(f"{name:<10} {e['max_abs']:>10.3e} {e['rel']:>10.3e}  {status}")
+    return "\n".join(lines)
 
 
 def format_metrics(metrics: Mapping[str, Mapping[str, Mapping]], bf16: bool) -> str:
@@ -347,8 +377,8 @@ def run(checkpoint: str, inputs_path: str, *, dictionaries: str | None, gin_back
           "added to the torch state dict: nothing (the checkpoint holds every buffer)")
     for line in result["added"]:
         print(f"  {line}")
-    print("raw embeddings (float32, unnormalised), flax vs torch reference:")
-    print(compare_lib.format_table(result["errors"], tolerance))
+    print("raw embeddings (float32, unnormalised), flax vs torch reference; rel = max|flax - torch| / max|torch|:")
+    print(format_parity(result["errors"], tolerance))
     if result["metrics"]:
         print(format_metrics(result["metrics"], bf16))
     worst = max(e["rel"] for e in result["errors"].values())

@@ -154,6 +154,9 @@ def test_inputs_dictionaries_and_buffers_are_checked(original_ckpt, molbind_inpu
     only_text = {k: inputs[k] for k in ("text_input_ids", "text_attention_mask")}
     assert compare_molbind.modalities(compare_molbind.load_inputs(saved("d.npz", **only_text))) == ["text"]
 
+    big = dict(inputs, conformer_tokens=np.where(inputs["conformer_tokens"] > 0, 31, 0))
+    with pytest.raises(ValueError, match=r"conformer_tokens holds ids in \[0, 31\], outside the checkpoint's table of 31"):
+        compare_molbind.compare(original_ckpt.ckpt, big, gin_backbone=original_ckpt.backbone)
     # A ckpt without BatchNorm statistics and no backbone: no parity with the original possible.
     with pytest.raises(CheckpointError, match="pass --gin_backbone"):
         compare_molbind.compare(original_ckpt.ckpt, inputs, text_heads=original_ckpt.text_heads)
@@ -188,7 +191,7 @@ def test_a_malicious_ckpt_runs_nothing_and_is_refused(original_ckpt, molbind_inp
     assert marker.exists()
 
 
-@pytest.mark.slow  # a subprocess: imports and compiles, ~30 s
+@pytest.mark.slow  # subprocesses: imports and compiles, ~60 s on a loaded machine
 def test_cli(original_ckpt, molbind_inputs, tmp_path):
     path = tmp_path / "in.npz"
     np.savez(path, **molbind_inputs(seed=3, batch=3))
@@ -199,8 +202,6 @@ def test_cli(original_ckpt, molbind_inputs, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "bf16 scores" in proc.stdout and "graph_text (2dtext)" in proc.stdout
-    proc = subprocess.run(cmd + ["--tolerance=0"], capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    assert proc.returncode == 1 and "FAIL" in proc.stdout
     proc = subprocess.run(cmd[:-2] + ["--prefix=model."], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=900)
     assert proc.returncode != 0 and "per-encoder options" in proc.stderr + proc.stdout
