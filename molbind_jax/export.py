@@ -1,6 +1,11 @@
 """Standalone export of a trained MolBind: `python -m molbind_jax.export --workdir=DIR [--output=DIR/export]`.
 
-The export is everything inference needs and nothing it does not (no optimizer state):
+`--format=orbax` (the default) writes our own export, below. `--format=lightning` writes the
+original PyTorch layout instead (default output WORKDIR/export_lightning): `molbind.ckpt` that
+the original `Model` loads with strict=True, `graph_pretrain.pth`, the Uni-Mol dictionaries and
+the tokenizer (`convert/to_torch.py` says what each holds and what is refused or warned about).
+
+The orbax export is everything inference needs and nothing it does not (no optimizer state):
 
   <output>/config.json        model config (MolBindConfig.to_dict), where it came from, the
                               Uni-Mol dictionaries, the tokenizer folder name
@@ -127,8 +132,8 @@ def _concretize_rngs(model):
     return model
 
 
-def export_run(workdir: str, output: str | None = None, step: int | None = None) -> str:
-    """Exports the latest (or `step`) checkpoint of a training run in `workdir`."""
+def _restore_trained(workdir: str, step: int | None):
+    """(trained MolBind, MolBindConfig, run config dict, step) of a training run's checkpoint."""
     from ml_collections import ConfigDict
 
     from molbind_jax import sharding, train
@@ -158,18 +163,37 @@ def export_run(workdir: str, output: str | None = None, step: int | None = None)
         state, meta = ckpt.restore(ts.init_state(model), step)
     finally:
         ckpt.close()
-    trained = ts.merged_model(state)
+    return ts.merged_model(state), mcfg, run, int(step)
+
+
+def export_run(workdir: str, output: str | None = None, step: int | None = None) -> str:
+    """Exports the latest (or `step`) checkpoint of a training run in `workdir`."""
+    trained, mcfg, run, step = _restore_trained(workdir, step)
     output = output or os.path.join(workdir, "export")
     return write_export(trained, mcfg, output, tokenizer_dir=run.get("text_dir") or None,
                         source={"workdir": os.path.abspath(workdir), "step": int(step),
                                 "dataset": run.get("dataset")})
 
 
+def export_run_lightning(workdir: str, output: str | None = None, step: int | None = None) -> str:
+    """The same checkpoint in the original PyTorch layout (`convert.to_torch.write_lightning`)."""
+    from molbind_jax.convert import to_torch
+
+    trained, _, run, step = _restore_trained(workdir, step)
+    output = output or os.path.join(workdir, "export_lightning")
+    return to_torch.write_lightning(trained, output, tokenizer_dir=run.get("text_dir") or _minilm_dir(),
+                                    source={"workdir": os.path.abspath(workdir), "step": step,
+                                            "dataset": run.get("dataset")})
+
+
 def _define_flags() -> None:
     # Only when run as a program: api.py imports this module, and flags must not collide.
     flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/ and config.json).")
-    flags.DEFINE_string("output", None, "Export directory (default: WORKDIR/export).")
+    flags.DEFINE_string("output", None, "Export directory (default: WORKDIR/export; WORKDIR/export_lightning with --format=lightning).")
     flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+    flags.DEFINE_enum("format", "orbax", ["orbax", "lightning"],
+                      "orbax: our export (load_export); lightning: the original PyTorch layout "
+                      "(molbind.ckpt + graph_pretrain.pth, default output WORKDIR/export_lightning).")
 
 
 def main(argv):
@@ -178,7 +202,10 @@ def main(argv):
     FLAGS = flags.FLAGS
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
-    out = export_run(FLAGS.workdir, FLAGS.output, FLAGS.step)
+    if FLAGS.format == "lightning":
+        out = export_run_lightning(FLAGS.workdir, FLAGS.output, FLAGS.step)
+    else:
+        out = export_run(FLAGS.workdir, FLAGS.output, FLAGS.step)
     print(f"exported to {out}")
 
 

@@ -260,66 +260,6 @@ def test_sharded_parameter_gradients_equal_single_device():
 
 
 # ------------------------------------------------------------------ MolBind .ckpt importer
-def _torch_molbind_checkpoint(tmp_path):
-    """A tiny MolBind Lightning .ckpt in the original key layout, written from torch modules
-    (the spec's reference GIN and Uni-Mol, transformers' BertModel), plus the GIN backbone .pth.
-    Returns (paths, torch modules) for an independent forward."""
-    import argparse
-
-    import torch
-    import transformers
-
-    from molbind_jax.torch_reference.gin import GNN
-    from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
-
-    torch.manual_seed(0)
-    gnn = GNN(num_layer=2, emb_dim=16)
-    for bn in gnn.batch_norms:  # non-trivial statistics, so that their source matters
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.data.uniform_(0.5, 1.5)
-        bn.bias.data.uniform_(-0.2, 0.2)
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
-    bert.embeddings.token_type_embeddings.weight.data.zero_()  # the original has no token types
-    conf = TorchUniMol(31, 2, 32, 64, 4, 16)
-    pocket = TorchUniMol(10, 2, 32, 64, 4, 16)
-    heads = {
-        "ln_graph": torch.nn.LayerNorm(16), "graph_proj": torch.nn.Linear(16, 12),
-        "text_proj": torch.nn.Linear(32, 12),
-        "ln_conf": torch.nn.LayerNorm(32), "conf_proj": torch.nn.Linear(32, 12),
-        "ln_pro": torch.nn.LayerNorm(32), "pro_proj": torch.nn.Linear(32, 12),
-    }
-    for m in heads.values():
-        if isinstance(m, torch.nn.LayerNorm):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    for m in (gnn, bert, conf, pocket, *heads.values()):
-        m.eval()
-
-    sd = {}
-    for k, v in gnn.state_dict().items():
-        if "running_" not in k and "num_batches_tracked" not in k:  # the original's save quirk
-            sd["model.graph_encoder." + k] = v
-    for k, v in bert.state_dict().items():
-        if "token_type" not in k and "position_ids" not in k:
-            sd["model.Qformer.bert." + k] = v
-    # Q-Former parts the text tower does not use.
-    sd["model.Qformer.bert.encoder.layer.0.crossattention.self.query.weight"] = torch.zeros(32, 32)
-    sd["model.Qformer.bert.encoder.layer.0.intermediate_query.dense.weight"] = torch.zeros(64, 32)
-    sd["model.Qformer.cls.predictions.bias"] = torch.zeros(64)
-    sd.update({"model.conf_encoder." + k: v for k, v in conf.state_dict().items()})
-    sd.update({"model.pro_encoder." + k: v for k, v in pocket.state_dict().items()})
-    for name, m in heads.items():
-        sd.update({f"model.{name}.{k}": v for k, v in m.state_dict().items()})
-    ckpt = tmp_path / "molbind.ckpt"
-    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": argparse.Namespace(temperature=0.1)}, ckpt)
-    backbone = tmp_path / "graph_pretrain.pth"
-    torch.save(gnn.state_dict(), backbone)
-    return str(ckpt), str(backbone), dict(gnn=gnn, bert=bert, conf=conf, pocket=pocket, **heads)
-
-
 def _numpy_pair_inputs(tokens, coords, vocab):
     real = tokens != 0
     pair = real[:, :, None] & real[:, None, :]
@@ -329,13 +269,15 @@ def _numpy_pair_inputs(tokens, coords, vocab):
 
 
 @pytest.mark.slow
-def test_import_molbind_ckpt_matches_torch(tmp_path):
+def test_import_molbind_ckpt_matches_torch(tmp_path, write_original_ckpt):
     import torch
-    import torch.nn.functional as F
 
     from molbind_jax.convert import molbind as convert
 
-    ckpt, backbone, tm = _torch_molbind_checkpoint(tmp_path)
+    # A tiny .ckpt as the original saves it (no buffers), from the torch reference of the
+    # original Model with random weights (tests/models/conftest.py), and the GIN backbone .pth.
+    ns = write_original_ckpt(tmp_path)
+    ckpt, backbone, tm = ns.ckpt, ns.backbone, ns.ref
     model, report = convert.load(ckpt, gin_backbone=backbone, bert={"num_heads": 4}, unimol_pooling="original")
     assert model.config.embed_dim == 12 and model.config.gin.emb_dim == 16
     assert report.bn_stats.startswith("from the GIN backbone")
@@ -357,18 +299,15 @@ def test_import_molbind_ckpt_matches_torch(tmp_path):
         ei = torch.tensor(np.concatenate([g[1] + o for g, o in zip(graphs, offs)], 1), dtype=torch.long)
         ea = torch.tensor(np.concatenate([g[2] for g in graphs]), dtype=torch.long)
         batch = torch.tensor(np.repeat(np.arange(len(graphs)), [len(g[0]) for g in graphs]))
-        _, grep = tm["gnn"](x, ei, ea, batch)
-        ref = {"graph": F.normalize(tm["graph_proj"](tm["ln_graph"](grep)), dim=-1)}
-        h = tm["bert"](input_ids=torch.tensor(b["text_ids"], dtype=torch.long),
-                       attention_mask=torch.tensor(b["text_mask"], dtype=torch.long)).last_hidden_state
-        ref["text"] = F.normalize(tm["text_proj"](h[:, 0]), dim=-1)
-        for key, enc, ln, proj, tok, crd, v in (("conf", "conf", "ln_conf", "conf_proj", "conformer_tokens", "conformer_coords", 31),
-                                               ("pocket", "pocket", "ln_pro", "pro_proj", "pocket_tokens", "pocket_coords", 10)):
+        ref = {"graph": tm.embed_graph(x, ei, ea, batch),
+               "text": tm.embed_text(torch.tensor(b["text_ids"], dtype=torch.long),
+                                     torch.tensor(b["text_mask"], dtype=torch.long))}
+        for key, fn, tok, crd, v in (("conf", tm.embed_conformer, "conformer_tokens", "conformer_coords", 31),
+                                     ("pocket", tm.embed_pocket, "pocket_tokens", "pocket_coords", 10)):
             n = int(np.ceil((c[tok] != 0).sum(1).max() / 8) * 8)  # the original collater's length
             tokens, coords = c[tok][:, :n], c[crd][:, :n]
             d, et = _numpy_pair_inputs(tokens, coords, v)
-            rep = tm[enc](torch.tensor(tokens, dtype=torch.long), torch.tensor(d), torch.tensor(et))
-            ref[key] = F.normalize(tm[proj](tm[ln](rep.mean(dim=1))), dim=-1)
+            ref[key] = fn(torch.tensor(tokens, dtype=torch.long), torch.tensor(d), torch.tensor(et))
     for key in ref:
         assert rel_err(ours[key], ref[key].numpy()) <= 1e-5, key
 
@@ -401,13 +340,14 @@ def test_import_molbind_ckpt_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_import_molbind_ckpt_strict_per_tower(tmp_path):
+def test_import_molbind_ckpt_strict_per_tower(tmp_path, write_original_ckpt):
     import torch
 
     from molbind_jax.convert import molbind as convert
     from molbind_jax.convert.common import CheckpointError
 
-    ckpt, backbone, _ = _torch_molbind_checkpoint(tmp_path)
+    ns = write_original_ckpt(tmp_path)
+    ckpt, backbone = ns.ckpt, ns.backbone
     obj = torch.load(ckpt, weights_only=False)
     cases = {
         "unexpected": ("model.conf_encoder.encoder.layers.0.extra.weight", torch.zeros(2), "unexpected"),
