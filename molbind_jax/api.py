@@ -120,17 +120,12 @@ class MolBindModel:
         MolBindConfig fields that a state dict cannot tell (e.g. `{"bert": {"num_heads": 4}}`).
         An export carries all of these itself, so they are an error with one.
         """
+        cls.check_loadable(path, gin_backbone=gin_backbone, dictionaries=dictionaries,
+                           tokenizer=tokenizer, ckpt_config=ckpt_config)
         if os.path.isdir(path):
-            given = [n for n, v in (("gin_backbone", gin_backbone), ("dictionaries", dictionaries),
-                                    ("tokenizer", tokenizer), ("ckpt_config", ckpt_config)) if v]
-            if given:
-                raise ValueError(f"{path} is an export directory, which carries its own tokenizer, "
-                                 f"dictionaries and statistics; {', '.join(given)} apply to a .ckpt only")
             from molbind_jax.export import load_export
             model, config, tok = load_export(path)
             return cls(model, config, tok, **kw)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no exported model or MolBind .ckpt at {path}")
         from molbind_jax.convert.molbind import load_for_inference
         model, config, tok, report = load_for_inference(
             path, gin_backbone=gin_backbone, dictionaries=dictionaries, tokenizer=tokenizer,
@@ -138,6 +133,24 @@ class MolBindModel:
         import logging
         logging.info("%s", report.summary())
         return cls(model, config, tok, import_report=report, **kw)
+
+    @staticmethod
+    def check_loadable(path: str, *, gin_backbone: str | None = None, dictionaries: str | None = None,
+                       tokenizer: str | None = None, ckpt_config: dict | None = None) -> None:
+        """The checks `load` makes before reading any weights (the CLIs run them first to
+        print a one-line error): the path exists, `.ckpt` options only with a `.ckpt`, a
+        tokenizer for a `.ckpt`, its files exist, dictionaries in the built-in order."""
+        if os.path.isdir(path):
+            given = [n for n, v in (("gin_backbone", gin_backbone), ("dictionaries", dictionaries),
+                                    ("tokenizer", tokenizer), ("ckpt_config", ckpt_config)) if v]
+            if given:
+                raise ValueError(f"{path} is an export directory, which carries its own tokenizer, "
+                                 f"dictionaries and statistics; {', '.join(given)} apply to a .ckpt only")
+            return
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no exported model or MolBind .ckpt at {path}")
+        from molbind_jax.convert.molbind import check_inputs
+        check_inputs(path, tokenizer=tokenizer, gin_backbone=gin_backbone, dictionaries=dictionaries)
 
     # ------------------------------------------------------------------ jitted towers
 

@@ -97,8 +97,14 @@ def main(argv):
     import numpy as np
     from molbind_jax.api import MolBindModel
     from molbind_jax.convert.molbind import ckpt_kwargs
+    try:
+        load_kwargs = ckpt_kwargs(FLAGS)
+        MolBindModel.check_loadable(FLAGS.checkpoint, **load_kwargs)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     mb = MolBindModel.load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, progress=True,
-                           **ckpt_kwargs(FLAGS))
+                           **load_kwargs)
     emb = embed_file(mb, FLAGS.modality, FLAGS.input, FLAGS.smiles_tower)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     np.save(FLAGS.output, emb.vectors)

@@ -456,12 +456,21 @@ def main(argv):
     out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
     logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
+    if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
+        raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
+    try:
+        load_kwargs = ckpt_kwargs(FLAGS)
+        from molbind_jax.api import MolBindModel
+        MolBindModel.check_loadable(path, **load_kwargs)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     results = run(path, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
                   pairs=FLAGS.pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,
                   emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir,
                   protocol=FLAGS.protocol, bf16=FLAGS.bf16,
-                  original_text_tokens=FLAGS.original_text_tokens, load_kwargs=ckpt_kwargs(FLAGS))
+                  original_text_tokens=FLAGS.original_text_tokens, load_kwargs=load_kwargs)
     print(report.text_summary(results))
     print(f"\nreport: {results['report']}")
     return 0

@@ -69,7 +69,13 @@ def main(argv):
     from molbind_jax.convert.molbind import ckpt_kwargs
     index = np.load(FLAGS.index)
     labels = read_labels(FLAGS.labels, len(index))
-    mb = MolBindModel.load(FLAGS.checkpoint, **ckpt_kwargs(FLAGS))
+    try:
+        load_kwargs = ckpt_kwargs(FLAGS)
+        MolBindModel.check_loadable(FLAGS.checkpoint, **load_kwargs)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    mb = MolBindModel.load(FLAGS.checkpoint, **load_kwargs)
     if FLAGS.query_text is not None:
         q = mb.embed_texts([FLAGS.query_text])
     else:

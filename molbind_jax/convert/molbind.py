@@ -267,6 +267,24 @@ def check_dictionaries(directory: str) -> dict[str, str]:
     return found
 
 
+def check_inputs(checkpoint: str, *, tokenizer: str | None, gin_backbone: str | None = None,
+                 dictionaries: str | None = None) -> None:
+    """What `load_for_inference` checks before reading any weights: a tokenizer is given,
+    every file exists, the dictionaries are in the built-in order. Raises ValueError /
+    FileNotFoundError / CheckpointError naming the file."""
+    if not tokenizer:
+        raise ValueError(f"{checkpoint} is a MolBind .ckpt, which holds no tokenizer: pass the tokenizer "
+                         "directory the model was trained with (--tokenizer=DIR, the SciBERT one for the "
+                         "original)")
+    for name, path in (("checkpoint", checkpoint), ("gin_backbone", gin_backbone)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{name} {path} not found")
+    if not os.path.isdir(tokenizer):
+        raise FileNotFoundError(f"--tokenizer {tokenizer} is not a directory")
+    if dictionaries:
+        check_dictionaries(dictionaries)
+
+
 def load_for_inference(checkpoint: str, *, tokenizer: str | None, gin_backbone: str | None = None,
                        dictionaries: str | None = None, config_overrides: Mapping | None = None, seed: int = 0):
     """A `.ckpt` ready for the tools -> (model, MolBindConfig, tokenizer, MolBindImportReport).
@@ -279,18 +297,8 @@ def load_for_inference(checkpoint: str, *, tokenizer: str | None, gin_backbone: 
       it the built-in order is assumed (logged).
     config_overrides: MolBindConfig fields a state dict cannot tell (`config_from_state`).
     """
-    if not tokenizer:
-        raise ValueError(f"{checkpoint} is a MolBind .ckpt, which holds no tokenizer: pass the tokenizer "
-                         "directory the model was trained with (--tokenizer=DIR, the SciBERT one for the "
-                         "original)")
-    for name, path in (("checkpoint", checkpoint), ("gin_backbone", gin_backbone)):
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"--{name} {path} not found")
-    if not os.path.isdir(tokenizer):
-        raise FileNotFoundError(f"--tokenizer {tokenizer} is not a directory")
-    if dictionaries:
-        check_dictionaries(dictionaries)
-    else:
+    check_inputs(checkpoint, tokenizer=tokenizer, gin_backbone=gin_backbone, dictionaries=dictionaries)
+    if not dictionaries:
         logging.warning("no --dictionaries given for %s: assuming the built-in Uni-Mol dictionary order "
                         "(data_pipeline/featurize/dictionaries.py)", checkpoint)
     model, report = load(checkpoint, gin_backbone=gin_backbone, seed=seed, **dict(config_overrides or {}))
@@ -370,6 +378,12 @@ def main(argv):
     FLAGS = flags.FLAGS
     if not FLAGS.checkpoint or not FLAGS.output:
         raise app.UsageError("--checkpoint and --output are required")
+    try:
+        check_inputs(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, gin_backbone=FLAGS.gin_backbone,
+                     dictionaries=FLAGS.dictionaries)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     path, report = to_export(FLAGS.checkpoint, FLAGS.output, tokenizer=FLAGS.tokenizer,
                              gin_backbone=FLAGS.gin_backbone, dictionaries=FLAGS.dictionaries,
                              config_overrides=parse_config_overrides(FLAGS.ckpt_config))

@@ -102,6 +102,12 @@ def test_embed_search_evaluate_clis_take_a_ckpt(tiny, tmp_path):
     np.testing.assert_allclose(np.load(npy), mb.embed_texts(TEXTS).vectors, atol=1e-6)
     res = _cli("molbind_jax.search", *tiny.flags(), f"--index={npy}", "--query-text=an aromatic acid", "--top_k=2")
     assert "top 2 of 3 rows" in res.stdout
+    # A .ckpt without its tokenizer: a one-line error and exit status 2, nothing written.
+    bad = subprocess.run([sys.executable, "-m", "molbind_jax.embed", f"--checkpoint={tiny.ckpt}",
+                          "--modality=text", f"--input={texts}", f"--output={tmp_path / 'x.npy'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "holds no tokenizer" in bad.stderr.splitlines()[-1]
+    assert not (tmp_path / "x.npy").exists()
 
     # evaluate on a tiny built split (graph_text from a CSV, every row in test).
     from data_pipeline.build import build
