@@ -16,7 +16,14 @@ always input i. Reasons are the featurizers' SkipRecord reasons (data_pipeline.f
 
 Batches have a fixed number of rows (`batch_size`, the last one padded with copies) and
 padded lengths from a small set of buckets, so jit compiles a handful of shapes, not one per
-batch.
+batch. `embed_records(..., padding="original")` pads Uni-Mol inputs as the original's collater
+instead (each batch to its longest molecule rounded up to a multiple of 8), and
+`normalize=False` gives the raw projections the original's evaluation ranks.
+
+`load` takes an export directory, or an original MolBind Lightning `.ckpt` together with the
+files a `.ckpt` does not hold (`tokenizer=`, required; `gin_backbone=` for the GIN BatchNorm
+statistics; `dictionaries=` to check the Uni-Mol dictionaries): see
+`molbind_jax.convert.molbind.load_for_inference`.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ import numpy as np
 TEXT_BUCKETS = (32, 64, 128, 256)
 ATOM_BUCKETS = (16, 32, 64, 128, 264)  # multiples of 8; 264 >= 256 atoms + [CLS]/[SEP]
 MIN_GRAPH_BUDGET = 64
+ORIGINAL_PAD_MULTIPLE = 8  # the original's D3Collater pads to a multiple of 8 (spec section 3)
+PADDINGS = ("buckets", "original")
 
 
 @dataclasses.dataclass
@@ -53,6 +62,13 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
         if n <= b:
             return b
     raise ValueError(f"size {n} exceeds the largest bucket {buckets[-1]}")
+
+
+def original_padded_length(lengths: Sequence[int], multiple: int = ORIGINAL_PAD_MULTIPLE) -> int:
+    """The original collater's padded length of one batch: its longest row rounded up to a
+    multiple of `multiple` (D3Collater; featurize.conformer.padded_size is unicore's rule)."""
+    from data_pipeline.featurize.conformer import padded_size
+    return padded_size(max(int(n) for n in lengths), multiple)
 
 
 def _pow2_budget(n: int) -> int:
@@ -80,39 +96,75 @@ class MolBindModel:
     functions. Use `MolBindModel.load(path)`."""
 
     def __init__(self, model, config, tokenizer, *, batch_size: int = 32, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, import_report=None):
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         self.seed = seed
         self.progress = progress
-        self._fns: dict[str, Callable] = {}
+        self.import_report = import_report  # convert.molbind's report when loaded from a .ckpt
+        self._fns: dict[tuple[str, bool], Callable] = {}
 
     @classmethod
-    def load(cls, path: str, **kw) -> "MolBindModel":
-        """Loads `python -m molbind_jax.export` output (a directory)."""
-        from molbind_jax.export import load_export
+    def load(cls, path: str, *, gin_backbone: str | None = None, dictionaries: str | None = None,
+             tokenizer: str | None = None, ckpt_config: dict | None = None,
+             **kw) -> "MolBindModel":
+        """Loads an export directory (`python -m molbind_jax.export`) or an original MolBind
+        `.ckpt` file.
+
+        For a `.ckpt`: `tokenizer` (the tokenizer directory it was trained with) is required,
+        `gin_backbone` gives the GIN BatchNorm statistics the `.ckpt` lacks (without it a loud
+        warning, as `convert.molbind`), `dictionaries` (a directory with the Uni-Mol
+        dictionaries) is checked against the built-in order, `ckpt_config` overrides
+        MolBindConfig fields that a state dict cannot tell (e.g. `{"bert": {"num_heads": 4}}`).
+        An export carries all of these itself, so they are an error with one.
+        """
+        cls.check_loadable(path, gin_backbone=gin_backbone, dictionaries=dictionaries,
+                           tokenizer=tokenizer, ckpt_config=ckpt_config)
+        if os.path.isdir(path):
+            from molbind_jax.export import load_export
+            model, config, tok = load_export(path)
+            return cls(model, config, tok, **kw)
+        from molbind_jax.convert.molbind import load_for_inference
+        model, config, tok, report = load_for_inference(
+            path, gin_backbone=gin_backbone, dictionaries=dictionaries, tokenizer=tokenizer,
+            config_overrides=ckpt_config)
+        import logging
+        logging.info("%s", report.summary())
+        return cls(model, config, tok, import_report=report, **kw)
+
+    @staticmethod
+    def check_loadable(path: str, *, gin_backbone: str | None = None, dictionaries: str | None = None,
+                       tokenizer: str | None = None, ckpt_config: dict | None = None) -> None:
+        """The checks `load` makes before reading any weights (the CLIs run them first to
+        print a one-line error): the path exists, `.ckpt` options only with a `.ckpt`, a
+        tokenizer for a `.ckpt`, its files exist, dictionaries in the built-in order."""
+        if os.path.isdir(path):
+            given = [n for n, v in (("gin_backbone", gin_backbone), ("dictionaries", dictionaries),
+                                    ("tokenizer", tokenizer), ("ckpt_config", ckpt_config)) if v]
+            if given:
+                raise ValueError(f"{path} is an export directory, which carries its own tokenizer, "
+                                 f"dictionaries and statistics; {', '.join(given)} apply to a .ckpt only")
+            return
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no exported model at {path}")
-        model, config, tokenizer = load_export(path)
-        return cls(model, config, tokenizer, **kw)
+            raise FileNotFoundError(f"no exported model or MolBind .ckpt at {path}")
+        from molbind_jax.convert.molbind import check_inputs
+        check_inputs(path, tokenizer=tokenizer, gin_backbone=gin_backbone, dictionaries=dictionaries)
 
     # ------------------------------------------------------------------ jitted towers
 
-    def _fn(self, tower: str) -> Callable:
-        if tower not in self._fns:
+    def _fn(self, tower: str, normalize: bool = True) -> Callable:
+        if (tower, normalize) not in self._fns:
             from flax import nnx
-            method = {"text": lambda m, b: m.embed_text(b["text_ids"], b["text_mask"]),
-                      "graph": lambda m, b: m.embed_graph(b),
-                      "conformer": lambda m, b: m.embed_conformer(b["conformer_tokens"],
-                                                                  b["conformer_coords"]),
-                      "pocket": lambda m, b: m.embed_pocket(b["pocket_tokens"],
-                                                            b["pocket_coords"])}[tower]
-            self._fns[tower] = nnx.jit(method)
-        return self._fns[tower]
+            if tower not in ("text", "graph", "conformer", "pocket"):
+                raise ValueError(f"unknown tower {tower!r}; expected text, graph, conformer or pocket")
+            self._fns[tower, normalize] = nnx.jit(
+                lambda m, b: m.embed_modality(tower, b, normalize=normalize))
+        return self._fns[tower, normalize]
 
-    def _collate(self, tower: str, feats: list[dict]) -> dict[str, np.ndarray]:
+    def _collate(self, tower: str, feats: list[dict], padding: str = "buckets"
+                 ) -> dict[str, np.ndarray]:
         from molbind_jax import input_pipeline as ip
         if tower == "text":
             ids = [np.asarray(f["text_ids"])[:self.max_text_len] for f in feats]
@@ -126,22 +178,42 @@ class MolBindModel:
         toks = [f[f"{tower}_tokens"] for f in feats]
         coords = [np.asarray(f[f"{tower}_coords"], np.float32) for f in feats]
         coords = [c[0] if c.ndim == 3 else c for c in coords]  # first stored conformer
-        t, c = ip.pad_atoms(toks, coords, _bucket(max(map(len, toks)), ATOM_BUCKETS))
+        lengths = [len(np.asarray(t).ravel()) for t in toks]
+        if padding == "original":
+            length = original_padded_length(lengths)
+        elif padding == "buckets":
+            length = _bucket(max(lengths), ATOM_BUCKETS)
+        else:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        t, c = ip.pad_atoms(toks, coords, length)
         return {f"{tower}_tokens": t, f"{tower}_coords": c}
 
-    def embed_records(self, tower: str, feats: Sequence[dict]) -> np.ndarray:
-        """Embeds featurized records (DESIGN §1 fields of `tower`) in fixed-size,
-        bucket-padded batches -> [len, E]. Records must be valid; see embed_features."""
+    def embed_records(self, tower: str, feats: Sequence[dict], *, normalize: bool = True,
+                      padding: str = "buckets", batch_size: int | None = None) -> np.ndarray:
+        """Embeds featurized records (DESIGN §1 fields of `tower`) in fixed-size batches of
+        `batch_size` rows (default: the model's) in order -> [len, E]. Records must be valid;
+        see embed_features.
+
+        normalize: False gives the raw projections (the original's evaluation features).
+        padding: Uni-Mol inputs padded to "buckets" (a few lengths, few compiles) or as the
+          "original" collater (each batch to its longest row rounded up to 8); text and graphs
+          are padded the same way either way (their padding does not change their rows).
+        """
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        bs = int(batch_size or self.batch_size)
         out = []
-        starts = range(0, len(feats), self.batch_size)
-        if self.progress and len(feats) > self.batch_size:
+        starts = range(0, len(feats), bs)
+        if self.progress and len(feats) > bs:
             from tqdm import tqdm
             starts = tqdm(starts, desc=f"embedding {tower}", unit="batch")
         for s in starts:
-            chunk = list(feats[s:s + self.batch_size])
+            chunk = list(feats[s:s + bs])
             real = len(chunk)
-            chunk = chunk + [chunk[0]] * (self.batch_size - real)
-            emb = np.asarray(self._fn(tower)(self.model, self._collate(tower, chunk)),
+            # Copies of the first row fill the last batch: they never lengthen its padding.
+            chunk = chunk + [chunk[0]] * (bs - real)
+            emb = np.asarray(self._fn(tower, normalize)(self.model,
+                                                        self._collate(tower, chunk, padding)),
                              np.float32)
             if emb.ndim == 3:  # [S, G+1, E] with a padding graph per shard
                 emb = emb[:, :-1].reshape(-1, emb.shape[-1])
@@ -181,16 +253,20 @@ class MolBindModel:
         bert = getattr(self.config, "bert", None)
         return min(256, int(getattr(bert, "max_position_embeddings", 256)))
 
-    def featurize_text(self, text: str) -> dict:
-        """[CLS] text [SEP] ids (as in training), truncated to max_text_len."""
+    def featurize_text(self, text: str, add_special_tokens: bool = True) -> dict:
+        """[CLS] text [SEP] ids (as in training), truncated to max_text_len.
+
+        add_special_tokens=False gives the ids of the original's retrieval evaluation (no
+        [CLS]/[SEP], spec bug 1): the text tower then pools the first word piece."""
         from data_pipeline.featurize import EMPTY_TEXT, SkipRecord
         from data_pipeline.featurize import text as text_feat
         text = text_feat.normalize(text)  # SkipRecord(empty_text) for empty lines
         if hasattr(self.tokenizer, "encode") and hasattr(self.tokenizer, "_tok"):
-            ids = self.tokenizer.encode(text, max_length=self.max_text_len)
+            ids = self.tokenizer.encode(text, max_length=self.max_text_len,
+                                        add_special_tokens=add_special_tokens)
         else:  # a transformers tokenizer (export.load_export)
             ids = self.tokenizer(text, truncation=True, max_length=self.max_text_len,
-                                 add_special_tokens=True)["input_ids"]
+                                 add_special_tokens=add_special_tokens)["input_ids"]
         if len(ids) == 0:
             raise SkipRecord(EMPTY_TEXT, "text has no tokens")
         return {"text_ids": np.asarray(ids, np.int32)}

@@ -2,6 +2,11 @@
 
     python -m molbind_jax.embed --checkpoint=runs/demo/export --modality=text \
         --input=texts.txt --output=texts.npy
+    python -m molbind_jax.embed --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
+        --gin_backbone=graph_pretrain.pth --dictionaries=DICT_DIR --modality=smiles ...
+
+--checkpoint is an export directory or an original MolBind `.ckpt` (then --tokenizer is
+required; --gin_backbone, --dictionaries and --ckpt_config as in molbind_jax.convert.molbind).
 
 Input records by modality (row i of the output is record i, in input order):
   text    one text per line (a multi-line text cannot be given this way)
@@ -34,12 +39,15 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Command-line flags; defined only when run as a program, so that importing this
     module (tests, other tools) never collides with other modules' absl flags."""
-    flags.DEFINE_string("checkpoint", None, "exported model directory (molbind_jax.export)")
+    from molbind_jax.convert.molbind import define_ckpt_flags
+    flags.DEFINE_string("checkpoint", None, "exported model directory (molbind_jax.export) or an "
+                        "original MolBind .ckpt")
     flags.DEFINE_enum("modality", None, ["text", "smiles", "sdf", "pocket"], "input kind")
     flags.DEFINE_string("input", None, "input file")
     flags.DEFINE_string("output", None, "output .npy path")
     flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for SMILES input")
     flags.DEFINE_integer("batch_size", 32, "rows per jitted batch (the last one is padded)")
+    define_ckpt_flags()
 
 
 def failures_path(output: str) -> str:
@@ -88,7 +96,15 @@ def main(argv):
             raise app.UsageError(f"--{name} is required")
     import numpy as np
     from molbind_jax.api import MolBindModel
-    mb = MolBindModel.load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, progress=True)
+    from molbind_jax.convert.molbind import ckpt_kwargs
+    try:
+        load_kwargs = ckpt_kwargs(FLAGS)
+        MolBindModel.check_loadable(FLAGS.checkpoint, **load_kwargs)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    mb = MolBindModel.load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, progress=True,
+                           **load_kwargs)
     emb = embed_file(mb, FLAGS.modality, FLAGS.input, FLAGS.smiles_tower)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     np.save(FLAGS.output, emb.vectors)

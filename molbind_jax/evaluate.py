@@ -1,21 +1,36 @@
-"""Zero-shot evaluation of an exported MolBind on the test split, with baselines and a report.
+"""Zero-shot evaluation of a MolBind on the test split, with baselines and a report.
 
     python -m molbind_jax.evaluate --workdir=runs/demo            # uses runs/demo/export
     python -m molbind_jax.evaluate --checkpoint=EXPORT --output_dir=DIR
     python -m molbind_jax.evaluate --workdir=runs/demo --emergent_workdir=runs/emergent
+    python -m molbind_jax.evaluate --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
+        --gin_backbone=graph_pretrain.pth --dictionaries=DICT_DIR --output_dir=DIR
 
-For every pair type and both directions: Recall@1/5/10/20 and MRR, in-batch (batches of 64
-in split order, last partial batch kept: the original's protocol) and against the whole test
-split (blocked ranking, metrics.blocked_ranks). Full-split correct answers are every row
-that holds the same molecule (canonical SMILES) or the same text / protein target as the
-query's partner, so a repeated molecule or a shared class text is not counted as a miss.
-Ties count against the target (metrics module docstring). Conformers: the first stored
-conformer of each record (the original picked one at random, spec §5.9).
+`--protocol=both` (default) reports our protocol and the original's side by side, plus a
+ladder from one to the other (evaluate_original.py); `ours` or `original` runs one of them.
 
-Next to the model: the analytic random expectation (per query, given its number of correct
-answers) and the non-learned baselines of baselines.py; zero-shot classification where the
-candidates are texts (data_pipeline.sources.mini.classification_tasks); optionally the
-emergent conformer<->text pair of a model trained without conformer_text pairs.
+Ours: for every pair type and both directions, Recall@1/5/10/20 and MRR on cosine scores in
+float32, in-batch (batches of 64 in split order, last partial batch kept) and against the
+whole test split (blocked ranking, metrics.blocked_ranks). Full-split correct answers are
+every row that holds the same molecule (canonical SMILES) or the same text / protein target
+as the query's partner, so a repeated molecule or a shared class text is not counted as a
+miss. Ties count against the target (metrics module docstring). Text is tokenised with
+[CLS]/[SEP] (as in training) by the model's own tokenizer from the record's raw text.
+Conformers: the first stored conformer of each record (the original picked one at random,
+spec §5.9).
+
+The original's protocol (evaluate_original module docstring): raw projections, bf16 scores
+(`--bf16`, default on), text without [CLS]/[SEP] (`--original_text_tokens`, default on),
+Uni-Mol inputs padded as its collater, Acc and R@20 from a sort, the true partner only.
+
+Next to the model (ours): the analytic random expectation (per query, given its number of
+correct answers) and the non-learned baselines of baselines.py; zero-shot classification
+where the candidates are texts (data_pipeline.sources.mini.classification_tasks);
+optionally the emergent conformer<->text pair of a model trained without conformer_text
+pairs.
+
+--checkpoint is an export directory or an original MolBind `.ckpt` (with --tokenizer,
+required, and --gin_backbone / --dictionaries / --ckpt_config; convert.molbind).
 
 Writes <out>/report.md, <out>/metrics.json, <out>/recall_curves.png, <out>/loss_curves.png
 (from <workdir>/metrics.jsonl), <out>/embedding_map.png, and prints the tables.
@@ -32,6 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from molbind_jax import baselines, metrics, report
+from molbind_jax import evaluate_original as eo
 
 PAIRS: dict[str, tuple[str, str]] = {
     "graph_text": ("graph", "text"),
@@ -40,6 +56,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "conformer_pocket": ("conformer", "pocket"),
 }
 CURVE_K = 50
+PROTOCOLS = ("both", "ours", "original")
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +66,9 @@ def define_flags():
     module (tests, other tools) never collides with other modules' absl flags."""
     flags.DEFINE_string("workdir", None, "training workdir: model from <workdir>/export, report "
                         "written into <workdir>, loss curves from <workdir>/metrics.jsonl")
-    flags.DEFINE_string("checkpoint", None, "exported model directory (overrides <workdir>/export)")
+    from molbind_jax.convert.molbind import define_ckpt_flags
+    flags.DEFINE_string("checkpoint", None, "exported model directory or an original MolBind .ckpt "
+                        "(overrides <workdir>/export)")
     flags.DEFINE_string("output_dir", None, "where to write the report (default: workdir)")
     flags.DEFINE_string("emergent_workdir", None, "workdir (or export dir) of a model trained "
                         "without conformer_text pairs; adds the emergent conformer<->text section")
@@ -59,8 +78,16 @@ def define_flags():
     flags.DEFINE_list("pairs", list(PAIRS), "pair types to evaluate")
     flags.DEFINE_integer("max_records", 0, "evaluate at most this many records per pair (0 = all)")
     flags.DEFINE_integer("block_size", 1024, "row/column block of the full-split ranking")
-    flags.DEFINE_integer("batch_size", 64, "rows per embedding batch")
+    flags.DEFINE_integer("batch_size", 64, "rows per embedding batch (the original protocol needs "
+                         "the original's 64)")
     flags.DEFINE_bool("classification", True, "run the zero-shot classification tasks")
+    flags.DEFINE_enum("protocol", "both", list(PROTOCOLS), "ours, the original's (spec section 4), "
+                      "or both side by side with the ladder between them")
+    flags.DEFINE_bool("bf16", True, "original protocol: bfloat16 embeddings and scores, as under the "
+                      "original's bf16 autocast (--nobf16: float32)")
+    flags.DEFINE_bool("original_text_tokens", True, "original protocol: text re-tokenised WITHOUT "
+                      "[CLS]/[SEP], as the original's evaluation (--nooriginal_text_tokens: with them)")
+    define_ckpt_flags()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -177,16 +204,47 @@ def load_test_records(pair: str, *, dataset: str, data_dir: str | None, split: s
     return records, dict(skipped)
 
 
+def retokenize_texts(mb, records: Sequence[Mapping], *, original: bool
+                     ) -> tuple[list[dict], dict, int]:
+    """Text ids from each record's raw text by the model's own tokenizer: `text_ids` with
+    [CLS]/[SEP] (ours), and `text_ids_original` without them when `original`.
+
+    The stored ids were made by the dataset's tokenizer, which need not be the model's (a
+    SciBERT .ckpt on a MiniLM-built split). A record whose text no longer tokenises is
+    skipped and counted. Returns (records, skipped, number of records whose stored ids differ
+    from the model tokenizer's)."""
+    out, skipped, differ = [], collections.Counter(), 0
+    for r in records:
+        try:
+            ids = eo.original_text_ids(mb, r["text"], special_tokens=True)
+            extra = ({"text_ids_original": eo.original_text_ids(mb, r["text"], special_tokens=False)}
+                     if original else {})
+        except Exception as err:  # noqa: BLE001 -- a bad record is counted, not fatal
+            skipped[f"text: {type(err).__name__}: {str(err)[:50]}"] += 1
+            continue
+        stored = np.asarray(r.get("text_ids", []), np.int32).ravel()
+        differ += int(stored.shape != ids.shape or not np.array_equal(stored, ids))
+        out.append(dict(r, text_ids=ids, **extra))
+    return out, dict(skipped), differ
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int = 1024,
-                  with_baselines: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics of one pair type -> (results entry, {modality: embeddings})."""
+                  with_baselines: bool = True, embeddings: tuple | None = None
+                  ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of one pair type -> (results entry, {modality: embeddings}).
+
+    embeddings: the L2-normalised (a, b) rows of `records` if already computed; otherwise
+    `mb.embed_records` embeds them."""
     tower_a, tower_b = PAIRS[pair]
     t0 = time.time()
-    emb_a = mb.embed_records(tower_a, records)
-    emb_b = mb.embed_records(tower_b, records)
+    if embeddings is None:
+        emb_a = mb.embed_records(tower_a, records)
+        emb_b = mb.embed_records(tower_b, records)
+    else:
+        emb_a, emb_b = (np.asarray(e, np.float32) for e in embeddings)
     n = len(records)
     keys_a, keys_b = record_keys(pair, records)
     targets = pair_targets(keys_a, keys_b)
@@ -266,39 +324,111 @@ def evaluate_classification(mb, tasks: Mapping) -> dict:
     return out
 
 
+def _embed_raw(mb, pair: str, records: Sequence[Mapping], *, protocol: str,
+               original_text_tokens: bool, batch_size: int) -> tuple:
+    """Raw embeddings (a, b) in file order: with the text ids of training (ours; None under
+    protocol original when its text differs) and with the original's text ids (None under
+    protocol ours). Uni-Mol inputs are padded as the original's collater whenever the
+    original protocol is run, so that both protocols rank the very same rows."""
+    towers = PAIRS[pair]
+    padding = "buckets" if protocol == "ours" else "original"
+    own_text = protocol != "ours" and towers[1] == "text" and original_text_tokens
+    raw_ours = raw_orig = None
+    if protocol != "original" or not own_text:
+        raw_ours = eo.embed_pair(mb, towers, records, padding=padding, batch_size=batch_size)
+    if own_text:
+        if raw_ours is None:
+            raw_orig = eo.embed_pair(mb, towers, records, padding=padding, batch_size=batch_size,
+                                     text_ids_key="text_ids_original")
+        else:
+            text = [dict(r, text_ids=r["text_ids_original"]) for r in records]
+            raw_orig = (raw_ours[0], mb.embed_records("text", text, normalize=False,
+                                                      padding=padding, batch_size=batch_size))
+    elif protocol != "ours":
+        raw_orig = raw_ours
+    return (None if protocol == "original" else raw_ours), raw_orig
+
+
+def model_info(path: str, mb, **extra) -> dict:
+    info = {"path": os.path.abspath(path), "kind": "ckpt" if mb.import_report else "export"}
+    if mb.import_report is not None:
+        info.update(bn_stats=mb.import_report.bn_stats, tokenizer=mb.import_report.tokenizer)
+    info["unimol_pooling"] = getattr(mb.config, "unimol_pooling", None)
+    return dict(info, **extra)
+
+
 def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molbind_mini",
         split: str = "test", pairs: Sequence[str] = tuple(PAIRS), max_records: int = 0,
         block_size: int = 1024, batch_size: int = 64, classification: bool = True,
-        emergent: str | None = None, workdir: str | None = None) -> dict:
-    """The whole evaluation; returns the results dict (also written to metrics.json)."""
+        emergent: str | None = None, workdir: str | None = None, protocol: str = "both",
+        bf16: bool = True, original_text_tokens: bool = True, load_kwargs: Mapping | None = None,
+        records: Mapping[str, Sequence[Mapping]] | None = None) -> dict:
+    """The whole evaluation; returns the results dict (also written to metrics.json).
+
+    export: an export directory or a `.ckpt` (with `load_kwargs` for MolBindModel.load).
+    records: {pair: records in file order} to evaluate instead of reading the split.
+    """
     from tqdm import tqdm
     from molbind_jax.api import MolBindModel
-    mb = MolBindModel.load(export, batch_size=batch_size, progress=True)
-    results: dict = {"model": {"export": os.path.abspath(export), "split": split,
-                               "dataset": dataset},
-                     "retrieval": {}, "skipped": {}}
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol != "ours" and batch_size != eo.ORIGINAL_BATCH:
+        raise ValueError(f"the original protocol embeds and ranks in batches of {eo.ORIGINAL_BATCH} "
+                         f"(got batch_size={batch_size}); use --protocol=ours for another size")
+    mb = MolBindModel.load(export, batch_size=batch_size, progress=True, **dict(load_kwargs or {}))
+    results: dict = {"model": model_info(export, mb, split=split, dataset=dataset),
+                     "protocol": protocol, "retrieval": {}, "skipped": {}}
+    if protocol != "ours":
+        results["original"] = {}
+        results["original_settings"] = eo.settings(bf16=bf16, original_text_tokens=original_text_tokens)
+    if protocol == "both":
+        results["ladder"] = {}
+    differ: dict[str, int] = {}
     maps: dict[str, np.ndarray] = {}
     for pair in tqdm(pairs, desc="pairs", unit="pair"):
-        records, skipped = load_test_records(pair, dataset=dataset, data_dir=data_dir,
-                                             split=split, max_records=max_records)
+        if records is not None:
+            recs, skipped = [dict(r) for r in records[pair]], {}
+        else:
+            recs, skipped = load_test_records(pair, dataset=dataset, data_dir=data_dir,
+                                              split=split, max_records=max_records)
+        if PAIRS[pair][1] == "text":
+            recs, bad, differ[pair] = retokenize_texts(
+                mb, recs, original=protocol != "ours" and original_text_tokens)
+            skipped.update(bad)
         if skipped:
             results["skipped"][pair] = skipped
-        if len(records) < 2:
-            results["skipped"][pair] = dict(skipped, too_few_records=len(records))
+        if len(recs) < 2:
+            results["skipped"][pair] = dict(skipped, too_few_records=len(recs))
             continue
-        res, embs = evaluate_pair(mb, pair, records, block_size=block_size)
-        results["retrieval"][pair] = res
+        raw_ours, raw_orig = _embed_raw(mb, pair, recs, protocol=protocol, batch_size=batch_size,
+                                        original_text_tokens=original_text_tokens)
+        a, b = PAIRS[pair]
+        if raw_ours is not None:
+            res, embs = evaluate_pair(mb, pair, recs, block_size=block_size,
+                                      embeddings=tuple(map(eo.l2_normalize, raw_ours)))
+            results["retrieval"][pair] = res
+        else:
+            embs = dict(zip((a, b), map(eo.l2_normalize, raw_orig)))
         for modality, e in embs.items():
             maps.setdefault(modality, e)
+        if raw_orig is not None:
+            results["original"][pair] = dict(a=a, b=b, n=len(recs),
+                                             **eo.evaluate_pair(*raw_orig, bf16=bf16))
+        if protocol == "both":
+            targets = pair_targets(*record_keys(pair, recs))
+            results["ladder"][pair] = {"a": a, "b": b, "n": len(recs), "rungs": eo.ladder(
+                raw_orig, raw_ours, targets, bf16=bf16, block_size=block_size)}
+    results["model"]["text_ids_differ_from_stored"] = differ
     if emergent:
         eb = MolBindModel.load(resolve_export(emergent), batch_size=batch_size, progress=True)
-        records, _ = load_test_records("conformer_text", dataset=dataset, data_dir=data_dir,
-                                       split=split, max_records=max_records)
-        res, _ = evaluate_pair(eb, "conformer_text", records, block_size=block_size,
+        recs, _ = load_test_records("conformer_text", dataset=dataset, data_dir=data_dir,
+                                    split=split, max_records=max_records)
+        recs, _, _ = retokenize_texts(eb, recs, original=False)
+        res, _ = evaluate_pair(eb, "conformer_text", recs, block_size=block_size,
                                with_baselines=False)
         results["emergent"] = {"conformer_text": res}
         results["model"]["emergent_export"] = os.path.abspath(resolve_export(emergent))
-    if classification:
+    if classification and protocol != "original":
         try:
             from data_pipeline.sources import mini
             tasks = mini.classification_tasks(split=split)
@@ -321,24 +451,27 @@ def main(argv):
     del argv
     if not FLAGS.workdir and not FLAGS.checkpoint:
         raise app.UsageError("give --workdir or --checkpoint")
-    export = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
-    out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(export))
+    from molbind_jax.convert.molbind import ckpt_kwargs
+    path = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
+    out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
-    logging.info("evaluating %s -> %s", export, out_dir)
-    results = run(export, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
+    logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
+    if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
+        raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
+    try:
+        load_kwargs = ckpt_kwargs(FLAGS)
+        from molbind_jax.api import MolBindModel
+        MolBindModel.check_loadable(path, **load_kwargs)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = run(path, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
                   pairs=FLAGS.pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,
-                  emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir)
-    print("\nRetrieval against the whole test split (%):")
-    print(report.retrieval_table(results["retrieval"], "full"))
-    if results.get("emergent"):
-        print("\nEmergent conformer<->text (%):")
-        print(report.retrieval_table(results["emergent"], "full", with_baselines=False))
-    if results.get("classification"):
-        print("\nZero-shot classification (%):")
-        print(report.classification_table(results["classification"]))
-    if results["skipped"]:
-        print(f"\nskipped: {results['skipped']}")
+                  emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir,
+                  protocol=FLAGS.protocol, bf16=FLAGS.bf16,
+                  original_text_tokens=FLAGS.original_text_tokens, load_kwargs=load_kwargs)
+    print(report.text_summary(results))
     print(f"\nreport: {results['report']}")
     return 0
 

@@ -3,6 +3,10 @@
     python -m molbind_jax.search --checkpoint=runs/demo/export --index=mols.npy \
         --query-text="a penicillin antibiotic" --top_k=5 --labels=mols.smi
 
+--checkpoint is an export directory or an original MolBind `.ckpt` (then --tokenizer is
+required; --gin_backbone, --dictionaries and --ckpt_config as in molbind_jax.convert.molbind);
+use the model that wrote the index.
+
 Prints rank, row index, cosine score and label (the row's line of --labels, if given).
 NaN rows (records that failed to embed) are never returned. Equal scores are ordered by row
 index, so output is deterministic.
@@ -20,13 +24,15 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Command-line flags; defined only when run as a program, so that importing this
     module (tests, other tools) never collides with other modules' absl flags."""
-    flags.DEFINE_string("checkpoint", None, "exported model directory")
+    from molbind_jax.convert.molbind import define_ckpt_flags
+    flags.DEFINE_string("checkpoint", None, "exported model directory or an original MolBind .ckpt")
     flags.DEFINE_string("index", None, ".npy embedding matrix written by molbind_jax.embed")
     flags.DEFINE_string("query_text", None, "query text (also --query-text)")
     flags.DEFINE_string("query_smiles", None, "query molecule (also --query-smiles)")
     flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for a SMILES query")
     flags.DEFINE_integer("top_k", 10, "rows to print")
     flags.DEFINE_string("labels", None, "optional file with one label per index row")
+    define_ckpt_flags()
 
 
 def top_k(index: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -60,9 +66,16 @@ def main(argv):
     if (FLAGS.query_text is None) == (FLAGS.query_smiles is None):
         raise app.UsageError("give exactly one of --query-text / --query-smiles")
     from molbind_jax.api import MolBindModel
+    from molbind_jax.convert.molbind import ckpt_kwargs
     index = np.load(FLAGS.index)
     labels = read_labels(FLAGS.labels, len(index))
-    mb = MolBindModel.load(FLAGS.checkpoint)
+    try:
+        load_kwargs = ckpt_kwargs(FLAGS)
+        MolBindModel.check_loadable(FLAGS.checkpoint, **load_kwargs)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    mb = MolBindModel.load(FLAGS.checkpoint, **load_kwargs)
     if FLAGS.query_text is not None:
         q = mb.embed_texts([FLAGS.query_text])
     else:

@@ -27,13 +27,24 @@ itself win over the backbone's (as the original's load order implies).
 
 Lightning checkpoints carry `hyper_parameters` (an argparse Namespace in MolBind); loading uses
 `torch.load(weights_only=True)` with only `argparse.Namespace` allowed besides tensors.
+
+For the tools (`evaluate`, `embed`, `search`, `api.MolBindModel.load`), `load_for_inference`
+adds what a `.ckpt` does not hold: the tokenizer (required), the GIN backbone and a check of
+the Uni-Mol dictionaries. Converting once into a standalone export:
+
+    python -m molbind_jax.convert.molbind --checkpoint=molbind.ckpt \
+        --gin_backbone=graph_pretrain.pth --dictionaries=DICT_DIR --tokenizer=SCIBERT_DIR \
+        --output=EXPORT
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import re
+import sys
 import warnings
 from typing import Mapping
 
@@ -69,9 +80,12 @@ class MolBindImportReport:
     source: str
     parts: dict[str, KeyReport] = dataclasses.field(default_factory=dict)
     bn_stats: str = ""
+    tokenizer: str = ""
 
     def summary(self) -> str:
         lines = [f"{self.source}: MolBind checkpoint import", f"GIN BatchNorm statistics: {self.bn_stats}"]
+        if self.tokenizer:
+            lines.append(f"tokenizer: {self.tokenizer}")
         for name, rep in self.parts.items():
             lines.append(f"[{name}] " + rep.summary())
         return "\n".join(lines)
@@ -205,3 +219,182 @@ def load(checkpoint: str, *, gin_backbone: str | None = None, seed: int = 0, **c
     config = config_from_state(state, **config_overrides)
     model = MolBind(config, rngs=nnx.Rngs(seed))
     return model, assign(model, state, checkpoint, gin_backbone=gin_backbone)
+
+
+# ----------------------------------------------------------------------------- for the tools
+
+# Accepted file names of the two Uni-Mol dictionaries in a --dictionaries directory: the
+# original's (`data/unimol_dict_{mol,pro}.txt`), our export's, and Uni-Mol's own.
+DICTIONARY_FILES = {
+    "mol": ("unimol_dict_mol.txt", "mol_dict.txt", "dict.txt"),
+    "pocket": ("unimol_dict_pro.txt", "pocket_dict.txt", "dict_coarse.txt"),
+}
+
+
+def check_dictionaries(directory: str) -> dict[str, str]:
+    """Checks the Uni-Mol dictionaries in `directory` against the built-in order
+    (`data_pipeline.featurize.dictionaries`), which the featurizers use for token ids.
+
+    Returns {"mol": path, "pocket": path}. Raises FileNotFoundError when a dictionary is
+    missing and CheckpointError naming the file and the first differing line when the order
+    differs (the model's embedding rows would be read with the wrong ids).
+    """
+    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"--dictionaries {directory} is not a directory")
+    builtin = {"mol": MOL_DICTIONARY, "pocket": POCKET_DICTIONARY}
+    found = {}
+    for kind, names in DICTIONARY_FILES.items():
+        paths = [os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))]
+        if not paths:
+            raise FileNotFoundError(f"no {kind} dictionary in {directory} (expected one of {', '.join(names)})")
+        path = paths[0]
+        try:
+            symbols = Dictionary.load(path).symbols
+        except (ValueError, IndexError) as e:
+            raise CheckpointError(f"{path}: not a Uni-Mol dictionary ({e})") from e
+        want = builtin[kind].symbols
+        if symbols != want:
+            i = next((i for i, (a, b) in enumerate(zip(symbols, want)) if a != b), min(len(symbols), len(want)))
+            got = symbols[i] if i < len(symbols) else "<end of file>"
+            exp = want[i] if i < len(want) else "<end>"
+            raise CheckpointError(
+                f"{path}: the {kind} dictionary differs from the built-in order at id {i} "
+                f"({got!r}, expected {exp!r}; {len(symbols)} vs {len(want)} symbols, [MASK] included). "
+                "The featurizers use the built-in order, so token ids would not match this model's rows.")
+        found[kind] = path
+    return found
+
+
+def check_inputs(checkpoint: str, *, tokenizer: str | None, gin_backbone: str | None = None,
+                 dictionaries: str | None = None) -> None:
+    """What `load_for_inference` checks before reading any weights: a tokenizer is given,
+    every file exists, the dictionaries are in the built-in order. Raises ValueError /
+    FileNotFoundError / CheckpointError naming the file."""
+    if not tokenizer:
+        raise ValueError(f"{checkpoint} is a MolBind .ckpt, which holds no tokenizer: pass the tokenizer "
+                         "directory the model was trained with (--tokenizer=DIR, the SciBERT one for the "
+                         "original)")
+    for name, path in (("checkpoint", checkpoint), ("gin_backbone", gin_backbone)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{name} {path} not found")
+    if not os.path.isdir(tokenizer):
+        raise FileNotFoundError(f"--tokenizer {tokenizer} is not a directory")
+    if dictionaries:
+        check_dictionaries(dictionaries)
+
+
+def load_for_inference(checkpoint: str, *, tokenizer: str | None, gin_backbone: str | None = None,
+                       dictionaries: str | None = None, config_overrides: Mapping | None = None, seed: int = 0):
+    """A `.ckpt` ready for the tools -> (model, MolBindConfig, tokenizer, MolBindImportReport).
+
+    tokenizer: the tokenizer directory the model was trained with (SciBERT's for the
+      original); required, since a `.ckpt` holds none.
+    gin_backbone: the GIN backbone `.pth` whose BatchNorm statistics the original kept
+      (without it: the loud warning of `assign`).
+    dictionaries: a directory with the Uni-Mol dictionaries (`check_dictionaries`); without
+      it the built-in order is assumed (logged).
+    config_overrides: MolBindConfig fields a state dict cannot tell (`config_from_state`).
+    """
+    check_inputs(checkpoint, tokenizer=tokenizer, gin_backbone=gin_backbone, dictionaries=dictionaries)
+    if not dictionaries:
+        logging.warning("no --dictionaries given for %s: assuming the built-in Uni-Mol dictionary order "
+                        "(data_pipeline/featurize/dictionaries.py)", checkpoint)
+    model, report = load(checkpoint, gin_backbone=gin_backbone, seed=seed, **dict(config_overrides or {}))
+    config = model.config
+    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+
+    for name, sub, d in (("conformer", config.conformer, MOL_DICTIONARY), ("pocket", config.pocket, POCKET_DICTIONARY)):
+        if sub.vocab_size != len(d):
+            raise CheckpointError(f"{checkpoint}: the {name} tower has {sub.vocab_size} token rows but the "
+                                  f"built-in dictionary has {len(d)} symbols")
+    from molbind_jax.convert.bert import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    if len(tok) > config.bert.vocab_size:
+        raise CheckpointError(f"tokenizer {tokenizer} has {len(tok)} tokens but the text tower of {checkpoint} "
+                              f"has {config.bert.vocab_size} rows: not the tokenizer it was trained with")
+    report.tokenizer = os.path.abspath(tokenizer)
+    return model, config, tok, report
+
+
+def to_export(checkpoint: str, output: str, *, tokenizer: str | None, gin_backbone: str | None = None,
+              dictionaries: str | None = None, config_overrides: Mapping | None = None):
+    """Converts a `.ckpt` once into a standalone export (`export.write_export`) -> (path, report)."""
+    from molbind_jax.export import write_export
+
+    model, config, _, report = load_for_inference(checkpoint, tokenizer=tokenizer, gin_backbone=gin_backbone,
+                                                  dictionaries=dictionaries, config_overrides=config_overrides)
+    source = {"checkpoint": os.path.abspath(checkpoint), "gin_backbone": gin_backbone and os.path.abspath(gin_backbone),
+              "bn_stats": report.bn_stats, "dictionaries": dictionaries and os.path.abspath(dictionaries),
+              "config_overrides": dict(config_overrides or {})}
+    return write_export(model, config, output, tokenizer_dir=tokenizer, source=source), report
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """--ckpt_config: a JSON object of MolBindConfig overrides (e.g. '{"bert": {"num_heads": 4}}')."""
+    if not text:
+        return {}
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--ckpt_config is not JSON ({e}): {text!r}") from e
+    if not isinstance(out, dict):
+        raise ValueError(f"--ckpt_config must be a JSON object, got {text!r}")
+    return out
+
+
+def define_ckpt_flags(with_checkpoint: bool = False) -> None:
+    """The .ckpt flags shared by convert.molbind, evaluate, embed and search (defined only when
+    one of them runs as a program)."""
+    from absl import flags
+
+    if with_checkpoint:
+        flags.DEFINE_string("checkpoint", None, "MolBind Lightning .ckpt")
+    flags.DEFINE_string("gin_backbone", None, "for a .ckpt: the GIN backbone .pth holding the BatchNorm "
+                        "statistics the .ckpt lacks (graph_pretrain.pth)")
+    flags.DEFINE_string("dictionaries", None, "for a .ckpt: directory with the Uni-Mol dictionaries "
+                        f"({' / '.join(DICTIONARY_FILES['mol'])} and {' / '.join(DICTIONARY_FILES['pocket'])}), "
+                        "checked against the built-in order")
+    flags.DEFINE_string("tokenizer", None, "for a .ckpt (required): the tokenizer directory it was trained "
+                        "with (SciBERT's)")
+    flags.DEFINE_string("ckpt_config", None, "for a .ckpt: JSON of MolBindConfig overrides a state dict cannot "
+                        "tell, e.g. '{\"bert\": {\"num_heads\": 12}}' (default: hidden/64 heads)")
+
+
+def ckpt_kwargs(flag_values) -> dict:
+    """MolBindModel.load keyword arguments from the flags of define_ckpt_flags."""
+    return dict(gin_backbone=flag_values.gin_backbone, dictionaries=flag_values.dictionaries,
+                tokenizer=flag_values.tokenizer,
+                ckpt_config=parse_config_overrides(flag_values.ckpt_config) or None)
+
+
+def main(argv):
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    if not FLAGS.checkpoint or not FLAGS.output:
+        raise app.UsageError("--checkpoint and --output are required")
+    try:
+        check_inputs(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, gin_backbone=FLAGS.gin_backbone,
+                     dictionaries=FLAGS.dictionaries)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path, report = to_export(FLAGS.checkpoint, FLAGS.output, tokenizer=FLAGS.tokenizer,
+                             gin_backbone=FLAGS.gin_backbone, dictionaries=FLAGS.dictionaries,
+                             config_overrides=parse_config_overrides(FLAGS.ckpt_config))
+    print(report.summary())
+    print(f"exported to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    define_ckpt_flags(with_checkpoint=True)
+    flags.DEFINE_string("output", None, "export directory to write")
+    sys.exit(app.run(main))
