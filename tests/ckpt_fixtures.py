@@ -1,26 +1,28 @@
-"""A tiny original-layout MolBind Lightning `.ckpt` and the files that go with it, for tests.
+"""Tiny original-layout MolBind checkpoints and inputs, shared by the model and tool tests.
 
-`write_tiny_checkpoint(dir)` writes, from torch modules (the repo's reference GIN and Uni-Mol,
-transformers' BertModel):
+`write_original(dir)` writes what the original leaves on disk, from the repository's PyTorch
+reference of its whole `Model` (molbind_jax/torch_reference/molbind.py) with random weights:
 
-  molbind.ckpt          {"state_dict": model.* keys, "hyper_parameters": Namespace}: the
-                        original's layout, without the GIN BatchNorm statistics (its save quirk)
-                        and with Q-Former parts the text tower ignores
+  molbind.ckpt          {"state_dict": model.* keys, "hyper_parameters": Namespace}, saved as
+                        the original's on_save_checkpoint does (no buffers: no GIN BatchNorm
+                        statistics), Q-Former parts the text tower ignores included
   graph_pretrain.pth    the GIN backbone state dict (with the statistics)
-  tokenizer/            a BERT WordPiece vocabulary of < 64 tokens (the text tower's rows)
-  dictionaries/         unimol_dict_mol.txt, unimol_dict_pro.txt in the built-in order
+  unimol_dict_*.txt     the Uni-Mol dictionaries in the built-in order
 
-Sizes: GIN 2 x 16, BERT 2 x 32 (4 heads, 64 positions), Uni-Mol 2 x 32 (4 heads), embeddings
-12. The text tower's heads cannot be read from a state dict: load with CKPT_CONFIG.
-
-The module builder follows `tests/models/test_molbind.py::_torch_molbind_checkpoint` (the
-importer's parity test); it is kept here, outside that file, so that tools tests can import it.
+`write_tiny_checkpoint(dir)` adds a BERT WordPiece tokenizer whose ids fit the text tower and
+returns the paths the tools take. The text tower's head count cannot be read from a state
+dict: load with CKPT_CONFIG. `make_inputs` gives inputs in the original's layout (the npz
+keys of convert/compare_molbind.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import pathlib
+import types
+
+import numpy as np
 
 CKPT_CONFIG = {"bert": {"num_heads": 4}}
 WORDS = ("a", "an", "the", "is", "of", "and", "acid", "ring", "molecule", "aromatic", "alcohol", "amine",
@@ -76,50 +78,83 @@ def write_dictionaries(directory: str, mol_symbols=None) -> str:
     return directory
 
 
-def write_tiny_checkpoint(directory) -> TinyCheckpoint:
+# Tiny sizes of the original Model (torch_reference.molbind.MolBindModel keyword arguments).
+# Three text layers, so that cross-attention sits on layers 0 and 2 (cross_attention_freq 2).
+TINY = dict(
+    gin=dict(num_layer=2, emb_dim=16),
+    conformer=dict(encoder_layers=2, embed_dim=32, ffn_embed_dim=64, attention_heads=4, num_kernels=16),
+    pocket=dict(encoder_layers=2, embed_dim=32, ffn_embed_dim=64, attention_heads=4, num_kernels=16),
+    text=dict(vocab_size=64, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+              max_position_embeddings=64),
+    embed_dim=12,
+)
+
+def make_inputs(seed=0, batch=5, text_len=10, conf_len=13, pocket_len=21, text_vocab=64):
+    """Random molecules in the original's layout: PyG graphs (chains, both bond directions),
+    padded token ids, dataset items of [CLS] atoms [SEP] with centred coordinates."""
+    rng = np.random.default_rng(seed)
+    sizes = [int(rng.integers(2, 7)) for _ in range(batch)]
+    x = np.concatenate([np.stack([rng.integers(0, 118, n), rng.integers(0, 3, n)], 1) for n in sizes])
+    edges, off = [], 0
+    for n in sizes:
+        for i in range(n - 1):
+            edges += [(off + i, off + i + 1), (off + i + 1, off + i)]
+        if n > 3:  # a ring closure
+            edges += [(off, off + n - 1), (off + n - 1, off)]
+        off += n
+    edge_index = np.array(edges).T
+    edge_attr = np.stack([rng.integers(0, 4, edge_index.shape[1]), rng.integers(0, 3, edge_index.shape[1])], 1)
+    lens = rng.integers(2, text_len + 1, batch)
+    mask = (np.arange(text_len)[None] < lens[:, None]).astype(np.int64)
+    ids = rng.integers(5, text_vocab, (batch, text_len)) * mask
+
+    def items(vocab, length):
+        tokens = np.zeros((batch, length), np.int64)
+        coords = np.zeros((batch, length, 3), np.float32)
+        for i in range(batch):
+            n = int(rng.integers(1, length - 1))
+            tokens[i, :n + 2] = [1] + list(rng.integers(4, vocab - 1, n)) + [2]
+            c = rng.normal(size=(n, 3)).astype(np.float32) * 1.5
+            coords[i, 1:n + 1] = c - c.mean(0)
+        return tokens, coords
+
+    ct, cc = items(31, conf_len)
+    pt, pc = items(10, pocket_len)
+    return dict(graph_x=x, graph_edge_index=edge_index, graph_edge_attr=edge_attr,
+                graph_batch=np.repeat(np.arange(batch), sizes), text_input_ids=ids, text_attention_mask=mask,
+                conformer_tokens=ct, conformer_coordinates=cc, pocket_tokens=pt, pocket_coordinates=pc)
+
+
+def write_original(directory, sizes=None, seed=0):
+    """Writes what the original leaves on disk: `molbind.ckpt` as its on_save_checkpoint saves
+    it (no buffers), `graph_pretrain.pth` (the GIN with BatchNorm statistics) and the Uni-Mol
+    dictionaries. Returns a namespace (ckpt, backbone, dictionaries, ref = the torch module)."""
+    import argparse
+
     import torch
-    import transformers
 
-    from molbind_jax.torch_reference.gin import GNN
-    from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
+    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+    from molbind_jax.torch_reference.molbind import MolBindModel, randomize_, saved_state_dict
 
-    directory = str(directory)
-    os.makedirs(directory, exist_ok=True)
-    torch.manual_seed(0)
-    gnn = GNN(num_layer=2, emb_dim=16)
-    for bn in gnn.batch_norms:  # non-trivial statistics, so that their source matters
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
-    conf = TorchUniMol(31, 2, 32, 64, 4, 16)
-    pocket = TorchUniMol(10, 2, 32, 64, 4, 16)
-    heads = {
-        "ln_graph": torch.nn.LayerNorm(16), "graph_proj": torch.nn.Linear(16, 12),
-        "text_proj": torch.nn.Linear(32, 12),
-        "ln_conf": torch.nn.LayerNorm(32), "conf_proj": torch.nn.Linear(32, 12),
-        "ln_pro": torch.nn.LayerNorm(32), "pro_proj": torch.nn.Linear(32, 12),
-    }
-    for m in (gnn, bert, conf, pocket, *heads.values()):
-        m.eval()
-    sd = {}
-    for k, v in gnn.state_dict().items():
-        if "running_" not in k and "num_batches_tracked" not in k:  # the original's save quirk
-            sd["model.graph_encoder." + k] = v
-    for k, v in bert.state_dict().items():
-        if "token_type" not in k and "position_ids" not in k:  # no token types in the original
-            sd["model.Qformer.bert." + k] = v
-    sd["model.Qformer.bert.encoder.layer.0.crossattention.self.query.weight"] = torch.zeros(32, 32)
-    sd["model.Qformer.cls.predictions.bias"] = torch.zeros(64)
-    sd.update({"model.conf_encoder." + k: v for k, v in conf.state_dict().items()})
-    sd.update({"model.pro_encoder." + k: v for k, v in pocket.state_dict().items()})
-    for name, m in heads.items():
-        sd.update({f"model.{name}.{k}": v for k, v in m.state_dict().items()})
-    ckpt = os.path.join(directory, "molbind.ckpt")
-    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": argparse.Namespace(temperature=0.1)}, ckpt)
-    backbone = os.path.join(directory, "graph_pretrain.pth")
-    torch.save(gnn.state_dict(), backbone)
-    return TinyCheckpoint(ckpt=ckpt, gin_backbone=backbone, tokenizer=write_tokenizer(os.path.join(directory, "tokenizer")),
-                          dictionaries=write_dictionaries(os.path.join(directory, "dictionaries")),
-                          modules=dict(gnn=gnn, bert=bert, conf=conf, pocket=pocket, **heads))
+    ref = randomize_(MolBindModel(**(TINY if sizes is None else sizes)), seed=seed).eval()
+    ckpt = directory / "molbind.ckpt"
+    torch.save({"state_dict": saved_state_dict(ref), "epoch": 3,
+                "hyper_parameters": argparse.Namespace(temperature=0.1)}, ckpt)
+    backbone = directory / "graph_pretrain.pth"
+    torch.save(ref.graph_encoder.state_dict(), backbone)
+    # Uni-Mol's dict.txt style: "symbol count", no [MASK] (the original appends it).
+    (directory / "unimol_dict_mol.txt").write_text("".join(f"{s} 1\n" for s in MOL_SYMBOLS[:-1]))
+    (directory / "unimol_dict_pro.txt").write_text("".join(f"{s} 1\n" for s in POCKET_SYMBOLS[:-1]))
+    return types.SimpleNamespace(ckpt=str(ckpt), backbone=str(backbone), dictionaries=str(directory), ref=ref,
+                                 sizes=TINY if sizes is None else sizes,
+                                 text_heads=ref.Qformer.bert.encoder.layer[0].attention.self.num_heads)
+
+
+def write_tiny_checkpoint(directory) -> TinyCheckpoint:
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    orig = write_original(directory)
+    return TinyCheckpoint(ckpt=orig.ckpt, gin_backbone=orig.backbone,
+                          tokenizer=write_tokenizer(str(directory / "tokenizer")),
+                          dictionaries=write_dictionaries(str(directory / "dictionaries")),
+                          modules={"ref": orig.ref})

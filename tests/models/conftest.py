@@ -1,80 +1,8 @@
 """Shared fixtures of the whole-model tests: a tiny MolBind `.ckpt` in the original layout and
 inputs in the original's layout (the npz keys of `convert/compare_molbind.py`)."""
-import types
-
-import numpy as np
 import pytest
 
-# Tiny sizes of the original Model (torch_reference.molbind.MolBindModel keyword arguments).
-# Three text layers, so that cross-attention sits on layers 0 and 2 (cross_attention_freq 2).
-TINY = dict(
-    gin=dict(num_layer=2, emb_dim=16),
-    conformer=dict(encoder_layers=2, embed_dim=32, ffn_embed_dim=64, attention_heads=4, num_kernels=16),
-    pocket=dict(encoder_layers=2, embed_dim=32, ffn_embed_dim=64, attention_heads=4, num_kernels=16),
-    text=dict(vocab_size=64, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
-              max_position_embeddings=64),
-    embed_dim=12,
-)
-
-def make_inputs(seed=0, batch=5, text_len=10, conf_len=13, pocket_len=21, text_vocab=64):
-    """Random molecules in the original's layout: PyG graphs (chains, both bond directions),
-    padded token ids, dataset items of [CLS] atoms [SEP] with centred coordinates."""
-    rng = np.random.default_rng(seed)
-    sizes = [int(rng.integers(2, 7)) for _ in range(batch)]
-    x = np.concatenate([np.stack([rng.integers(0, 118, n), rng.integers(0, 3, n)], 1) for n in sizes])
-    edges, off = [], 0
-    for n in sizes:
-        for i in range(n - 1):
-            edges += [(off + i, off + i + 1), (off + i + 1, off + i)]
-        if n > 3:  # a ring closure
-            edges += [(off, off + n - 1), (off + n - 1, off)]
-        off += n
-    edge_index = np.array(edges).T
-    edge_attr = np.stack([rng.integers(0, 4, edge_index.shape[1]), rng.integers(0, 3, edge_index.shape[1])], 1)
-    lens = rng.integers(2, text_len + 1, batch)
-    mask = (np.arange(text_len)[None] < lens[:, None]).astype(np.int64)
-    ids = rng.integers(5, text_vocab, (batch, text_len)) * mask
-
-    def items(vocab, length):
-        tokens = np.zeros((batch, length), np.int64)
-        coords = np.zeros((batch, length, 3), np.float32)
-        for i in range(batch):
-            n = int(rng.integers(1, length - 1))
-            tokens[i, :n + 2] = [1] + list(rng.integers(4, vocab - 1, n)) + [2]
-            c = rng.normal(size=(n, 3)).astype(np.float32) * 1.5
-            coords[i, 1:n + 1] = c - c.mean(0)
-        return tokens, coords
-
-    ct, cc = items(31, conf_len)
-    pt, pc = items(10, pocket_len)
-    return dict(graph_x=x, graph_edge_index=edge_index, graph_edge_attr=edge_attr,
-                graph_batch=np.repeat(np.arange(batch), sizes), text_input_ids=ids, text_attention_mask=mask,
-                conformer_tokens=ct, conformer_coordinates=cc, pocket_tokens=pt, pocket_coordinates=pc)
-
-
-def write_original(directory, sizes=None, seed=0):
-    """Writes what the original leaves on disk: `molbind.ckpt` as its on_save_checkpoint saves
-    it (no buffers), `graph_pretrain.pth` (the GIN with BatchNorm statistics) and the Uni-Mol
-    dictionaries. Returns a namespace (ckpt, backbone, dictionaries, ref = the torch module)."""
-    import argparse
-
-    import torch
-
-    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
-    from molbind_jax.torch_reference.molbind import MolBindModel, randomize_, saved_state_dict
-
-    ref = randomize_(MolBindModel(**(TINY if sizes is None else sizes)), seed=seed).eval()
-    ckpt = directory / "molbind.ckpt"
-    torch.save({"state_dict": saved_state_dict(ref), "epoch": 3,
-                "hyper_parameters": argparse.Namespace(temperature=0.1)}, ckpt)
-    backbone = directory / "graph_pretrain.pth"
-    torch.save(ref.graph_encoder.state_dict(), backbone)
-    # Uni-Mol's dict.txt style: "symbol count", no [MASK] (the original appends it).
-    (directory / "unimol_dict_mol.txt").write_text("".join(f"{s} 1\n" for s in MOL_SYMBOLS[:-1]))
-    (directory / "unimol_dict_pro.txt").write_text("".join(f"{s} 1\n" for s in POCKET_SYMBOLS[:-1]))
-    return types.SimpleNamespace(ckpt=str(ckpt), backbone=str(backbone), dictionaries=str(directory), ref=ref,
-                                 sizes=TINY if sizes is None else sizes,
-                                 text_heads=ref.Qformer.bert.encoder.layer[0].attention.self.num_heads)
+from ckpt_fixtures import TINY, make_inputs, write_original  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
