@@ -5,7 +5,9 @@
     python -m data_pipeline.build --source=m4 --manual_dir=/data/MolBind4M --data_dir=DIR
     python -m data_pipeline.build --source=pairs --input=my_pairs.csv --pair=graph_text --data_dir=DIR
 
-All four pair types are built by default (mini, m4); `pairs` needs --pair. A finished
+All four pair types are built by default (mini, m4); `pairs` needs --pair. The m4 manual
+directory must have the release's layout (data_pipeline/sources/m4_layout.py); a missing or
+misplaced folder stops the build with the expected tree. A finished
 (dataset, config) is reused, so an interrupted build resumes at the first unfinished pair type.
 `ensure_built()` is what training calls to build molbind_mini on first use.
 """
@@ -118,7 +120,9 @@ def _define_flags():
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_enum("pair", None, list(PAIRS), "One pair type (default: all four; required for pairs).")
     flags.DEFINE_string("input", None, "The user pair file (--source=pairs).")
-    flags.DEFINE_string("manual_dir", None, "Folder of the MolBind-M4 release (--source=m4).")
+    flags.DEFINE_string("manual_dir", None, "The MolBind-M4 release (--source=m4): the folder holding 2D-Text/, "
+                        "3D-Text/, 3D-2D/, 3D-Protein/ (each with pretrain/, valid/, test/), or its parent "
+                        "holding MolBind4M/. Default: <data_dir>/downloads/manual.")
     flags.DEFINE_integer("workers", None, "Featurization processes (default: all cores; 0 or 1 = in process).")
     flags.DEFINE_integer("max_records", None, "Cap on raw records per pair type (default: the source's caps).")
     flags.DEFINE_enum("pocket_split", None, ["scaffold", "target"],
