@@ -66,6 +66,11 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
         start = time.time()
         b = _builder_cls(source)(config=pair, data_dir=data_dir, source_options=source_options, workers=workers)
         reused = b.is_prepared()
+        if source == "m4" and not reused:  # a wrong manual_dir fails here, before TFDS starts
+            from data_pipeline.sources import m4_layout
+
+            m4_layout.check_layout(m4_layout.dataset_root(
+                manual_dir or os.path.join(data_dir, "downloads", "manual")), pair)
         b.download_and_prepare(download_config=download_config)
         report = b.read_report() or {}
         reports[pair] = report
@@ -107,8 +112,13 @@ def main(argv):
     options = {"pocket_split": f.pocket_split} if f.pocket_split else None
     if options and f.source != "mini":
         raise ValueError("--pocket_split applies to --source=mini only")
-    report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,
-                   workers=f.workers, max_records=f.max_records, options=options)
+    from data_pipeline.sources.m4_layout import LayoutError
+
+    try:
+        report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,
+                       workers=f.workers, max_records=f.max_records, options=options)
+    except LayoutError as err:  # the message is the whole story (the tree); no traceback
+        sys.exit(f"error: {err}")
     print(json.dumps({p: {k: r.get(k) for k in ("read", "written", "skipped", "wall_seconds")}
                       for p, r in report.items()}, indent=1))
 

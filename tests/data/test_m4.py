@@ -338,6 +338,12 @@ def test_built_splits_read_back_in_file_order(release_master, tmp_path):
     shards = [f for f in os.listdir(tmp_path / "molbind_m4" / "graph_text" / "1.2.0") if "train.tfrecord" in f]
     assert len(shards) == 3
 
+    from data_pipeline import build  # a wrong manual_dir stops the build command before TFDS starts
+
+    with pytest.raises(m4.LayoutError, match="holds none of"):
+        build.build("m4", str(tmp_path / "other"), ["conformer_pocket"], manual_dir=str(root / "2D-Text"), verbose=False)
+    assert not (tmp_path / "other").exists()
+
 
 @pytest.mark.slow
 def test_build_train_export_evaluate(tmp_path):
