@@ -136,7 +136,6 @@ def test_real_pyg_files_load_without_running_pyg_code(tmp_path):
     assert torch_geometric.__version__ == "2.8.1"
     path = tmp_path / "graph_0.pt"
     m4_release.save_graph(path, "CC(=O)Oc1ccccc1C(=O)O", "pyg")
-    expected = smiles_to_graph("CC(=O)Oc1ccccc1C(=O)O")
     for file, smiles in ((path, "CC(=O)Oc1ccccc1C(=O)O"), (PYG230_FILE, "CC(=O)Nc1ccc(O)cc1")):
         got = pyg_files.load_graph(str(file))
         for key, value in smiles_to_graph(smiles).items():
@@ -144,7 +143,6 @@ def test_real_pyg_files_load_without_running_pyg_code(tmp_path):
     # without the allow-list, torch refuses these files even with PyG installed
     with pytest.raises(Exception, match="Unsupported global"):
         torch.load(path, weights_only=True)
-    assert expected["graph_node_feat"].shape[1] == 2
 
 
 def test_pyg_files_read_through_the_stand_ins_without_torch_geometric(tmp_path):
