@@ -5,7 +5,9 @@
     python -m data_pipeline.build --source=m4 --manual_dir=/data/MolBind4M --data_dir=DIR
     python -m data_pipeline.build --source=pairs --input=my_pairs.csv --pair=graph_text --data_dir=DIR
 
-All four pair types are built by default (mini, m4); `pairs` needs --pair. A finished
+All four pair types are built by default (mini, m4); `pairs` needs --pair. The m4 manual
+directory must have the release's layout (data_pipeline/sources/m4_layout.py); a missing or
+misplaced folder stops the build with the expected tree. A finished
 (dataset, config) is reused, so an interrupted build resumes at the first unfinished pair type.
 `ensure_built()` is what training calls to build molbind_mini on first use.
 """
@@ -64,6 +66,11 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
         start = time.time()
         b = _builder_cls(source)(config=pair, data_dir=data_dir, source_options=source_options, workers=workers)
         reused = b.is_prepared()
+        if source == "m4" and not reused:  # a wrong manual_dir fails here, before TFDS starts
+            from data_pipeline.sources import m4_layout
+
+            m4_layout.check_layout(m4_layout.dataset_root(
+                manual_dir or os.path.join(data_dir, "downloads", "manual")), pair)
         b.download_and_prepare(download_config=download_config)
         report = b.read_report() or {}
         reports[pair] = report
@@ -105,8 +112,13 @@ def main(argv):
     options = {"pocket_split": f.pocket_split} if f.pocket_split else None
     if options and f.source != "mini":
         raise ValueError("--pocket_split applies to --source=mini only")
-    report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,
-                   workers=f.workers, max_records=f.max_records, options=options)
+    from data_pipeline.sources.m4_layout import LayoutError
+
+    try:
+        report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,
+                       workers=f.workers, max_records=f.max_records, options=options)
+    except LayoutError as err:  # the message is the whole story (the tree); no traceback
+        sys.exit(f"error: {err}")
     print(json.dumps({p: {k: r.get(k) for k in ("read", "written", "skipped", "wall_seconds")}
                       for p, r in report.items()}, indent=1))
 
@@ -118,7 +130,9 @@ def _define_flags():
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_enum("pair", None, list(PAIRS), "One pair type (default: all four; required for pairs).")
     flags.DEFINE_string("input", None, "The user pair file (--source=pairs).")
-    flags.DEFINE_string("manual_dir", None, "Folder of the MolBind-M4 release (--source=m4).")
+    flags.DEFINE_string("manual_dir", None, "The MolBind-M4 release (--source=m4): the folder holding 2D-Text/, "
+                        "3D-Text/, 3D-2D/, 3D-Protein/ (each with pretrain/, valid/, test/), or its parent "
+                        "holding MolBind4M/. Default: <data_dir>/downloads/manual.")
     flags.DEFINE_integer("workers", None, "Featurization processes (default: all cores; 0 or 1 = in process).")
     flags.DEFINE_integer("max_records", None, "Cap on raw records per pair type (default: the source's caps).")
     flags.DEFINE_enum("pocket_split", None, ["scaffold", "target"],

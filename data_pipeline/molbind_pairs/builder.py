@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 from data_pipeline.featurize import text as text_mod
 from data_pipeline.molbind_pairs import parallel
 from data_pipeline.report import BuildStats
+from data_pipeline.sources.m4_layout import MANUAL_DOWNLOAD_INSTRUCTIONS
 
 PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 SPLITS = ("train", "validation", "test")
@@ -87,6 +88,11 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
     """Shared implementation; subclasses set SOURCE (a key of parallel.SOURCES)."""
 
     SOURCE = "mini"
+    # True: the examples are stored in the order the source yields them (TFDS's
+    # disable_shuffling: no shuffle by key hash when writing, and reading with
+    # shuffle_files=False goes through the shards one after the other). Otherwise TFDS stores
+    # them in the order of a hash of their keys.
+    ORDERED = False
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {"1.0.0": "First release: four pair types, scaffold / target splits.",
                      "1.1.0": "molbind_mini conformer_pocket: ligands split by scaffold within their "
@@ -141,6 +147,7 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
             features=features_for(pair),
             homepage="https://github.com/tengxiao1/MolBind",
             metadata=metadata,
+            disable_shuffling=self.ORDERED,
         )
 
     # -- generation
@@ -219,15 +226,19 @@ class MolbindMini(MolbindBuilderBase):
 
 
 class MolbindM4(MolbindBuilderBase):
-    """The MolBind-M4 release (sources/m4.py), read from a manually downloaded folder."""
+    """The MolBind-M4 release (sources/m4.py), read from a manually downloaded folder.
+
+    Stored in the release's file order (sources/m4_layout.py), so that a split read back in
+    order gives the original's in-batch evaluation batches (64 consecutive records).
+    """
 
     SOURCE = "m4"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Download the MolBind-M4 release (see https://github.com/tengxiao1/MolBind) and unpack it into
-    the manual_dir (`--manual_dir=DIR`, default <data_dir>/downloads/manual/), so that DIR holds
-    its {pretrain,valid,test} folders with the graph/text/smiles files and the LMDBs
-    (unimol_mol.lmdb, ligand.lmdb, pocket.lmdb) described in docs/DESIGN.md.
-    """
+    ORDERED = True
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {**MolbindBuilderBase.RELEASE_NOTES,
+                     "1.2.0": "molbind_m4: records stored in the release's file order (no TFDS "
+                              "shuffling); PyG Data graph files read without torch_geometric."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
 class MolbindPairs(MolbindBuilderBase):
