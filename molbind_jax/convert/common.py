@@ -34,13 +34,15 @@ class KeyReport:
         return "\n".join(lines)
 
 
-def load_state_dict(path: str, *, subkey: str | None = None) -> dict[str, np.ndarray]:
+def load_state_dict(path: str, *, subkey: str | None = None, extras: dict | None = None) -> dict[str, np.ndarray]:
     """Reads a PyTorch checkpoint into float32/int numpy arrays without running its code.
 
     Args:
       path: a `.safetensors` file, or a torch file (`.pt`, `.pth`, `.bin`, `.ckpt`).
       subkey: for torch files that wrap the state dict (Uni-Mol's `model`, Lightning's
         `state_dict`), the key to descend into when present.
+      extras: when given, receives the wrapper's other top-level entries (e.g. Lightning's
+        `hyper_parameters`, or the `molbind_jax` entry our PyTorch export writes).
     """
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -62,6 +64,8 @@ def load_state_dict(path: str, *, subkey: str | None = None) -> dict[str, np.nda
             "the file may be truncated, or hold objects other than tensors"
         ) from e
     if subkey is not None and isinstance(obj, Mapping) and subkey in obj:
+        if extras is not None:
+            extras.update({k: v for k, v in obj.items() if k != subkey})
         obj = obj[subkey]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")

@@ -91,12 +91,27 @@ class MolBindImportReport:
         return "\n".join(lines)
 
 
-def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """The `state_dict` of a Lightning `.ckpt` (or a plain state dict file) as numpy arrays."""
+def read_checkpoint(path: str, extras: dict | None = None) -> dict[str, np.ndarray]:
+    """The `state_dict` of a Lightning `.ckpt` (or a plain state dict file) as numpy arrays;
+    `extras` (a dict) receives the checkpoint's other top-level entries."""
     import torch
 
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return load_state_dict(path, subkey="state_dict")
+        return load_state_dict(path, subkey="state_dict", extras=extras)
+
+
+def embedded_config(extras: Mapping) -> MolBindConfig | None:
+    """The exact MolBindConfig that `export --format=lightning` stores beside the weights
+    (head counts and options a state dict cannot tell); None for the original's own files."""
+    import json
+
+    entry = extras.get("molbind_jax")
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("config"), str):
+        return None
+    try:
+        return MolBindConfig.from_dict(json.loads(entry["config"]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"the molbind_jax config stored in the checkpoint is unreadable: {e}") from e
 
 
 def _bert_config_from_state(state: Mapping[str, np.ndarray], **overrides) -> BertConfig:
@@ -209,14 +224,21 @@ def assign(model: MolBind, state: Mapping[str, np.ndarray], source: str, *,
 
 
 def load(checkpoint: str, *, gin_backbone: str | None = None, seed: int = 0, **config_overrides):
-    """Builds a MolBind sized from `checkpoint` (see `config_from_state`) and imports it.
+    """Builds a MolBind sized from `checkpoint` and imports it: the config stored by our own
+    PyTorch export when there is one, else `config_from_state` (sizes read from the weights).
 
-    Returns (model, MolBindImportReport). `config_overrides` go to `config_from_state`.
+    Returns (model, MolBindImportReport). `config_overrides` replace fields of either (a
+    sub-config given as a dict replaces only the fields it names).
     """
     from flax import nnx
 
-    state = read_checkpoint(checkpoint)
-    config = config_from_state(state, **config_overrides)
+    extras: dict = {}
+    state = read_checkpoint(checkpoint, extras)
+    stored = embedded_config(extras)
+    if stored is not None:
+        config = MolBindConfig.from_dict(dict(config_overrides), base=stored) if config_overrides else stored
+    else:
+        config = config_from_state(state, **config_overrides)
     model = MolBind(config, rngs=nnx.Rngs(seed))
     return model, assign(model, state, checkpoint, gin_backbone=gin_backbone)
 

@@ -73,8 +73,10 @@ def test_lightning_export_loads_strictly_and_round_trips(original_ckpt, molbind_
     assert set(compare_molbind.check_dictionaries(out)) == {"mol", "pocket"}
 
     # JAX -> torch -> JAX: identical parameters and BatchNorm statistics.
+    # No head count given: the config the export stored beside the weights supplies it.
     back, report = molbind_convert.load(os.path.join(out, "molbind.ckpt"),
-                                        gin_backbone=os.path.join(out, "graph_pretrain.pth"), **heads)
+                                        gin_backbone=os.path.join(out, "graph_pretrain.pth"))
+    assert back.config == model.config
     assert report.bn_stats == "from the checkpoint"
     for kind in (nnx.Param, nnx.BatchStat):
         ours, theirs = _leaves(model, kind), _leaves(back, kind)
