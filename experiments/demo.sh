@@ -41,13 +41,13 @@ step() {
 step build "$PY" -m data_pipeline.build --source=mini --data_dir="$TFDS_DATA_DIR"
 
 # 2. Training: resumes from WORKDIR's checkpoints; a finished run returns immediately.
-step train "$PY" -m molbind_jax.train --config="$CONFIG" --workdir="$WORKDIR"
+step train "$PY" -m molbind_jax.training.train --config="$CONFIG" --workdir="$WORKDIR"
 
 # 3. Export, unless the export was made from the checkpoints that exist now.
 ckpts="$(ls "$WORKDIR/checkpoints" 2>/dev/null | sort -n | tr '\n' ' ')"
 if [ ! -f "$WORKDIR/export/.demo-exported" ] || [ "$(cat "$WORKDIR/export/.demo-exported")" != "$ckpts" ]; then
   rm -rf "$WORKDIR/export"
-  step export "$PY" -m molbind_jax.export --workdir="$WORKDIR" --output="$WORKDIR/export"
+  step export "$PY" -m molbind_jax.training.export --workdir="$WORKDIR" --output="$WORKDIR/export"
   printf '%s' "$ckpts" > "$WORKDIR/export/.demo-exported"
 else
   stamp "export: up to date ($WORKDIR/export, checkpoints: $ckpts)"
@@ -57,15 +57,15 @@ fi
 EVAL_EXTRA=()
 if [ "${DEMO_EMERGENT:-0}" = "1" ]; then
   EWORK="$WORKDIR/emergent"
-  step train_emergent "$PY" -m molbind_jax.train --config=experiments/configs/emergent.py --workdir="$EWORK"
+  step train_emergent "$PY" -m molbind_jax.training.train --config=experiments/configs/emergent.py --workdir="$EWORK"
   if [ ! -f "$EWORK/export/config.json" ]; then
-    step export_emergent "$PY" -m molbind_jax.export --workdir="$EWORK" --output="$EWORK/export"
+    step export_emergent "$PY" -m molbind_jax.training.export --workdir="$EWORK" --output="$EWORK/export"
   fi
   EVAL_EXTRA+=("--emergent_workdir=$EWORK")
 fi
 
 # 5. Evaluation: tables on stdout, report.md / metrics.json / plots in WORKDIR.
-step evaluate "$PY" -m molbind_jax.evaluate --workdir="$WORKDIR" --data_dir="$TFDS_DATA_DIR" "${EVAL_EXTRA[@]}"
+step evaluate "$PY" -m molbind_jax.evaluation.evaluate --workdir="$WORKDIR" --data_dir="$TFDS_DATA_DIR" "${EVAL_EXTRA[@]}"
 
 stamp "finished in $(( $(date +%s) - START ))s"
 echo

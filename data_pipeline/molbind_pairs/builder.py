@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 
 from data_pipeline.featurize import text as text_mod
 from data_pipeline.molbind_pairs import parallel
-from data_pipeline.report import BuildStats
+from data_pipeline.build_report import BuildStats
 from data_pipeline.sources.m4_layout import MANUAL_DOWNLOAD_INSTRUCTIONS
 
 PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")

@@ -19,7 +19,7 @@ import os
 from typing import Iterable, Iterator
 
 from data_pipeline import featurize as fz
-from data_pipeline.report import BuildStats
+from data_pipeline.build_report import BuildStats
 
 SOURCES = {
     "mini": "data_pipeline.sources.mini",

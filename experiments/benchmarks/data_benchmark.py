@@ -29,7 +29,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from molbind_jax import input_pipeline as ip  # noqa: E402  (after the path set-up)
+from molbind_jax.data import input_pipeline as ip  # noqa: E402  (after the path set-up)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "/work/data/tfds", "TFDS data_dir with the built dataset")

@@ -14,7 +14,7 @@ here: build `molbind_pairs` from your copy (data_pipeline/build.py --source=m4) 
 
 Single host, all local accelerators:
 
-  .venv/bin/python -m molbind_jax.train --config=experiments/configs/m4.py --workdir=gs://.../m4 \
+  .venv/bin/python -m molbind_jax.training.train --config=experiments/configs/m4.py --workdir=gs://.../m4 \
       --config.data.data_dir=/data/tfds
 
 Multi-host: see experiments/launch/ (TPU pod slices, SLURM); add --distributed.

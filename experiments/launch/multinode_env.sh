@@ -6,7 +6,7 @@
 #   node 1:  JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 \
 #              bash experiments/launch/multinode_env.sh /shared/runs/m4
 #
-# molbind_jax/sharding.py starts jax.distributed whenever JAX_COORDINATOR_ADDRESS is set
+# molbind_jax/training/sharding.py starts jax.distributed whenever JAX_COORDINATOR_ADDRESS is set
 # (JAX_NUM_PROCESSES / JAX_PROCESS_ID / optional JAX_LOCAL_DEVICE_IDS are read there).
 # The same two commands also run two CPU processes on one machine (a local multi-process
 # check): give each a different JAX_PROCESS_ID and the same address on 127.0.0.1.
@@ -16,4 +16,4 @@ WORKDIR=${1:?shared workdir}; shift
 : "${JAX_NUM_PROCESSES:?set JAX_NUM_PROCESSES}"
 : "${JAX_PROCESS_ID:?set JAX_PROCESS_ID}"
 cd "$(dirname "$0")/../.."
-exec .venv/bin/python -m molbind_jax.train --config=experiments/configs/m4.py --workdir="$WORKDIR" "$@"
+exec .venv/bin/python -m molbind_jax.training.train --config=experiments/configs/m4.py --workdir="$WORKDIR" "$@"

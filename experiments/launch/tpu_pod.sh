@@ -3,7 +3,7 @@
 #
 #   bash experiments/launch/tpu_pod.sh <tpu-name> <zone> <gs://bucket/run-dir> [extra --config.* flags]
 #
-# Every worker runs `python -m molbind_jax.train --distributed`; jax.distributed auto-detects
+# Every worker runs `python -m molbind_jax.training.train --distributed`; jax.distributed auto-detects
 # the slice (coordinator, process count and id come from the TPU metadata), each host reads its
 # own 1/process_count of every global batch, and only process 0 writes metrics. The workdir
 # must be shared by all hosts (a gs:// bucket): orbax writes one checkpoint from all of them.
@@ -18,7 +18,7 @@ gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="
   cd molbind-jax
   make setup
   .venv/bin/pip install -q 'jax[tpu]==0.10.2' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
-  .venv/bin/python -m molbind_jax.train --distributed \
+  .venv/bin/python -m molbind_jax.training.train --distributed \
       --config=experiments/configs/m4.py --workdir=$WORKDIR \
       --config.data.data_dir=${DATA_DIR:-gs://your-bucket/tfds} $*
 "

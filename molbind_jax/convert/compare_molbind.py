@@ -1,7 +1,7 @@
 r"""Whole-model parity harness: a MolBind Lightning `.ckpt` run by our Flax `MolBind` and by the
 PyTorch reference of the original `Model` (`torch_reference.molbind`) on the same inputs.
 
-    python -m molbind_jax.compare --encoder=molbind --checkpoint=molbind.ckpt \
+    python -m molbind_jax.convert.compare --encoder=molbind --checkpoint=molbind.ckpt \
         --gin_backbone=graph_pretrain.pth --dictionaries=DIR --inputs=IN.npz [--tolerance=1e-5] [--bf16]
 
 Flax side: `convert.molbind` reads and strictly imports the ckpt (GIN BatchNorm statistics from
@@ -53,7 +53,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from molbind_jax import compare as compare_lib
+from molbind_jax.convert import compare as compare_lib
 from molbind_jax.convert import molbind as molbind_convert
 from molbind_jax.convert.common import CheckpointError, load_state_dict, strip_prefix
 
@@ -310,7 +310,7 @@ def compare(checkpoint: str, inputs: Mapping[str, np.ndarray], *, gin_backbone: 
     metrics[pair] = {"flax": evaluate(...), "torch": evaluate(...)}."""
     from flax import nnx
 
-    from molbind_jax import original_protocol
+    from molbind_jax.evaluation import original_protocol
     from molbind_jax.models.molbind import MolBind
 
     logging.info("reading %s", checkpoint)
@@ -343,7 +343,7 @@ def format_parity(errors: Mapping[str, Mapping[str, float]], tolerance: float) -
 
 
 def format_metrics(metrics: Mapping[str, Mapping[str, Mapping]], bf16: bool) -> str:
-    from molbind_jax.original_protocol import KEYS
+    from molbind_jax.evaluation.original_protocol import KEYS
 
     scores = "bf16" if bf16 else "float32"
     lines = [f"original-protocol retrieval (unnormalised dot products, {scores} scores, stable ties; %):",

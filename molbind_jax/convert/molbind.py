@@ -344,7 +344,7 @@ def load_for_inference(checkpoint: str, *, tokenizer: str | None, gin_backbone: 
 def to_export(checkpoint: str, output: str, *, tokenizer: str | None, gin_backbone: str | None = None,
               dictionaries: str | None = None, config_overrides: Mapping | None = None):
     """Converts a `.ckpt` once into a standalone export (`export.write_export`) -> (path, report)."""
-    from molbind_jax.export import write_export
+    from molbind_jax.training.export import write_export
 
     model, config, _, report = load_for_inference(checkpoint, tokenizer=tokenizer, gin_backbone=gin_backbone,
                                                   dictionaries=dictionaries, config_overrides=config_overrides)

@@ -253,7 +253,7 @@ def write_lightning(model, output: str, *, tokenizer_dir: str | None = None, sou
         with open(os.path.join(tmp, DICT_NAMES[key]), "w", encoding="utf-8") as f:
             f.write("".join(s + "\n" for s in d.symbols if s != "[MASK]"))
     if tokenizer_dir:
-        from molbind_jax.export import _TOKENIZER_FILES
+        from molbind_jax.training.export import _TOKENIZER_FILES
 
         names = [n for n in _TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer_dir, n))]
         if "vocab.txt" not in names and "tokenizer.json" not in names:

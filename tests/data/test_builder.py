@@ -95,7 +95,7 @@ def test_features_follow_design_layout():
 def test_featurized_counts_skips_and_keeps_good_records(fake_source):
     """The parallel engine alone (no TensorFlow), in process."""
     from data_pipeline.molbind_pairs import parallel
-    from data_pipeline.report import BuildStats
+    from data_pipeline.build_report import BuildStats
 
     good, bad, crash = _expected()
     stats = BuildStats()
@@ -203,7 +203,7 @@ def test_tfds_build_command_builds_a_config(tmp_path):
 def test_keys_that_tfds_would_merge_count_as_duplicates(fake_source):
     """TFDS hashes keys after rewriting backslashes to "/": such a clash is a counted duplicate."""
     from data_pipeline.molbind_pairs import parallel
-    from data_pipeline.report import BuildStats
+    from data_pipeline.build_report import BuildStats
 
     raw = {"i": 1, "kind": "good", "smiles": "C/C=C\\C"}
     stats = BuildStats()

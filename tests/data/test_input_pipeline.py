@@ -1,4 +1,4 @@
-"""Tests of molbind_jax/input_pipeline.py on hand-made records, size distributions of real
+"""Tests of molbind_jax/data/input_pipeline.py on hand-made records, size distributions of real
 molecules and texts, and (slow, when it is built) the real molbind_mini graph_text.
 
 Records encode their own index in the payload (text id 1000+i, first graph node atom i % 100,
@@ -15,7 +15,7 @@ import jraph
 import numpy as np
 import pytest
 
-from molbind_jax import input_pipeline as ip
+from molbind_jax.data import input_pipeline as ip
 
 
 def make_record(i, n_text=5, n_atoms=6, n_pocket=20, n_conf=3, rng=None):

@@ -325,7 +325,7 @@ def _build(manual_dir, data_dir, pairs, **download):
 def test_built_splits_read_back_in_file_order(release_master, tmp_path):
     """Stored over several shards, a split reads back in the release's order (what the
     original's in-batch evaluation batches depend on)."""
-    from molbind_jax.input_pipeline import load_records
+    from molbind_jax.data.input_pipeline import load_records
 
     root, manifest = release_master
     _build(root, tmp_path, ["graph_text", "conformer_text"], num_shards=3)
@@ -350,9 +350,10 @@ def test_build_train_export_evaluate(tmp_path):
     import importlib.util
 
     from data_pipeline import build
-    from molbind_jax import evaluate, export, train
-    from molbind_jax.input_pipeline import load_records
-    from molbind_jax.logging_utils import read_metrics
+    from molbind_jax.evaluation import evaluate
+    from molbind_jax.training import export, train
+    from molbind_jax.data.input_pipeline import load_records
+    from molbind_jax.training.metric_writer import read_metrics
 
     manual = tmp_path / "manual"
     manifest = m4_release.write_release(manual / "MolBind4M", {"pretrain": 24, "valid": 16, "test": 20}, bad=True)

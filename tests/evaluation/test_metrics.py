@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from molbind_jax import metrics
+from molbind_jax.evaluation import metrics
 
 
 def test_ranks_simple_and_ties_count_against_target():

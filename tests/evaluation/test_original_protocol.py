@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from molbind_jax import original_protocol as op
+from molbind_jax.evaluation import original_protocol as op
 
 
 def direct(a, b, batch_size=64, bf16=False):

@@ -11,9 +11,9 @@ from flax import nnx
 
 from data_pipeline.featurize.conformer import collate_unimol, padded_size
 from data_pipeline.featurize.dictionaries import MOL_DICTIONARY
-from molbind_jax import evaluate, original_protocol
-from molbind_jax.api import MolBindModel
-from molbind_jax.export import write_export
+from molbind_jax.evaluation import evaluate, original_protocol
+from molbind_jax.inference.api import MolBindModel
+from molbind_jax.training.export import write_export
 from molbind_jax.models.bert import BertConfig
 from molbind_jax.models.molbind import MolBind, MolBindConfig
 

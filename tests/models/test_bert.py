@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import save_file
 
-from molbind_jax.compare import parity
+from molbind_jax.convert.compare import parity
 from molbind_jax.convert import bert as convert
 from molbind_jax.convert.common import CheckpointError
 from molbind_jax.models.bert import BertConfig, BertEncoder

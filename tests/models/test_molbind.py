@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from molbind_jax import losses
+from molbind_jax.training import losses
 from molbind_jax.models.molbind import PAIRS, MolBind, MolBindConfig
-from molbind_jax.sharding import global_batch, make_mesh
+from molbind_jax.training.sharding import global_batch, make_mesh
 
 
 def rel_err(a, b):
@@ -374,7 +374,7 @@ def test_real_molecules_through_input_pipeline_sharded_equals_single():
     global_batch -> MolBind -> pair_infonce: 8 devices give the one-device loss."""
     from data_pipeline.featurize.conformer import generate_conformers, unimol_input
     from data_pipeline.featurize.graph import smiles_to_graph
-    from molbind_jax.input_pipeline import collate_pair
+    from molbind_jax.data.input_pipeline import collate_pair
 
     smiles = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "O=C=O", "CC(C)O", "C1CCCCC1", "CCCl",
               "NCC(=O)O", "CC#N", "COC", "CCS", "OCCO", "CC=C"]

@@ -29,7 +29,7 @@ def problem(global_batch=16, in_dim=6, embed_dim=5):
 def loss_fn(params, inputs_x, inputs_y, mask, mesh, **kw):
     import jax.numpy as jnp
 
-    from molbind_jax.losses import pair_infonce
+    from molbind_jax.training.losses import pair_infonce
 
     x = inputs_x @ params["wx"]
     y = inputs_y @ params["wy"]
@@ -49,7 +49,7 @@ def main(out_path):
     import jax
     from jax.experimental import multihost_utils
 
-    from molbind_jax import sharding
+    from molbind_jax.training import sharding
 
     assert sharding.maybe_initialize_distributed(False), "JAX_COORDINATOR_ADDRESS should start the run"
     assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from molbind_jax.checkpoints import Checkpointer
-from molbind_jax.logging_utils import MetricWriter, read_metrics
-from molbind_jax.train_step import state_leaves_equal
+from molbind_jax.training.checkpoints import Checkpointer
+from molbind_jax.training.metric_writer import MetricWriter, read_metrics
+from molbind_jax.training.train_step import state_leaves_equal
 from smoke_configs import smoke_config as shared_smoke_config
 
 
@@ -89,7 +89,7 @@ def test_tensorboard_events_are_written(tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    from molbind_jax import train
+    from molbind_jax.training import train
 
     import re
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from molbind_jax import losses
-from molbind_jax.sharding import make_mesh
+from molbind_jax.training import losses
+from molbind_jax.training.sharding import make_mesh
 
 TAU = 0.1
 

@@ -1,7 +1,7 @@
 """Resume equality: a run killed with SIGKILL between checkpoints and started again with the
 same command ends with parameters bit-for-bit equal to an uninterrupted run (CPU).
 
-Both runs are real launcher processes (`python -m molbind_jax.train`, mini.py:smoke: tiny
+Both runs are real launcher processes (`python -m molbind_jax.training.train`, mini.py:smoke: tiny
 MolBind, synthetic pairs, 2 CPU devices). The killed run dies right after step 5; its last
 complete checkpoint is step 4 (or 2, if the kill lands while step 4 is still being written:
 orbax only renames a finished save into place), and the second start resumes from there.
@@ -29,7 +29,7 @@ def _run(workdir, *extra):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, "-m", "molbind_jax.train", f"--workdir={workdir}", *ARGS, *extra]
+    cmd = [sys.executable, "-m", "molbind_jax.training.train", f"--workdir={workdir}", *ARGS, *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
-from molbind_jax import sharding
+from molbind_jax.training import sharding
 
 
 def test_make_mesh():
@@ -65,7 +65,7 @@ def test_maybe_initialize_distributed_flag_without_cluster_explains(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_", "OMPI_"))}
     env.update(PYTHONPATH=repo, JAX_PLATFORMS="cpu")
-    code = "from molbind_jax import sharding; sharding.maybe_initialize_distributed(True)"
+    code = "from molbind_jax.training import sharding; sharding.maybe_initialize_distributed(True)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "JAX_COORDINATOR_ADDRESS" in out.stderr, out.stderr[-2000:]

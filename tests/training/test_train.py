@@ -19,8 +19,8 @@ import optax
 import pytest
 from flax import nnx
 
-from molbind_jax import losses, sharding, train_inputs
-from molbind_jax.train_step import (PAIRS, StepOptions, TrainStep, init_trainable, lr_schedule,
+from molbind_jax.training import losses, sharding, train_inputs
+from molbind_jax.training.train_step import (PAIRS, StepOptions, TrainStep, init_trainable, lr_schedule,
                                     fresh, make_optimizer, param_labels, reseed_state,
                                     state_leaves_equal)
 from smoke_configs import smoke_config
@@ -264,7 +264,7 @@ def test_pair_batch_size_and_pair_every_reach_the_step():
 
 
 def test_pair_every_warns_when_logged_steps_miss_a_pair():
-    from molbind_jax import train
+    from molbind_jax.training import train
 
     cfg = smoke_config(log_every=5)
     assert train.pair_every_log_warning(cfg) is None  # smoke trains every pair on every step
@@ -281,7 +281,7 @@ def test_pair_every_warns_when_logged_steps_miss_a_pair():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from molbind_jax import train
+    from molbind_jax.training import train
 
     workdir = str(tmp_path_factory.mktemp("smoke") / "run")
     cfg = smoke_config(total_steps=6, log_every=1, eval_every=3, eval_batches=1, checkpoint_every=4)
@@ -291,8 +291,8 @@ def smoke_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smoke_run_writes_metrics_evals_checkpoints(smoke_run):
-    from molbind_jax.checkpoints import Checkpointer
-    from molbind_jax.logging_utils import read_metrics
+    from molbind_jax.training.checkpoints import Checkpointer
+    from molbind_jax.training.metric_writer import read_metrics
 
     workdir, cfg, summary = smoke_run
     recs = read_metrics(workdir)
@@ -319,8 +319,8 @@ def test_smoke_run_writes_metrics_evals_checkpoints(smoke_run):
 
 @pytest.mark.slow
 def test_export_round_trip_reproduces_embeddings(smoke_run, tmp_path):
-    from molbind_jax import export, train
-    from molbind_jax.checkpoints import Checkpointer
+    from molbind_jax.training import export, train
+    from molbind_jax.training.checkpoints import Checkpointer
     from molbind_jax.models.molbind import MolBind, MolBindConfig
 
     workdir, cfg, _ = smoke_run

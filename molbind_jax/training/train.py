@@ -1,4 +1,4 @@
-"""Training launcher: `python -m molbind_jax.train --config=experiments/configs/<name>.py --workdir=DIR`.
+"""Training launcher: `python -m molbind_jax.training.train --config=experiments/configs/<name>.py --workdir=DIR`.
 
 Overrides use ml_collections syntax (`--config.total_steps=100 --config.checkpoint_every=20`);
 variants are selected with `file.py:smoke`. Re-running the same command resumes from the
@@ -41,7 +41,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host runs).")
 
 
-log = logging.getLogger("molbind_jax.train")
+log = logging.getLogger("molbind_jax.training.train")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -137,7 +137,7 @@ def init_text_tower(model, text_dir: str) -> None:
 
 
 def step_options(config: ConfigDict):
-    from molbind_jax.train_step import StepOptions
+    from molbind_jax.training.train_step import StepOptions
 
     return StepOptions(
         pairs=tuple(config.pairs),
@@ -153,7 +153,7 @@ def step_options(config: ConfigDict):
 
 
 def make_schedule(config: ConfigDict):
-    from molbind_jax.train_step import lr_schedule
+    from molbind_jax.training.train_step import lr_schedule
 
     spe = int(config.steps_per_epoch) or int(config.total_steps)
     warmup = int(config.lr.warmup_steps)
@@ -168,8 +168,8 @@ def evaluate(train_step, state, eval_sets: Mapping[str, list], mesh) -> dict[str
     """Validation in-batch R@1 (x->y and y->x averaged) per pair type, eval-mode model."""
     import numpy as np
 
-    from molbind_jax import metrics
-    from molbind_jax.train_inputs import to_global
+    from molbind_jax.evaluation import metrics
+    from molbind_jax.training.train_inputs import to_global
 
     out = {}
     for pair, batches in eval_sets.items():
@@ -217,7 +217,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 def pair_every_log_warning(config: ConfigDict) -> str | None:
     """A message when some logged steps will lack a pair trained on every k-th step only."""
-    from molbind_jax import train_inputs
+    from molbind_jax.training import train_inputs
 
     sparse = {p: k for p, k in train_inputs.pair_every(config).items() if k > 1}
     if not sparse or (int(config.log_every) * int(config.accumulate_steps)) % math.lcm(*sparse.values()) == 0:
@@ -234,10 +234,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     import numpy as np
     from tqdm import tqdm
 
-    from molbind_jax import sharding, train_inputs
-    from molbind_jax.checkpoints import Checkpointer
-    from molbind_jax.logging_utils import MetricWriter
-    from molbind_jax.train_step import TrainStep, make_optimizer, param_labels, init_trainable
+    from molbind_jax.training import sharding, train_inputs
+    from molbind_jax.training.checkpoints import Checkpointer
+    from molbind_jax.training.metric_writer import MetricWriter
+    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels, init_trainable
 
     t_start = time.time()
     workdir = os.path.abspath(workdir)
@@ -372,7 +372,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
 
 def train_step_temperatures(train_step, state) -> dict[str, float]:
-    from molbind_jax.train_step import temperatures
+    from molbind_jax.training.train_step import temperatures
 
     return {p: float(t) for p, t in temperatures(state["trainable"], train_step.opts).items()}
 
@@ -380,7 +380,7 @@ def train_step_temperatures(train_step, state) -> dict[str, float]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from molbind_jax import sharding
+    from molbind_jax.training import sharding
 
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed(FLAGS.distributed)

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from molbind_jax import metrics, original_protocol
+from molbind_jax.evaluation import metrics, original_protocol
 
 ORIGINAL_BATCH = 64  # the original's retrieval DataLoader batch, and its in-batch size
 KEYS = original_protocol.KEYS  # a2b_acc, a2b_rec20, b2a_acc, b2a_rec20

@@ -1,8 +1,8 @@
 """Embed a file of inputs with an exported MolBind: one L2-normalised row per input record.
 
-    python -m molbind_jax.embed --checkpoint=runs/demo/export --modality=text \
+    python -m molbind_jax.inference.embed --checkpoint=runs/demo/export --modality=text \
         --input=texts.txt --output=texts.npy
-    python -m molbind_jax.embed --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
+    python -m molbind_jax.inference.embed --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
         --gin_backbone=graph_pretrain.pth --dictionaries=DICT_DIR --modality=smiles ...
 
 --checkpoint is an export directory or an original MolBind `.ckpt` (then --tokenizer is
@@ -31,7 +31,7 @@ import sys
 
 from absl import app, flags
 
-from molbind_jax.api import read_lines  # noqa: F401  (users import it from here too)
+from molbind_jax.inference.api import read_lines  # noqa: F401  (users import it from here too)
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +40,7 @@ def define_flags():
     """Command-line flags; defined only when run as a program, so that importing this
     module (tests, other tools) never collides with other modules' absl flags."""
     from molbind_jax.convert.molbind import define_ckpt_flags
-    flags.DEFINE_string("checkpoint", None, "exported model directory (molbind_jax.export) or an "
+    flags.DEFINE_string("checkpoint", None, "exported model directory (molbind_jax.training.export) or an "
                         "original MolBind .ckpt")
     flags.DEFINE_enum("modality", None, ["text", "smiles", "sdf", "pocket"], "input kind")
     flags.DEFINE_string("input", None, "input file")
@@ -65,7 +65,7 @@ def parse_pocket_line(line: str, base_dir: str) -> tuple[str, str]:
 
 def embed_file(mb, modality: str, path: str, smiles_tower: str = "graph"):
     """-> api.Embeddings for the records of one input file."""
-    from molbind_jax.api import Embeddings
+    from molbind_jax.inference.api import Embeddings
     if modality == "sdf":
         return mb.embed_sdf(path)
     lines = read_lines(path)
@@ -80,7 +80,7 @@ def embed_file(mb, modality: str, path: str, smiles_tower: str = "graph"):
         try:
             items.append(parse_pocket_line(line, base))
         except Exception as err:  # noqa: BLE001
-            from molbind_jax.api import _failure
+            from molbind_jax.inference.api import _failure
             bad.append(_failure(i, err))
             items.append(("", ""))
     emb = mb.embed_pockets(items)
@@ -95,7 +95,7 @@ def main(argv):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
     import numpy as np
-    from molbind_jax.api import MolBindModel
+    from molbind_jax.inference.api import MolBindModel
     from molbind_jax.convert.molbind import ckpt_kwargs
     try:
         load_kwargs = ckpt_kwargs(FLAGS)

@@ -147,7 +147,7 @@ class StepOptions:
 def init_trainable(model: nnx.Module, opts: StepOptions) -> dict:
     """The pytree the optimizer updates: the model's nnx.Param state and, when learnable, one
     log-scale log(1/temperature) per pair type (started at log(1/opts.temperature))."""
-    from molbind_jax import losses
+    from molbind_jax.training import losses
 
     trainable = {"model": nnx.state(model, nnx.Param)}
     if opts.learn_temperature:
@@ -159,7 +159,7 @@ def init_trainable(model: nnx.Module, opts: StepOptions) -> dict:
 def temperatures(trainable: Mapping, opts: StepOptions) -> dict[str, jax.Array]:
     """Per-pair temperatures: fixed, or from the learnable log-scale, clamped CLIP style
     (1/tau <= 100) by `losses.temperature_from_log_scale`."""
-    from molbind_jax import losses
+    from molbind_jax.training import losses
 
     if "log_scale" not in trainable:
         return {p: jnp.asarray(opts.temperature, jnp.float32) for p in opts.pairs}
@@ -207,7 +207,7 @@ class TrainStep:
     """
 
     def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, mesh, opts: StepOptions):
-        from molbind_jax import losses  # imported here so that the optimizer helpers need no model code
+        from molbind_jax.training import losses  # imported here so that the optimizer helpers need no model code
 
         self._losses = losses
         self.mesh = mesh

@@ -1,6 +1,6 @@
 """User-facing Python API: load an exported MolBind and embed texts, molecules and pockets.
 
-    from molbind_jax.api import MolBindModel
+    from molbind_jax.inference.api import MolBindModel
     mb = MolBindModel.load("runs/demo/export")
     t = mb.embed_texts(["a beta-lactam antibiotic", ""])      # Embeddings, row 1 is NaN
     m = mb.embed_smiles(["CC(=O)Oc1ccccc1C(=O)O", "C1=CC"])   # graph tower by default
@@ -110,7 +110,7 @@ class MolBindModel:
     def load(cls, path: str, *, gin_backbone: str | None = None, dictionaries: str | None = None,
              tokenizer: str | None = None, ckpt_config: dict | None = None,
              **kw) -> "MolBindModel":
-        """Loads an export directory (`python -m molbind_jax.export`) or an original MolBind
+        """Loads an export directory (`python -m molbind_jax.training.export`) or an original MolBind
         `.ckpt` file.
 
         For a `.ckpt`: `tokenizer` (the tokenizer directory it was trained with) is required,
@@ -123,7 +123,7 @@ class MolBindModel:
         cls.check_loadable(path, gin_backbone=gin_backbone, dictionaries=dictionaries,
                            tokenizer=tokenizer, ckpt_config=ckpt_config)
         if os.path.isdir(path):
-            from molbind_jax.export import load_export
+            from molbind_jax.training.export import load_export
             model, config, tok = load_export(path)
             return cls(model, config, tok, **kw)
         from molbind_jax.convert.molbind import load_for_inference
@@ -165,7 +165,7 @@ class MolBindModel:
 
     def _collate(self, tower: str, feats: list[dict], padding: str = "buckets"
                  ) -> dict[str, np.ndarray]:
-        from molbind_jax import input_pipeline as ip
+        from molbind_jax.data import input_pipeline as ip
         if tower == "text":
             ids = [np.asarray(f["text_ids"])[:self.max_text_len] for f in feats]
             buckets = [b for b in TEXT_BUCKETS if b < self.max_text_len] + [self.max_text_len]
@@ -326,4 +326,4 @@ class MolBindModel:
         return a @ b.T
 
 
-MolBind = MolBindModel  # `from molbind_jax.api import MolBind; MolBind.load(path)`
+MolBind = MolBindModel  # `from molbind_jax.inference.api import MolBind; MolBind.load(path)`

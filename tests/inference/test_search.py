@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from molbind_jax import search
+from molbind_jax.inference import search
 
 
 def test_top_k_skips_nan_rows_and_orders_ties_by_row():

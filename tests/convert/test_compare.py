@@ -10,7 +10,7 @@ import transformers
 
 from safetensors.numpy import save_file
 
-from molbind_jax import compare
+from molbind_jax.convert import compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,7 +87,7 @@ def test_cli_on_minilm(tmp_path):
     inputs = str(tmp_path / "in.npz")
     np.savez(inputs, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    cmd = [sys.executable, "-m", "molbind_jax.compare", "--encoder=bert", f"--checkpoint={minilm_dir()}",
+    cmd = [sys.executable, "-m", "molbind_jax.convert.compare", "--encoder=bert", f"--checkpoint={minilm_dir()}",
            f"--inputs={inputs}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     print(proc.stdout, proc.stderr[-2000:])

@@ -28,7 +28,7 @@ _POCKET_ATOMS = 22
 def to_global(tree: Mapping, mesh) -> dict:
     """Host-local numpy batch -> global arrays sharded on "data" along the leading axis."""
     try:
-        from molbind_jax import sharding
+        from molbind_jax.training import sharding
 
         return sharding.global_batch(tree, mesh)
     except ImportError:  # sharding.py (D1) not there yet: the same thing by hand
@@ -210,7 +210,7 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
                                  pool_size=config.data.get("synthetic_pool", 256),
                                  every=pair_every(config, pairs) if train else None)
     if source == "tfds":
-        from molbind_jax import input_pipeline
+        from molbind_jax.data import input_pipeline
 
         return input_pipeline.mixed_pair_batches(
             pairs, split, dataset=config.data.dataset, data_dir=config.data.data_dir or None,
@@ -226,7 +226,7 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
 def eval_batches(config, pair: str, *, text_vocab: int, num_batches: int, mesh) -> list[dict]:
     """The first `num_batches` validation batches of `pair` (host-local numpy), fixed order."""
     if config.data.source == "tfds":
-        from molbind_jax import input_pipeline
+        from molbind_jax.data import input_pipeline
 
         it = input_pipeline.pair_batches(
             pair, "validation", dataset=config.data.dataset, data_dir=config.data.data_dir or None,

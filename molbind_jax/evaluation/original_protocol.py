@@ -1,7 +1,7 @@
 """The original MolBind retrieval protocol, reproduced number for number (spec section 4).
 
 The original (`model/run.py`, `eval_retrieval_inbatch` and `eval_retrieval_fullset`) ranks
-differently from `molbind_jax.metrics`, and this module exists so that its published numbers
+differently from `molbind_jax.evaluation.metrics`, and this module exists so that its published numbers
 can be checked against ours. What it does, and how each step is reproduced here:
 
 * Features are the raw projections `proj(ln(pool))`, NOT L2-normalised (spec bug 2), so the

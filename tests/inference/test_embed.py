@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from molbind_jax.api import MolBindModel
-from molbind_jax.export import write_export
+from molbind_jax.inference.api import MolBindModel
+from molbind_jax.training.export import write_export
 from molbind_jax.models.bert import BertConfig
 from molbind_jax.models.molbind import MolBind, MolBindConfig
 
@@ -93,7 +93,7 @@ def test_sdf_bad_record_keeps_alignment(mb, tmp_path):
 
 
 def test_pockets_unreadable_pdb(mb, tmp_path):
-    from molbind_jax.embed import embed_file
+    from molbind_jax.inference.embed import embed_file
     lig = os.path.join(POSEBUSTERS, "1ia1_ligand.sdf")
     pdb = os.path.join(POSEBUSTERS, "1ia1_protein_one_lig_removed.pdb")
     lst = tmp_path / "complexes.txt"
@@ -110,7 +110,7 @@ def test_embed_and_search_cli(export_dir, tmp_path):
     inp.write_text("CCO ethanol\n\nnot_a_smiles\nc1ccccc1O phenol\n")
     out = tmp_path / "mols.npy"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    subprocess.run([sys.executable, "-m", "molbind_jax.embed", f"--checkpoint={export_dir}",
+    subprocess.run([sys.executable, "-m", "molbind_jax.inference.embed", f"--checkpoint={export_dir}",
                     "--modality=smiles", f"--input={inp}", f"--output={out}"],
                    check=True, cwd=REPO, env=env, capture_output=True, timeout=300)
     vecs = np.load(out)
@@ -118,7 +118,7 @@ def test_embed_and_search_cli(export_dir, tmp_path):
     fails = json.loads((tmp_path / "mols.failures.json").read_text())
     assert [(f["index"], f["reason"]) for f in fails] == [(1, "empty_molecule"),
                                                           (2, "invalid_smiles")]
-    res = subprocess.run([sys.executable, "-m", "molbind_jax.search",
+    res = subprocess.run([sys.executable, "-m", "molbind_jax.inference.search",
                           f"--checkpoint={export_dir}", f"--index={out}", "--query-smiles=CCO",
                           "--top-k=5", f"--labels={inp}"],
                          check=True, cwd=REPO, env=env, capture_output=True, text=True,

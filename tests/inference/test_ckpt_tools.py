@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ckpt_fixtures import CKPT_CONFIG, write_dictionaries, write_tiny_checkpoint, write_tokenizer
-from molbind_jax.api import MolBindModel
+from molbind_jax.inference.api import MolBindModel
 from molbind_jax.convert.common import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,13 +97,13 @@ def test_embed_search_evaluate_clis_take_a_ckpt(tiny, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n")
     npy = str(tmp_path / "texts.npy")
-    _cli("molbind_jax.embed", *tiny.flags(), "--modality=text", f"--input={texts}", f"--output={npy}")
+    _cli("molbind_jax.inference.embed", *tiny.flags(), "--modality=text", f"--input={texts}", f"--output={npy}")
     mb = MolBindModel.load(tiny.ckpt, **tiny.load_kwargs())
     np.testing.assert_allclose(np.load(npy), mb.embed_texts(TEXTS).vectors, atol=1e-6)
-    res = _cli("molbind_jax.search", *tiny.flags(), f"--index={npy}", "--query-text=an aromatic acid", "--top_k=2")
+    res = _cli("molbind_jax.inference.search", *tiny.flags(), f"--index={npy}", "--query-text=an aromatic acid", "--top_k=2")
     assert "top 2 of 3 rows" in res.stdout
     # A .ckpt without its tokenizer: a one-line error and exit status 2, nothing written.
-    bad = subprocess.run([sys.executable, "-m", "molbind_jax.embed", f"--checkpoint={tiny.ckpt}",
+    bad = subprocess.run([sys.executable, "-m", "molbind_jax.inference.embed", f"--checkpoint={tiny.ckpt}",
                           "--modality=text", f"--input={texts}", f"--output={tmp_path / 'x.npy'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "holds no tokenizer" in bad.stderr.splitlines()[-1]
@@ -120,7 +120,7 @@ def test_embed_search_evaluate_clis_take_a_ckpt(tiny, tmp_path):
     data_dir = str(tmp_path / "tfds")
     build("pairs", data_dir, "graph_text", input_path=str(csv_path), workers=1, verbose=False)
     out = tmp_path / "eval"
-    res = _cli("molbind_jax.evaluate", *tiny.flags(), "--dataset=molbind_pairs", f"--data_dir={data_dir}",
+    res = _cli("molbind_jax.evaluation.evaluate", *tiny.flags(), "--dataset=molbind_pairs", f"--data_dir={data_dir}",
                "--pairs=graph_text", "--noclassification", f"--output_dir={out}")
     assert "Original protocol next to ours" in res.stdout and "From the original protocol to ours" in res.stdout
     saved = json.load(open(out / "metrics.json"))

