@@ -123,7 +123,7 @@ class MolBindModel:
         cls.check_loadable(path, gin_backbone=gin_backbone, dictionaries=dictionaries,
                            tokenizer=tokenizer, ckpt_config=ckpt_config)
         if os.path.isdir(path):
-            from molbind_jax.training.export import load_export
+            from molbind_jax.inference.export_reader import load_export
             model, config, tok = load_export(path)
             return cls(model, config, tok, **kw)
         from molbind_jax.convert.molbind import load_for_inference
@@ -264,7 +264,7 @@ class MolBindModel:
         if hasattr(self.tokenizer, "encode") and hasattr(self.tokenizer, "_tok"):
             ids = self.tokenizer.encode(text, max_length=self.max_text_len,
                                         add_special_tokens=add_special_tokens)
-        else:  # a transformers tokenizer (export.load_export)
+        else:  # a transformers tokenizer (export_reader.load_export)
             ids = self.tokenizer(text, truncation=True, max_length=self.max_text_len,
                                  add_special_tokens=add_special_tokens)["input_ids"]
         if len(ids) == 0:

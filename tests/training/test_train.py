@@ -319,6 +319,7 @@ def test_smoke_run_writes_metrics_evals_checkpoints(smoke_run):
 
 @pytest.mark.slow
 def test_export_round_trip_reproduces_embeddings(smoke_run, tmp_path):
+    from molbind_jax.inference import export_reader
     from molbind_jax.training import export, train
     from molbind_jax.training.checkpoints import Checkpointer
     from molbind_jax.models.molbind import MolBind, MolBindConfig
@@ -326,7 +327,7 @@ def test_export_round_trip_reproduces_embeddings(smoke_run, tmp_path):
     workdir, cfg, _ = smoke_run
     out = export.export_run(workdir, str(tmp_path / "export"))
     assert sorted(os.listdir(out)) == ["config.json", "dictionaries", "state", "tokenizer"]
-    model, mcfg, tok = export.load_export(out)
+    model, mcfg, tok = export_reader.load_export(out)
     assert isinstance(model, MolBind) and isinstance(mcfg, MolBindConfig) and mcfg.embed_dim == 16
     assert tok("a benzene ring")["input_ids"][0] == tok.cls_token_id
 

@@ -1,0 +1,58 @@
+"""Reads an export written by `molbind_jax.training.export` (see its docstring for the layout):
+config.json -> MolBindConfig -> an abstract MolBind filled from the orbax state, plus the
+tokenizer. Inference needs nothing else from training.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from molbind_jax.training.export import FORMAT_VERSION
+
+
+def load_export(path: str) -> tuple[Any, Any, Any]:
+    """(MolBind, MolBindConfig, tokenizer) from an export directory (see module docstring)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from molbind_jax.convert.bert import load_tokenizer
+    from molbind_jax.models.molbind import MolBind, MolBindConfig
+
+    path = os.path.abspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path} is not a MolBind export (no config.json)")
+    with open(cfg_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: export format {meta.get('format_version')} (expected {FORMAT_VERSION})")
+    mcfg = MolBindConfig.from_dict(meta["model"])
+    model = nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    stats = nnx.state(model, nnx.BatchStat)
+    template = {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+    ckptr = ocp.StandardCheckpointer()
+    tree = ckptr.restore(os.path.join(path, "state"), template)
+    ckptr.close()
+    nnx.replace_by_pure_dict(params, tree["params"])
+    nnx.replace_by_pure_dict(stats, tree["batch_stats"])
+    nnx.update(model, params, stats)
+    # eval_shape left the RNG streams abstract: give them concrete keys (unused in eval mode).
+    model = _concretize_rngs(model)
+    tokenizer = load_tokenizer(os.path.join(path, meta.get("tokenizer", "tokenizer")))
+    return model, mcfg, tokenizer
+
+
+def _concretize_rngs(model):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.RngStream):
+            node.key.value = jax.random.key(0)
+            node.count.value = jnp.zeros((), jnp.uint32)
+    return model
