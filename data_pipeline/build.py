@@ -18,8 +18,16 @@ import os
 import sys
 import time
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 DATASETS = {"mini": "molbind_mini", "m4": "molbind_m4", "pairs": "molbind_pairs"}
+
+
+def provided_pairs(source: str) -> tuple[str, ...]:
+    """The stored pair types a source declares (`PROVIDES` of its module), checked against the
+    table; importing the source module reads no data."""
+    from data_pipeline import schema
+    from data_pipeline.molbind_pairs.parallel import source_module
+
+    return schema.check_pairs(source_module(source).PROVIDES)
 
 
 def _builder_cls(source: str):
@@ -47,10 +55,11 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
 
     if source not in DATASETS:
         raise ValueError(f"unknown source {source!r}; expected one of {sorted(DATASETS)}")
+    provided = provided_pairs(source)
     if pairs is None:
         if source == "pairs":
             raise ValueError("--source=pairs needs --pair (the pair type stored in --input)")
-        pairs = PAIRS
+        pairs = provided
     pairs = [pairs] if isinstance(pairs, str) else list(pairs)
     source_options = dict(options or {})
     if input_path:
@@ -61,8 +70,13 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     reports = {}
     for pair in pairs:
-        if pair not in PAIRS:
-            raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
+        if pair not in provided:
+            from data_pipeline import schema
+
+            stored = schema.pair_type(pair).stored_as  # unknown names list the known ones
+            raise ValueError(f"the {source} source does not provide {pair!r}"
+                             + (f" (a view of {stored}: build {stored})" if stored != pair else "")
+                             + f"; it provides {provided}")
         start = time.time()
         b = _builder_cls(source)(config=pair, data_dir=data_dir, source_options=source_options, workers=workers)
         reused = b.is_prepared()
@@ -85,7 +99,8 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
 
 
 def ensure_built(dataset: str = "molbind_mini", data_dir: str | None = None) -> str:
-    """Build `dataset` (all four pair types) into data_dir if missing; returns the data_dir.
+    """Build `dataset` (every pair type its source provides) into data_dir if missing; returns
+    the data_dir.
 
     Used by training on first use; a complete build is detected and reused.
     """
@@ -96,7 +111,7 @@ def ensure_built(dataset: str = "molbind_mini", data_dir: str | None = None) -> 
         raise ValueError("molbind_pairs needs a user file: use `python -m data_pipeline.build --source=pairs`")
     data_dir = default_data_dir(data_dir)
     version = str(_builder_cls(source).VERSION)
-    missing = [p for p in PAIRS
+    missing = [p for p in provided_pairs(source)
                if not os.path.exists(os.path.join(data_dir, dataset, p, version, "dataset_info.json"))]
     if missing:
         build(source, data_dir, missing, verbose=True)
@@ -128,7 +143,8 @@ def _define_flags():
 
     flags.DEFINE_enum("source", "mini", sorted(DATASETS), "Which data: mini (embedded), m4, pairs (user file).")
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-    flags.DEFINE_enum("pair", None, list(PAIRS), "One pair type (default: all four; required for pairs).")
+    flags.DEFINE_string("pair", None, "One stored pair type of data_pipeline/schema.py (default: every one the "
+                        "source provides; required for pairs).")
     flags.DEFINE_string("input", None, "The user pair file (--source=pairs).")
     flags.DEFINE_string("manual_dir", None, "The MolBind-M4 release (--source=m4): the folder holding 2D-Text/, "
                         "3D-Text/, 3D-2D/, 3D-Protein/ (each with pretrain/, valid/, test/), or its parent "

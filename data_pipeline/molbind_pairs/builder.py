@@ -4,9 +4,11 @@
     molbind_m4     the MolBind-M4 release, from a manual_dir (MANUAL_DOWNLOAD_INSTRUCTIONS)
     molbind_pairs  a user file of pairs: source_options={"input": path}
 
-Each has the configs graph_text, conformer_text, graph_conformer, conformer_pocket with the
-features of docs/DESIGN.md section 1 and the splits train/validation/test. The subclasses only
-set SOURCE; everything else (features, parallel featurization, build report) is shared.
+Each has one config per stored pair type of the table (data_pipeline/schema.py: graph_text,
+conformer_text, graph_conformer, conformer_pocket), whose features are the table's fields of
+the pair's two modalities (docs/DESIGN.md section 1), and the splits train/validation/test.
+The subclasses only set SOURCE; everything else (features, parallel featurization, build
+report) is shared.
 
     builder = tfds.builder("molbind_mini/graph_text", data_dir=DIR,
                            source_options={"max_records": 100}, workers=2)
@@ -34,21 +36,15 @@ import numpy as np
 from etils import epath
 import tensorflow_datasets as tfds
 
+from data_pipeline import schema
+from data_pipeline.build_report import BuildStats
 from data_pipeline.featurize import text as text_mod
 from data_pipeline.molbind_pairs import parallel
-from data_pipeline.build_report import BuildStats
 from data_pipeline.sources.m4_layout import MANUAL_DOWNLOAD_INSTRUCTIONS
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+PAIRS = schema.stored_pair_types()
 SPLITS = ("train", "validation", "test")
 REPORT = "build_report.json"
-
-_DESCRIPTIONS = {
-    "graph_text": "2D molecular graphs paired with text descriptions.",
-    "conformer_text": "3D conformations paired with text descriptions.",
-    "graph_conformer": "2D graphs paired with 3D conformations of the same molecule.",
-    "conformer_pocket": "Ligand conformations paired with the protein pocket they bind.",
-}
 
 
 @dataclasses.dataclass
@@ -56,28 +52,17 @@ class PairConfig(tfds.core.BuilderConfig):
     pair: str = "graph_text"
 
 
-def _int(shape):
-    return tfds.features.Tensor(shape=shape, dtype=np.int32)
-
-
-def _float(shape):
+def _tfds_feature(f: schema.Feature):
+    if f.dtype == "text":
+        return tfds.features.Text()
     # More than one unknown dimension needs an explicit encoding in TFDS.
-    encoding = tfds.features.Encoding.ZLIB if sum(d is None for d in shape) > 1 else tfds.features.Encoding.NONE
-    return tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=encoding)
+    encoding = tfds.features.Encoding.ZLIB if sum(d is None for d in f.shape) > 1 else tfds.features.Encoding.NONE
+    return tfds.features.Tensor(shape=f.shape, dtype=np.dtype(f.dtype), encoding=encoding)
 
 
 def features_for(pair: str) -> tfds.features.FeaturesDict:
-    """The stored record of one pair type (docs/DESIGN.md section 1)."""
-    f = {"id": tfds.features.Text(), "smiles": tfds.features.Text()}
-    if pair.endswith("_text"):
-        f.update(text=tfds.features.Text(), text_ids=_int((None,)))
-    if pair.startswith("graph_"):
-        f.update(graph_node_feat=_int((None, 2)), graph_edge_index=_int((2, None)), graph_edge_feat=_int((None, 2)))
-    if "conformer" in pair:
-        f.update(conformer_tokens=_int((None,)), conformer_coords=_float((None, None, 3)))
-    if pair == "conformer_pocket":
-        f.update(target=tfds.features.Text(), pocket_tokens=_int((None,)), pocket_coords=_float((None, 3)))
-    return tfds.features.FeaturesDict(f)
+    """The stored record of one pair type: the table's fields (docs/DESIGN.md section 1)."""
+    return tfds.features.FeaturesDict({f.name: _tfds_feature(f) for f in schema.record_features(pair)})
 
 
 def _jsonable(value):
@@ -97,7 +82,7 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
     RELEASE_NOTES = {"1.0.0": "First release: four pair types, scaffold / target splits.",
                      "1.1.0": "molbind_mini conformer_pocket: ligands split by scaffold within their "
                               "targets (held-out targets: source option pocket_split=target)."}
-    BUILDER_CONFIGS = [PairConfig(name=p, pair=p, description=_DESCRIPTIONS[p]) for p in PAIRS]
+    BUILDER_CONFIGS = [PairConfig(name=p, pair=p, description=schema.pair_type(p).doc) for p in PAIRS]
     DEFAULT_CONFIG_NAME = "graph_text"
 
     @tfds.core.utils.classproperty
@@ -143,7 +128,7 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
             splits_recipe=(getattr(module, "__doc__", None) or "").split("Splits.", 1)[-1].split("\n\n")[0].strip(),
         )
         return self.dataset_info_from_configs(
-            description=f"MolBind pairs ({self.SOURCE}): {_DESCRIPTIONS[pair]}",
+            description=f"MolBind pairs ({self.SOURCE}): {schema.pair_type(pair).doc}",
             features=features_for(pair),
             homepage="https://github.com/tengxiao1/MolBind",
             metadata=metadata,

@@ -35,7 +35,6 @@ from data_pipeline.sources.m4_layout import (  # noqa: F401 - re-exported
     dataset_root,
 )
 from data_pipeline.sources.pairs import (
-    PAIRS,
     SPLITS,
     capped,
     conformer_fields,
@@ -44,6 +43,9 @@ from data_pipeline.sources.pairs import (
     text_fields,
 )
 from data_pipeline.sources.pyg_files import MALFORMED_GRAPH, load_graph  # noqa: F401 - re-exported
+
+# The stored pair types the release holds, one folder each (m4_layout.PAIR_FOLDERS).
+PROVIDES = tuple(PAIR_FOLDERS)
 
 # Skip reason added by this reader (featurize/__init__.py holds the shared ones).
 MISSING_PARTNER = "missing_partner"
@@ -101,8 +103,8 @@ def record_order(pair: str, split: str, manual_dir: str) -> list[str]:
 
 def _listing(pair: str, split: str, manual_dir: str):
     """(key, paths) of a split in order, from the folder listings (and LMDB sizes)."""
-    if pair not in PAIRS:
-        raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
+    if pair not in PROVIDES:
+        raise ValueError(f"the MolBind-M4 release does not hold {pair!r}; it holds {PROVIDES}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     root = dataset_root(manual_dir)
@@ -241,4 +243,4 @@ def featurize(pair: str, raw: dict, options=None) -> dict:
         smiles, ligand = _conformer_from_lmdb(raw.get("conformer"), rid, options, seed)
         target, site = _pocket_from_lmdb(raw.get("pocket"), rid, options, seed)
         return {"id": rid, "smiles": smiles, "target": target, **ligand, **site}
-    raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
+    raise ValueError(f"the MolBind-M4 release does not hold {pair!r}; it holds {PROVIDES}")

@@ -49,7 +49,8 @@ import numpy as np
 
 from data_pipeline import featurize as fz
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+# The stored pair types this source provides (data_pipeline/schema.py).
+PROVIDES = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 SPLITS = ("train", "validation", "test")
 
 # Caps on records per pair type (over all splits, before featurization skips). They keep the
@@ -515,7 +516,7 @@ def candidates(pair: str, options: dict) -> tuple:
         return _graph_conformer_candidates(cap, seed)
     if pair == "conformer_pocket":
         return _conformer_pocket_candidates(cap, seed, str(options["pocket_split"]))
-    raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
+    raise ValueError(f"the mini source does not provide {pair!r}; it provides {PROVIDES}")
 
 
 def split_of(pair: str, key: str, raw: dict, options: dict | None = None) -> str:

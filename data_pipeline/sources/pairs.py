@@ -46,7 +46,8 @@ from data_pipeline.featurize import (
     SkipRecord,
 )
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+# The stored pair types this source reads from users' files (data_pipeline/schema.py).
+PROVIDES = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 SPLITS = ("train", "validation", "test")
 INVALID_SPLIT = "invalid_split"  # skip reason added here: a split column value we do not know
 SPLIT_ALIASES = {"train": "train", "pretrain": "train", "validation": "validation", "valid": "validation",
@@ -239,8 +240,8 @@ def _pocket_records(path: str, options: dict):
 def raw_records(pair: str, split: str, options=None) -> Iterator[tuple[str, dict]]:
     """(key, raw) of one split of the user's file, in file order (cheap: no featurization)."""
     options = resolve_options(options)
-    if pair not in PAIRS:
-        raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
+    if pair not in PROVIDES:
+        raise ValueError(f"the pairs source does not read {pair!r}; it reads {PROVIDES}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = options.get("input")
@@ -307,7 +308,7 @@ def featurize(pair: str, raw: dict, options=None) -> dict:
         return {"id": key, "smiles": canonical_smiles(mol), "target": raw["target"],
                 **conformer_fields(atoms, coords, options, seed),
                 "pocket_tokens": site["pocket_tokens"], "pocket_coords": site["pocket_coords"]}
-    if pair not in PAIRS:
+    if pair not in PROVIDES:
         raise ValueError(f"unknown pair type {pair!r}")
 
     if "molblock" in raw:  # a molecule of an SDF, with its own coordinates

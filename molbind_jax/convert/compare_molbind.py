@@ -187,6 +187,7 @@ def flax_embeddings(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nda
     """Raw (unnormalised) float32 embeddings of every present modality, eval mode, jitted."""
     from flax import nnx
 
+    from molbind_jax.modalities.graph import GraphBatch
     from molbind_jax.models.gin import graphs_from_pyg
 
     out = {}
@@ -194,8 +195,7 @@ def flax_embeddings(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nda
     if "graph" in present:
         g = graphs_from_pyg(inputs["graph_x"], inputs["graph_edge_index"], inputs["graph_edge_attr"],
                             inputs["graph_batch"], _num_graphs(inputs))
-        batch = {"graph_nodes": g.nodes, "graph_edges": g.edges, "graph_senders": g.senders,
-                 "graph_receivers": g.receivers, "graph_n_node": g.n_node, "graph_n_edge": g.n_edge}
+        batch = GraphBatch(g.nodes, g.edges, g.senders, g.receivers, g.n_node, g.n_edge)
         out["graph"] = nnx.jit(lambda m, b: m.embed_graph(b, normalize=False))(model, batch)
     if "text" in present:
         out["text"] = nnx.jit(lambda m, i, k: m.embed_text(i, k, normalize=False))(

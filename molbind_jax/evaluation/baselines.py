@@ -3,7 +3,8 @@
 Each baseline turns the two sides of a test split into a similarity matrix [N, N]
 (row i = side A of pair i, column j = side B of pair j) so that the same rank / recall code
 as for the learned embeddings applies (metrics.retrieval_ranks, same tie rule). A baseline
-uses only what its side of the pair actually carries, unless its name says otherwise:
+uses only what its side of the pair actually carries (each modality says what that is,
+`ModalitySpec.baseline_features`), unless its name says otherwise. For the original pairs:
 
 * text pairs (graph_text, conformer_text): ``smiles_text_tfidf`` — cosine of character
   3-gram TF-IDF vectors between the molecule's SMILES and the text (IDF fitted on the
@@ -30,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+from data_pipeline.featurize.dictionaries import MOL_SYMBOLS
 
 # Elements tracked for composition vectors: the Uni-Mol molecule dictionary's elements, plus
 # one "other" bin. Hydrogens are excluded (heavy-atom graphs; Uni-Mol drops H).
@@ -167,31 +168,30 @@ def size_similarity(n_a: Sequence[int], n_b: Sequence[int]) -> np.ndarray:
 
 
 def pair_baselines(pair: str, records: Sequence[Mapping]) -> dict[str, np.ndarray]:
-    """{baseline name: sim [N, N]} for the test records of one pair type (DESIGN §1
-    feature names). Row = side A (graph / conformer / graph / conformer), column = side B
-    (text / text / conformer / pocket), as in evaluate.PAIRS."""
+    """{baseline name: sim [N, N]} for the test records of one pair type: row = the pair's x
+    side, column = its y side (data_pipeline/schema.py). Which baselines apply follows from
+    what each side carries (`ModalitySpec.baseline_features`): a SMILES against a text gets
+    `smiles_text_tfidf`, two atom counts `size`, two element compositions `composition`,
+    two SMILES (the same molecule on both sides) the `morgan_tanimoto` upper bound."""
+    from molbind_jax.modalities import pair_specs
+
     if not records:
         return {}
-    smiles = [_str(r.get("smiles", "")) for r in records]
+    xs, ys = pair_specs(pair)
+    fx = [xs.baseline_features(r) for r in records]
+    fy = [ys.baseline_features(r) for r in records]
+    has = lambda k: k in fx[0] and k in fy[0]  # noqa: E731
     out: dict[str, np.ndarray] = {}
-    if pair in ("graph_text", "conformer_text"):
-        texts = [_str(r["text"]) for r in records]
-        out["smiles_text_tfidf"] = char_ngram_tfidf(smiles, texts)
-    elif pair == "graph_conformer":
-        ga = np.stack([composition_from_graph(r["graph_node_feat"]) for r in records])
-        cb = np.stack([composition_from_tokens(r["conformer_tokens"]) for r in records])
-        out["composition"] = _cosine(ga, cb)
-        fps = morgan_fingerprints(smiles)
-        out["morgan_tanimoto (same SMILES both sides: upper bound)"] = tanimoto_matrix(fps, fps)
-    elif pair == "conformer_pocket":
-        la = np.stack([composition_from_tokens(r["conformer_tokens"]) for r in records])
-        pb = np.stack([composition_from_tokens(r["pocket_tokens"], POCKET_SYMBOLS)
-                       for r in records])
-        out["size"] = size_similarity([heavy_atom_count(r["conformer_tokens"]) for r in records],
-                                      [heavy_atom_count(r["pocket_tokens"]) for r in records])
-        out["composition"] = _cosine(la, pb)
-    else:
-        raise ValueError(f"unknown pair type {pair!r}")
+    if "smiles" in fx[0] and "text" in fy[0]:
+        out["smiles_text_tfidf"] = char_ngram_tfidf([f["smiles"] for f in fx], [f["text"] for f in fy])
+    if has("heavy_atoms"):
+        out["size"] = size_similarity([f["heavy_atoms"] for f in fx], [f["heavy_atoms"] for f in fy])
+    if has("composition"):
+        out["composition"] = _cosine(np.stack([f["composition"] for f in fx]), np.stack([f["composition"] for f in fy]))
+    if has("smiles"):
+        fps = morgan_fingerprints([f["smiles"] for f in fx])
+        out["morgan_tanimoto (same SMILES both sides: upper bound)"] = tanimoto_matrix(
+            fps, morgan_fingerprints([f["smiles"] for f in fy]))
     return out
 
 

@@ -46,15 +46,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from data_pipeline import schema
 from molbind_jax.evaluation import baselines, metrics, report
 from molbind_jax.evaluation import evaluate_original as eo
 
-PAIRS: dict[str, tuple[str, str]] = {
-    "graph_text": ("graph", "text"),
-    "conformer_text": ("conformer", "text"),
-    "graph_conformer": ("graph", "conformer"),
-    "conformer_pocket": ("conformer", "pocket"),
-}
 CURVE_K = 50
 PROTOCOLS = ("both", "ours", "original")
 
@@ -75,7 +70,8 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR)")
     flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name")
     flags.DEFINE_string("split", "test", "split to evaluate")
-    flags.DEFINE_list("pairs", list(PAIRS), "pair types to evaluate")
+    flags.DEFINE_list("pairs", [], "pair types to evaluate (default: every pair type of the table, "
+                      "data_pipeline/schema.py, whose two modalities the model has)")
     flags.DEFINE_integer("max_records", 0, "evaluate at most this many records per pair (0 = all)")
     flags.DEFINE_integer("block_size", 1024, "row/column block of the full-split ranking")
     flags.DEFINE_integer("batch_size", 64, "rows per embedding batch (the original protocol needs "
@@ -98,18 +94,12 @@ def _s(x) -> str:
 
 
 def record_keys(pair: str, records: Sequence[Mapping]) -> tuple[list, list]:
-    """Identity of side A and side B of each record, for duplicate-aware targets."""
-    def mol_key(r):
-        return _s(r.get("smiles", "")) or "id:" + _s(r.get("id", ""))
-    a, b = PAIRS[pair]
-    keys_a = [mol_key(r) for r in records]
-    if b == "text":
-        keys_b = [" ".join(_s(r["text"]).split()) for r in records]
-    elif b == "pocket":
-        keys_b = [_s(r.get("target", "")) or "id:" + _s(r.get("id", "")) for r in records]
-    else:  # graph_conformer: both sides are the same molecule
-        keys_b = keys_a
-    return keys_a, keys_b
+    """Identity of side A and side B of each record (each modality's table `identity`: the
+    molecule's SMILES, the normalised text, the protein target), for duplicate-aware targets."""
+    from molbind_jax.modalities import pair_specs
+
+    a, b = pair_specs(pair)
+    return [a.identity(r) for r in records], [b.identity(r) for r in records]
 
 
 def pair_targets(keys_a: Sequence, keys_b: Sequence) -> np.ndarray:
@@ -187,8 +177,9 @@ def resolve_export(path: str) -> str:
 def load_test_records(pair: str, *, dataset: str, data_dir: str | None, split: str,
                       max_records: int = 0) -> tuple[list[dict], dict]:
     """Records of one pair type, in split order, validated; malformed ones are counted."""
-    from molbind_jax.data import input_pipeline as ip
-    source = ip.load_records(pair, split, dataset=dataset, data_dir=data_dir)
+    from molbind_jax.data.batching import record_sizes
+    from molbind_jax.data.pipeline import load_records
+    source = load_records(pair, split, dataset=dataset, data_dir=data_dir)
     n = len(source)
     if max_records:
         n = min(n, max_records)
@@ -196,7 +187,7 @@ def load_test_records(pair: str, *, dataset: str, data_dir: str | None, split: s
     for i in range(n):
         r = dict(source[i])
         try:
-            ip.record_sizes(pair, r)
+            record_sizes(pair, r)
         except (ValueError, KeyError) as err:
             skipped[f"malformed: {str(err)[:60]}"] += 1
             continue
@@ -238,7 +229,7 @@ def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int 
 
     embeddings: the L2-normalised (a, b) rows of `records` if already computed; otherwise
     `mb.embed_records` embeds them."""
-    tower_a, tower_b = PAIRS[pair]
+    tower_a, tower_b = schema.pair_type(pair).modalities
     t0 = time.time()
     if embeddings is None:
         emb_a = mb.embed_records(tower_a, records)
@@ -330,7 +321,7 @@ def _embed_raw(mb, pair: str, records: Sequence[Mapping], *, protocol: str,
     protocol original when its text differs) and with the original's text ids (None under
     protocol ours). Uni-Mol inputs are padded as the original's collater whenever the
     original protocol is run, so that both protocols rank the very same rows."""
-    towers = PAIRS[pair]
+    towers = schema.pair_type(pair).modalities
     padding = "buckets" if protocol == "ours" else "original"
     own_text = protocol != "ours" and towers[1] == "text" and original_text_tokens
     raw_ours = raw_orig = None
@@ -349,6 +340,12 @@ def _embed_raw(mb, pair: str, records: Sequence[Mapping], *, protocol: str,
     return (None if protocol == "original" else raw_ours), raw_orig
 
 
+def model_pairs(model_config) -> tuple[str, ...]:
+    """Every pair type of the table whose two modalities the model has towers for."""
+    have = set(model_config.modalities)
+    return tuple(n for n, p in schema.PAIR_TYPES.items() if set(p.modalities) <= have)
+
+
 def model_info(path: str, mb, **extra) -> dict:
     info = {"path": os.path.abspath(path), "kind": "ckpt" if mb.import_report else "export"}
     if mb.import_report is not None:
@@ -358,7 +355,7 @@ def model_info(path: str, mb, **extra) -> dict:
 
 
 def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molbind_mini",
-        split: str = "test", pairs: Sequence[str] = tuple(PAIRS), max_records: int = 0,
+        split: str = "test", pairs: Sequence[str] = (), max_records: int = 0,
         block_size: int = 1024, batch_size: int = 64, classification: bool = True,
         emergent: str | None = None, workdir: str | None = None, protocol: str = "both",
         bf16: bool = True, original_text_tokens: bool = True, load_kwargs: Mapping | None = None,
@@ -376,6 +373,7 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
         raise ValueError(f"the original protocol embeds and ranks in batches of {eo.ORIGINAL_BATCH} "
                          f"(got batch_size={batch_size}); use --protocol=ours for another size")
     mb = MolBindModel.load(export, batch_size=batch_size, progress=True, **dict(load_kwargs or {}))
+    pairs = schema.check_pairs(pairs) if pairs else model_pairs(mb.config)
     results: dict = {"model": model_info(export, mb, split=split, dataset=dataset),
                      "protocol": protocol, "retrieval": {}, "skipped": {}}
     if protocol != "ours":
@@ -391,7 +389,7 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
         else:
             recs, skipped = load_test_records(pair, dataset=dataset, data_dir=data_dir,
                                               split=split, max_records=max_records)
-        if PAIRS[pair][1] == "text":
+        if "text" in schema.pair_type(pair).modalities:
             recs, bad, differ[pair] = retokenize_texts(
                 mb, recs, original=protocol != "ours" and original_text_tokens)
             skipped.update(bad)
@@ -402,7 +400,7 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
             continue
         raw_ours, raw_orig = _embed_raw(mb, pair, recs, protocol=protocol, batch_size=batch_size,
                                         original_text_tokens=original_text_tokens)
-        a, b = PAIRS[pair]
+        a, b = schema.pair_type(pair).modalities
         if raw_ours is not None:
             res, embs = evaluate_pair(mb, pair, recs, block_size=block_size,
                                       embeddings=tuple(map(eo.l2_normalize, raw_ours)))

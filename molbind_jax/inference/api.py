@@ -33,10 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-TEXT_BUCKETS = (32, 64, 128, 256)
-ATOM_BUCKETS = (16, 32, 64, 128, 264)  # multiples of 8; 264 >= 256 atoms + [CLS]/[SEP]
-MIN_GRAPH_BUDGET = 64
-ORIGINAL_PAD_MULTIPLE = 8  # the original's D3Collater pads to a multiple of 8 (spec section 3)
+MIN_POW2_BUDGET = 64  # the smallest power-of-two budget (graph nodes and edges)
 PADDINGS = ("buckets", "original")
 
 
@@ -64,15 +61,8 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"size {n} exceeds the largest bucket {buckets[-1]}")
 
 
-def original_padded_length(lengths: Sequence[int], multiple: int = ORIGINAL_PAD_MULTIPLE) -> int:
-    """The original collater's padded length of one batch: its longest row rounded up to a
-    multiple of `multiple` (D3Collater; featurize.conformer.padded_size is unicore's rule)."""
-    from data_pipeline.featurize.conformer import padded_size
-    return padded_size(max(int(n) for n in lengths), multiple)
-
-
 def _pow2_budget(n: int) -> int:
-    return max(MIN_GRAPH_BUDGET, 1 << int(np.ceil(np.log2(max(n, 1)))))
+    return max(MIN_POW2_BUDGET, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
 def read_lines(path: str) -> list[str]:
@@ -157,36 +147,35 @@ class MolBindModel:
     def _fn(self, tower: str, normalize: bool = True) -> Callable:
         if (tower, normalize) not in self._fns:
             from flax import nnx
-            if tower not in ("text", "graph", "conformer", "pocket"):
-                raise ValueError(f"unknown tower {tower!r}; expected text, graph, conformer or pocket")
-            self._fns[tower, normalize] = nnx.jit(
-                lambda m, b: m.embed_modality(tower, b, normalize=normalize))
+            if tower not in self.config.modalities:
+                raise ValueError(f"this model has no {tower!r} tower; it has {self.config.modalities}")
+            self._fns[tower, normalize] = nnx.jit(lambda m, b: m.embed(tower, b, normalize=normalize))
         return self._fns[tower, normalize]
 
-    def _collate(self, tower: str, feats: list[dict], padding: str = "buckets"
-                 ) -> dict[str, np.ndarray]:
-        from molbind_jax.data import input_pipeline as ip
-        if tower == "text":
-            ids = [np.asarray(f["text_ids"])[:self.max_text_len] for f in feats]
-            buckets = [b for b in TEXT_BUCKETS if b < self.max_text_len] + [self.max_text_len]
-            return dict(zip(("text_ids", "text_mask"),
-                            ip.pad_text(ids, _bucket(max(map(len, ids)), buckets))))
-        if tower == "graph":
-            n = sum(len(np.asarray(f["graph_node_feat"]).reshape(-1, 2)) for f in feats)
-            e = sum(np.asarray(f["graph_edge_feat"]).reshape(-1, 2).shape[0] for f in feats)
-            return ip.pack_graphs(feats, 1, _pow2_budget(n + 1), _pow2_budget(e))
-        toks = [f[f"{tower}_tokens"] for f in feats]
-        coords = [np.asarray(f[f"{tower}_coords"], np.float32) for f in feats]
-        coords = [c[0] if c.ndim == 3 else c for c in coords]  # first stored conformer
-        lengths = [len(np.asarray(t).ravel()) for t in toks]
-        if padding == "original":
-            length = original_padded_length(lengths)
-        elif padding == "buckets":
-            length = _bucket(max(lengths), ATOM_BUCKETS)
-        else:
+    def _collate(self, tower: str, feats: list[dict], padding: str = "buckets"):
+        """One modality's typed batch (the same collation as training), padded to a few
+        bucket sizes: the spec's inference buckets (the text ones capped at the text tower's
+        positions), powers of two where it has none; `padding="original"` pads atoms as the
+        original's collater (each batch to its longest row rounded up to 8)."""
+        from molbind_jax.data.batching import collate_modality
+        from molbind_jax.modalities import spec
+        if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        t, c = ip.pad_atoms(toks, coords, length)
-        return {f"{tower}_tokens": t, f"{tower}_coords": c}
+        s = spec(tower)
+        if tower == "text":
+            feats = [dict(f, text_ids=np.asarray(f["text_ids"])[:self.max_text_len]) for f in feats]
+        shapes = {}
+        for key, n in s.needed(feats, 1).items():
+            buckets = s.inference_buckets.get(key)
+            if buckets is None:  # a per-shard budget (graphs): powers of two either way
+                shapes[key] = _pow2_budget(n)
+            elif padding == "original":  # the need rounded up to the spec's multiple (8)
+                shapes[key] = s.default_shape(key, n)
+            else:
+                if tower == "text":
+                    buckets = [b for b in buckets if b < self.max_text_len] + [self.max_text_len]
+                shapes[key] = _bucket(n, buckets)
+        return collate_modality(tower, feats, shapes=shapes)
 
     def embed_records(self, tower: str, feats: Sequence[dict], *, normalize: bool = True,
                       padding: str = "buckets", batch_size: int | None = None) -> np.ndarray:
@@ -215,8 +204,6 @@ class MolBindModel:
             emb = np.asarray(self._fn(tower, normalize)(self.model,
                                                         self._collate(tower, chunk, padding)),
                              np.float32)
-            if emb.ndim == 3:  # [S, G+1, E] with a padding graph per shard
-                emb = emb[:, :-1].reshape(-1, emb.shape[-1])
             out.append(emb[:real])
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 

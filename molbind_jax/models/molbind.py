@@ -1,14 +1,19 @@
-"""MolBind: four encoders and their projection heads in one NNX module (spec sections 0 and 2).
+"""MolBind: one encoder and one projection head per modality in one NNX module (spec 0 and 2).
 
-    text      ids, mask     -> BertEncoder   -> [CLS] row        -> text_proj (Linear)      -> L2
-    graph     graph_* batch -> GIN           -> mean per graph   -> graph_proj (LN, Linear) -> L2
-    conformer tokens,coords -> UniMolEncoder -> mean over atoms  -> conf_proj (LN, Linear)  -> L2
-    pocket    tokens,coords -> UniMolEncoder -> mean over atoms  -> pro_proj (LN, Linear)   -> L2
+The modalities come from the table (data_pipeline/schema.py); each one's runtime spec
+(molbind_jax/modalities/) builds its tower and head and runs them. With the four original
+modalities:
+
+    text      TextBatch   -> BertEncoder   -> [CLS] row        -> text_proj (Linear)      -> L2
+    graph     GraphBatch  -> GIN           -> mean per graph   -> graph_proj (LN, Linear) -> L2
+    conformer AtomsBatch  -> UniMolEncoder -> mean over atoms  -> conf_proj (LN, Linear)  -> L2
+    pocket    AtomsBatch  -> UniMolEncoder -> mean over atoms  -> pro_proj (LN, Linear)   -> L2
 
 One conformer encoder (with its head) serves every conformer input: the 3D side of
 conformer_text, graph_conformer and the ligand of conformer_pocket (spec section 2). All
 embeddings are float32 [B, embed_dim] rows in example order, L2-normalised as in the
-original's training path (its evaluation skips the normalisation, spec bug 2; we do not).
+original's training path unless `normalize=False` (its evaluation skips the normalisation,
+spec bug 2).
 
 Uni-Mol pooling: "atoms" (default) averages the real positions ([CLS], atoms, [SEP]) and does
 not depend on padding; "original" reproduces the original's mean over its collater's padded
@@ -16,101 +21,113 @@ length (spec 1b), computed from our bucket padding by `heads.unimol_mean_pool`. 
 on a sharded batch the "original" length is the max over the GLOBAL batch, whereas the
 original used each GPU's own batch: the two agree on one device.
 
-Parameter names follow the original's top-level layout (`graph_encoder`, `text_encoder` for
+Attribute names follow the original's top-level layout (`graph_encoder`, `text_encoder` for
 `Qformer.bert`, `conformer_encoder` for `conf_encoder`, `pocket_encoder` for `pro_encoder`,
 heads whose `norm` is `ln_graph`/`ln_conf`/`ln_pro` and whose `proj` is `*_proj`), so that
-`convert/molbind.py` maps keys one to one.
+`convert/molbind.py` maps keys one to one; each spec names its own.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax.numpy as jnp
-import jraph
 from flax import nnx
 
-from molbind_jax.models.bert import BertConfig, BertEncoder
-from molbind_jax.models.gin import GIN, GINConfig
-from molbind_jax.models.heads import POOLING_MODES, ProjectionHead, l2_normalize, text_cls_pool, unimol_mean_pool
-from molbind_jax.models.unimol import UniMolConfig, UniMolEncoder, pair_inputs
+from data_pipeline import schema
+from molbind_jax.models.heads import POOLING_MODES, l2_normalize
+from molbind_jax.modalities import PairBatch, spec
+from molbind_jax.modalities.base import tower_config_replace, tower_config_to_dict
 
-# Pair type -> (x modality, y modality), in the loss's orientation.
-PAIR_MODALITIES = {
-    "graph_text": ("graph", "text"),
-    "conformer_text": ("conformer", "text"),
-    "graph_conformer": ("graph", "conformer"),
-    "conformer_pocket": ("conformer", "pocket"),
-}
-PAIRS = tuple(PAIR_MODALITIES)
-GRAPH_KEYS = ("graph_nodes", "graph_edges", "graph_senders", "graph_receivers", "graph_n_node", "graph_n_edge")
-_SUB_CONFIGS = {"bert": BertConfig, "gin": GINConfig, "conformer": UniMolConfig, "pocket": UniMolConfig}
-_DTYPE_FIELDS = ("dtype", "param_dtype")
+ORIGINAL_MODALITIES = ("text", "graph", "conformer", "pocket")
+_TOP = ("embed_dim", "unimol_pooling", "dtype", "modalities")
 
 
-def _sub_to_dict(cfg) -> dict:
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.name in _DTYPE_FIELDS:
-            v = jnp.dtype(v).name
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
-
-
-def _sub_from_dict(base, d: Mapping[str, Any]):
-    """`base` (a sub-config instance) with the fields given in `d` replaced."""
-    cls = type(base)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
-    kw = {}
-    for k, v in d.items():
-        if k in _DTYPE_FIELDS:
-            v = jnp.dtype(v)
-        elif isinstance(v, list):
-            v = tuple(v)
-        kw[k] = v
-    return dataclasses.replace(base, **kw)
-
-
-@dataclasses.dataclass(frozen=True)
 class MolBindConfig:
-    """Sizes of the four towers and the shared embedding.
+    """Sizes of the towers (one per modality) and the shared embedding; immutable.
 
-    `dtype` is the matmul dtype of every tower ("float32" or "bfloat16"); it overrides the
-    sub-configs' own dtype when the model is built. Parameters, LayerNorms, softmaxes, pooling
-    and the returned embeddings are float32 whatever it is.
+    `towers` maps each modality to its tower config (e.g. `BertConfig` for text); they are
+    also reachable by the spec's config key (`config.bert`, `config.gin`, `config.conformer`,
+    `config.pocket`). `modalities` fixes which towers the model has (default: the original
+    four). `dtype` is the matmul dtype of every tower ("float32" or "bfloat16"); parameters,
+    LayerNorms, softmaxes, pooling and the returned embeddings are float32 whatever it is.
+    A modality without a given tower config gets its spec's config of `preset`.
     """
 
-    bert: BertConfig = dataclasses.field(default_factory=lambda: BertConfig.scibert(vocab_size=31091))
-    gin: GINConfig = dataclasses.field(default_factory=GINConfig)
-    conformer: UniMolConfig = dataclasses.field(default_factory=UniMolConfig.molecule)
-    pocket: UniMolConfig = dataclasses.field(default_factory=UniMolConfig.pocket)
-    embed_dim: int = 512
-    unimol_pooling: str = "atoms"
-    dtype: str = "float32"
+    def __init__(self, towers: Mapping[str, Any] | None = None, *, modalities: Iterable[str] | None = None,
+                 embed_dim: int = 512, unimol_pooling: str = "atoms", dtype: str = "float32",
+                 preset: str = "original", **tower_configs):
+        modalities = tuple(modalities or (tuple(towers) if towers else ORIGINAL_MODALITIES))
+        for m in modalities:
+            schema.modality(m)  # unknown names list the known ones
+        by_key = {spec(m).config_key: m for m in modalities}
+        given = dict(towers or {})
+        for k, v in tower_configs.items():
+            if k not in by_key and k not in modalities:
+                raise ValueError(f"unknown MolBindConfig field {k!r}; tower keys: {sorted(by_key)}, "
+                                 f"other fields: {list(_TOP)}")
+            given[by_key.get(k, k)] = v
+        unknown = sorted(set(given) - set(modalities))
+        if unknown:
+            raise ValueError(f"tower configs for modalities the model does not have: {unknown} "
+                             f"(modalities: {modalities})")
+        if unimol_pooling not in POOLING_MODES:
+            raise ValueError(f"unimol_pooling must be one of {POOLING_MODES}, got {unimol_pooling!r}")
+        dtype = jnp.dtype(dtype).name
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        towers_t = tuple((m, given[m] if m in given else spec(m).tower_config(preset)) for m in modalities)
+        for name, value in (("towers", towers_t), ("modalities", modalities), ("embed_dim", int(embed_dim)),
+                            ("unimol_pooling", unimol_pooling), ("dtype", dtype), ("preset", preset)):
+            object.__setattr__(self, name, value)
 
-    def __post_init__(self):
-        if self.unimol_pooling not in POOLING_MODES:
-            raise ValueError(f"unimol_pooling must be one of {POOLING_MODES}, got {self.unimol_pooling!r}")
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+    def __setattr__(self, name, value):
+        raise AttributeError("MolBindConfig is immutable; use .replace(...)")
+
+    def __getattr__(self, name: str):
+        # Tower configs by the spec's config key (config.bert, config.gin, ...).
+        towers = self.__dict__.get("towers", ())
+        for m, cfg in towers:
+            if spec(m).config_key == name or m == name:
+                return cfg
+        raise AttributeError(f"MolBindConfig has no {name!r} (modalities: {self.__dict__.get('modalities')})")
+
+    def tower(self, modality: str):
+        return dict(self.towers)[modality] if modality in self.modalities else getattr(self, modality)
+
+    def _key(self):
+        return (self.towers, self.embed_dim, self.unimol_pooling, self.dtype)
+
+    def __eq__(self, other):
+        return isinstance(other, MolBindConfig) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        towers = ", ".join(f"{spec(m).config_key}={c!r}" for m, c in self.towers)
+        return (f"MolBindConfig({towers}, embed_dim={self.embed_dim}, unimol_pooling={self.unimol_pooling!r}, "
+                f"dtype={self.dtype!r})")
+
+    def replace(self, **changes) -> "MolBindConfig":
+        """A copy with fields (embed_dim, ..., or whole tower configs by key) replaced."""
+        kw = dict(towers=dict(self.towers), modalities=self.modalities, embed_dim=self.embed_dim,
+                  unimol_pooling=self.unimol_pooling, dtype=self.dtype, preset=self.preset)
+        by_key = {spec(m).config_key: m for m in self.modalities}
+        for k, v in changes.items():
+            if k in by_key or k in kw["towers"]:
+                kw["towers"][by_key.get(k, k)] = v
+            elif k in kw:
+                kw[k] = v
+            else:
+                raise ValueError(f"unknown MolBindConfig field {k!r}")
+        if "modalities" in changes:
+            kw["towers"] = {m: c for m, c in kw["towers"].items() if m in kw["modalities"]}
+        return MolBindConfig(**kw)
 
     @classmethod
     def tiny(cls, **overrides) -> "MolBindConfig":
         """Test-sized towers (seconds on a CPU); vocabularies as the real dictionaries."""
-        kw = dict(
-            bert=BertConfig.tiny(use_token_type=False, dropout=0.0, attention_dropout=0.0),
-            gin=GINConfig.tiny(),
-            conformer=UniMolConfig.tiny(vocab_size=31),
-            pocket=UniMolConfig.tiny(vocab_size=10),
-            embed_dim=16,
-        )
+        kw = dict(embed_dim=16, preset="tiny")
         kw.update(overrides)
         return cls(**kw)
 
@@ -119,38 +136,44 @@ class MolBindConfig:
         """The original's sizes (spec): SciBERT text tower without token types and with the
         Q-Former's extra [DEC] row (31091), 5x300 GIN with (0,0) self-loops, 15x512 Uni-Mol
         towers (mol V=31, pocket V=10), 512-d embeddings, the original padded-mean pooling."""
-        kw = dict(
-            bert=BertConfig.scibert(vocab_size=31091),
-            gin=GINConfig(),
-            conformer=UniMolConfig.molecule(),
-            pocket=UniMolConfig.pocket(),
-            embed_dim=512,
-            unimol_pooling="original",
-        )
+        kw = dict(embed_dim=512, unimol_pooling="original", preset="original")
         kw.update(overrides)
         return cls(**kw)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (dtypes as names, tuples as lists); inverse of `from_dict`."""
-        out = {name: _sub_to_dict(getattr(self, name)) for name in _SUB_CONFIGS}
-        out.update(embed_dim=self.embed_dim, unimol_pooling=self.unimol_pooling, dtype=self.dtype)
+        out = {spec(m).config_key: tower_config_to_dict(c) for m, c in self.towers}
+        out.update(modalities=list(self.modalities), embed_dim=self.embed_dim,
+                   unimol_pooling=self.unimol_pooling, dtype=self.dtype)
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: "MolBindConfig | None" = None) -> "MolBindConfig":
         """From `to_dict` output, or a partial dict (e.g. `ConfigDict.to_dict()`) applied on top
         of `base` (default: `MolBindConfig()`, the original sizes): top-level fields replace
-        base's, a sub-config given as a dict replaces only the fields it names, e.g.
-        `MolBindConfig.from_dict({"gin": {"num_layers": 3}}, base=MolBindConfig.tiny())`."""
+        base's, a tower given as a dict replaces only the fields it names, e.g.
+        `MolBindConfig.from_dict({"gin": {"num_layers": 3}}, base=MolBindConfig.tiny())`. A
+        dict without `modalities` (older exports) keeps base's."""
         base = cls() if base is None else base
         d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        modalities = tuple(d.pop("modalities", None) or base.modalities)
+        towers = {}
+        for m in modalities:
+            s = spec(m)
+            start = dict(base.towers).get(m) or s.tower_config(base.preset)
+            value = d.pop(s.config_key, None)
+            if value is None:
+                towers[m] = start
+            elif isinstance(value, Mapping):
+                towers[m] = tower_config_replace(start, value)
+            else:
+                towers[m] = value
+        unknown = sorted(set(d) - set(_TOP))
         if unknown:
             raise ValueError(f"unknown MolBindConfig field(s) {unknown}")
-        for name in _SUB_CONFIGS:
-            if name in d and isinstance(d[name], Mapping):
-                d[name] = _sub_from_dict(getattr(base, name), d[name])
-        return dataclasses.replace(base, **d)
+        kw = dict(embed_dim=base.embed_dim, unimol_pooling=base.unimol_pooling, dtype=base.dtype)
+        kw.update(d)
+        return cls(towers, modalities=modalities, preset=base.preset, **kw)
 
 
 def _finish(projected, normalize: bool):
@@ -160,93 +183,52 @@ def _finish(projected, normalize: bool):
 
 
 class MolBind(nnx.Module):
-    """The four towers and heads; every `embed_*` returns float32 [B, embed_dim] rows,
-    L2-normalised unless `normalize=False` (the original's evaluation features)."""
+    """One tower and head per modality of `config`; `embed` returns float32 [B, embed_dim]
+    rows, L2-normalised unless `normalize=False` (the original's evaluation features)."""
 
     def __init__(self, config: MolBindConfig, *, rngs: nnx.Rngs):
         self.config = config
         dt = jnp.dtype(config.dtype)
-        bert = dataclasses.replace(config.bert, dtype=dt)
-        gin = dataclasses.replace(config.gin, dtype=dt)
-        conf = dataclasses.replace(config.conformer, dtype=dt)
-        pocket = dataclasses.replace(config.pocket, dtype=dt)
-        e = config.embed_dim
-        self.text_encoder = BertEncoder(bert, rngs=rngs)
-        self.graph_encoder = GIN(gin, rngs=rngs)
-        self.conformer_encoder = UniMolEncoder(conf, rngs=rngs)
-        self.pocket_encoder = UniMolEncoder(pocket, rngs=rngs)
-        self.text_proj = ProjectionHead(bert.hidden_size, e, layer_norm=False, rngs=rngs, dtype=dt)
-        self.graph_proj = ProjectionHead(gin.emb_dim, e, layer_norm=True, rngs=rngs, dtype=dt)
-        self.conf_proj = ProjectionHead(conf.embed_dim, e, layer_norm=True, rngs=rngs, dtype=dt)
-        self.pro_proj = ProjectionHead(pocket.embed_dim, e, layer_norm=True, rngs=rngs, dtype=dt)
+        # Every encoder, then every head (the parameter order of the original four-tower model,
+        # so that a seed gives the same initial weights as before the table existed).
+        for m in config.modalities:
+            setattr(self, spec(m).encoder_attr, spec(m).build(config.tower(m), dtype=dt, rngs=rngs))
+        for m in config.modalities:
+            setattr(self, spec(m).head_attr,
+                    spec(m).build_head(config.tower(m), embed_dim=config.embed_dim, dtype=dt, rngs=rngs))
 
-    # ------------------------------------------------------------------ single modalities
-    def embed_text(self, ids, mask, *, train: bool = False, normalize: bool = True):
-        """ids, mask [B, L] -> [B, E] from the first ([CLS]) position, no LayerNorm."""
-        hidden = self.text_encoder(jnp.asarray(ids), jnp.asarray(mask), deterministic=not train)
-        return _finish(self.text_proj(text_cls_pool(hidden)), normalize)
+    def embed(self, modality: str, batch, *, train: bool = False, normalize: bool = True):
+        """A modality's typed batch -> [B, E] in example order."""
+        if modality not in self.config.modalities:
+            raise ValueError(f"this model has no {modality!r} tower (modalities: {self.config.modalities})")
+        return _finish(spec(modality).embed(self, batch, train=train), normalize)
 
-    def embed_graph(self, batch: Mapping[str, Any], *, train: bool = False, normalize: bool = True):
-        """The graph_* arrays of DESIGN.md section 2 ([S, ...] with one padding graph last in
-        each shard) -> [B, E] with B = S * G, in example order (shard s holds examples
-        s*G .. s*G+G-1); the padding graphs are dropped. In train mode the GIN BatchNorm uses
-        the statistics of all real nodes and updates its running statistics."""
-        missing = [k for k in GRAPH_KEYS if k not in batch]
-        if missing:
-            raise KeyError(f"graph batch lacks {missing}")
-        graph = jraph.GraphsTuple(
-            nodes=jnp.asarray(batch["graph_nodes"]), edges=jnp.asarray(batch["graph_edges"]),
-            senders=jnp.asarray(batch["graph_senders"]), receivers=jnp.asarray(batch["graph_receivers"]),
-            n_node=jnp.asarray(batch["graph_n_node"]), n_edge=jnp.asarray(batch["graph_n_edge"]),
-            globals=None,
-        )
-        if graph.nodes.ndim != 3:
-            raise ValueError(f"graph_nodes must be [S, Nn, 2] (shard axis first), got shape {graph.nodes.shape}")
-        _, graph_rep = self.graph_encoder(graph, train=train)  # [S, G+1, D]
-        s, g1, d = graph_rep.shape
-        rows = graph_rep[:, :-1].reshape(s * (g1 - 1), d)
-        return _finish(self.graph_proj(rows), normalize)
-
-    def _embed_3d(self, encoder, head, tokens, coords, train, normalize):
-        tokens = jnp.asarray(tokens)
-        distance, edge_type = pair_inputs(tokens, coords, encoder.config.vocab_size)
-        rep = encoder(tokens, distance, edge_type, deterministic=not train)
-        return _finish(head(unimol_mean_pool(rep, tokens, mode=self.config.unimol_pooling)), normalize)
-
-    def embed_conformer(self, tokens, coords, *, train: bool = False, normalize: bool = True):
-        """Molecule dictionary tokens [B, N] (0 = pad) and coordinates [B, N, 3] -> [B, E]."""
-        return self._embed_3d(self.conformer_encoder, self.conf_proj, tokens, coords, train, normalize)
-
-    def embed_pocket(self, tokens, coords, *, train: bool = False, normalize: bool = True):
-        """Pocket dictionary tokens [B, M] and coordinates [B, M, 3] -> [B, E]."""
-        return self._embed_3d(self.pocket_encoder, self.pro_proj, tokens, coords, train, normalize)
-
-    def embed_modality(self, modality: str, batch: Mapping[str, Any], *, train: bool = False,
-                       normalize: bool = True):
-        """One modality's rows of a pair batch (DESIGN.md section 2 keys) -> [B, E]."""
-        kw = dict(train=train, normalize=normalize)
-        if modality == "graph":
-            return self.embed_graph(batch, **kw)
-        if modality == "text":
-            return self.embed_text(batch["text_ids"], batch["text_mask"], **kw)
-        if modality == "conformer":
-            return self.embed_conformer(batch["conformer_tokens"], batch["conformer_coords"], **kw)
-        if modality == "pocket":
-            return self.embed_pocket(batch["pocket_tokens"], batch["pocket_coords"], **kw)
-        raise ValueError(f"unknown modality {modality!r}; expected graph, text, conformer or pocket")
-
-    # ------------------------------------------------------------------------- pair types
-    def pair_embeddings(self, pair: str, batch: Mapping[str, Any], *, train: bool = False):
-        """(x, y, mask) of one pair type's batch, in the loss's orientation:
-        graph_text (graph, text), conformer_text (conformer, text), graph_conformer
-        (graph, conformer), conformer_pocket (ligand conformer, pocket). mask is the batch's
-        pair_mask (all True when absent)."""
-        if pair not in PAIR_MODALITIES:
-            raise ValueError(f"unknown pair type {pair!r}; expected one of {PAIRS}")
-        x, y = (self.embed_modality(m, batch, train=train) for m in PAIR_MODALITIES[pair])
+    def pair_embeddings(self, pair: str, batch: PairBatch, *, train: bool = False):
+        """(x, y, mask) of one pair type's batch, in the loss's orientation (the table's
+        x and y); mask is the batch's pair mask as bool."""
+        p = schema.pair_type(pair)
+        x = self.embed(p.x, batch.x, train=train)
+        y = self.embed(p.y, batch.y, train=train)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{pair}: {x.shape[0]} rows on the x side but {y.shape[0]} on the y side "
                              "(graph shards must hold B/S graphs each)")
-        mask = batch.get("pair_mask")
-        mask = jnp.ones((x.shape[0],), bool) if mask is None else jnp.asarray(mask).astype(bool)
-        return x, y, mask
+        return x, y, jnp.asarray(batch.mask).astype(bool)
+
+    # Convenience for the original four (tests, importers and the comparison harness).
+    def embed_text(self, ids, mask, *, train: bool = False, normalize: bool = True):
+        from molbind_jax.modalities.text import TextBatch
+
+        return self.embed("text", TextBatch(ids, mask), train=train, normalize=normalize)
+
+    def embed_graph(self, batch, *, train: bool = False, normalize: bool = True):
+        return self.embed("graph", batch, train=train, normalize=normalize)
+
+    def embed_conformer(self, tokens, coords, *, train: bool = False, normalize: bool = True):
+        from molbind_jax.modalities.atoms import AtomsBatch
+
+        return self.embed("conformer", AtomsBatch(tokens, coords), train=train, normalize=normalize)
+
+    def embed_pocket(self, tokens, coords, *, train: bool = False, normalize: bool = True):
+        from molbind_jax.modalities.atoms import AtomsBatch
+
+        return self.embed("pocket", AtomsBatch(tokens, coords), train=train, normalize=normalize)

@@ -62,9 +62,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 DATA_AXIS = "data"
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 # The original: loss = 0.25*(L_gt + L_ct) + 0.25*(L_gc + L_cp) (contrastive.py 186-190).
-DEFAULT_WEIGHTS = {p: 0.25 for p in PAIRS}
+DEFAULT_WEIGHT = 0.25
 DEFAULT_TEMPERATURE = 0.1
 # Logit given to masked columns. Finite (not -inf) so that a row with every column masked
 # still has a finite logsumexp and gradient (masked rows are then dropped by the mean).
@@ -265,13 +264,13 @@ def molbind_loss(
     Args:
       embeddings: {pair name: (x, y, mask)}, e.g. from `MolBind.pair_embeddings`. Pairs that
         are absent (say, no conformer_text in the emergent setting) are simply not summed.
-      weights: {pair: weight}; default 0.25 each (the original's hard-coded weights).
+      weights: {pair: weight}; default 0.25 each (the original's hard-coded weight).
       temperatures: one float/scalar for all pairs, or {pair: scalar}.
 
     Returns:
       (total, per_pair) with per_pair[pair] = (unweighted loss, aux dict).
     """
-    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    weights = {p: DEFAULT_WEIGHT for p in embeddings} if weights is None else dict(weights)
     total = jnp.zeros((), jnp.float32)
     per_pair = {}
     for pair, (x, y, mask) in embeddings.items():

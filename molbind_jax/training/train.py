@@ -192,16 +192,19 @@ def evaluate(train_step, state, eval_sets: Mapping[str, list], mesh) -> dict[str
     return out
 
 
-def _check_text_ids(batches: Mapping, vocab_size: int) -> None:
-    """Token ids beyond the text tower's vocabulary would be clamped silently by the embedding
-    gather on device; a tokenizer/model mismatch must fail loudly instead."""
+def check_batches(batches: Mapping, model_config) -> None:
+    """Each side of each host batch against its tower (`ModalitySpec.check_batch`): e.g. token
+    ids beyond the text tower's table would be clamped silently by the gather on device; a
+    tokenizer/model mismatch must fail loudly instead."""
+    from data_pipeline import schema
+    from molbind_jax.modalities import spec
+
     for pair, b in batches.items():
-        if "text_ids" in b:
-            top = int(b["text_ids"].max())
-            if top >= vocab_size:
-                raise ValueError(f"{pair}: text token id {top} >= the text tower's vocab_size {vocab_size}; "
-                                 "the dataset was tokenized with another vocabulary than the model's "
-                                 "(set model.text_init or model.overrides.bert.vocab_size)")
+        for side, m in zip((b.x, b.y), schema.pair_type(pair).modalities):
+            try:
+                spec(m).check_batch(side, model_config.tower(m))
+            except ValueError as e:
+                raise ValueError(f"{pair}: {e} (set the tower's pretrained init or its size overrides)") from e
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -310,7 +313,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
             micro = []
             for _ in range(accum):
                 local = next(batches)
-                _check_text_ids(local, text_vocab)
+                check_batches(local, mcfg)
                 micro.append({p: train_inputs.to_global(b, mesh) for p, b in local.items()})
             state, m = train_step(state, micro)
             # One scalar per step crosses to the host: a non-finite step left the state unchanged

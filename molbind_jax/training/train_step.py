@@ -40,7 +40,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+from data_pipeline import schema
 
 # ----------------------------------------------------------------------------------------------
 # Learning-rate schedule and optimizer.
@@ -131,8 +131,8 @@ def make_optimizer(
 class StepOptions:
     """What the step needs from the experiment config (see experiments/configs/common.py)."""
 
-    pairs: tuple[str, ...] = PAIRS
-    weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: {p: 0.25 for p in PAIRS})
+    pairs: tuple[str, ...] = tuple(schema.PAIR_TYPES)
+    weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: {p: 0.25 for p in schema.PAIR_TYPES})
     temperature: float = 0.1
     learn_temperature: bool = False
     gather_gradient: bool = True
@@ -247,7 +247,8 @@ class TrainStep:
     def _pair_loss(self, pair, trainable, batch_stats, rest, batch, step, micro):
         """Weighted loss of one pair type, its unweighted value and the updated BN stats."""
         key = jax.random.fold_in(jax.random.key(self.opts.seed), step)
-        key = jax.random.fold_in(key, micro * len(PAIRS) + PAIRS.index(pair))
+        table = list(schema.PAIR_TYPES)  # (the original four give the keys they always had)
+        key = jax.random.fold_in(key, micro * len(table) + table.index(pair))
         params = trainable["model"]
         if self.opts.frozen:
             frozen = set(self.opts.frozen)
@@ -363,7 +364,7 @@ class TrainStep:
 
         return jax.jit(f, static_argnums=(0,), out_shardings=self.replicated)
 
-    def eval_embeddings(self, state: Mapping, pair: str, batch: Mapping) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def eval_embeddings(self, state: Mapping, pair: str, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Eval-mode (running BN statistics, no dropout) embeddings of one pair batch."""
         return self._embed_eval(pair, state["trainable"]["model"], state["batch_stats"], batch)
 

@@ -1,0 +1,171 @@
+"""Stored records -> typed, padded numpy batches (layer 1 of the input pipeline; numpy only).
+
+The layouts are the contract of docs/DESIGN.md: section 1 (stored records, unpadded) in,
+section 2 (static-shape batches) out. A pair type's batch is `PairBatch(x, y, mask)`, whose
+`x` and `y` are produced by the two modalities' specs (`molbind_jax.modalities`): this module
+only asks the table which modalities a pair has and which size keys they pad. Bucket sizes
+(`suggest_buckets`) are chosen here from size distributions; no TF, no JAX, so evaluation and
+the API call the same functions on users' own featurized records.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from data_pipeline import schema
+from molbind_jax.modalities import PairBatch, pair_specs, spec
+from molbind_jax.modalities.base import choose_bucket, round_up
+
+ATOM_MULTIPLE = 8  # the original collater pads atoms to a multiple of 8
+
+Record = Mapping[str, Any]
+
+__all__ = ["PairBatch", "collate_pair", "record_sizes", "num_choices", "packed_keys", "choose_bucket",
+           "suggest_buckets", "optimal_bucket_sets", "buckets_for", "ATOM_MULTIPLE"]
+
+
+# ----------------------------------------------------------------------------- buckets
+
+def suggest_buckets(sizes: Sequence[int], max_shapes: int = 8, multiple: int = ATOM_MULTIPLE,
+                    ) -> tuple[int, ...]:
+    """At most `max_shapes` bucket sizes (multiples of `multiple`) covering every size.
+
+    Exact dynamic programme: among the candidate boundaries (each size rounded up to the
+    multiple) choose the set that minimises the total padded length sum_i bucket(size_i), i.e.
+    maximises the per-item padding efficiency. The largest size is always covered.
+    """
+    if max_shapes < 1:
+        raise ValueError("max_shapes must be >= 1")
+    return optimal_bucket_sets(sizes, max_shapes, multiple)[-1]
+
+
+def optimal_bucket_sets(sizes: Sequence[int], max_shapes: int, multiple: int = ATOM_MULTIPLE,
+                        ) -> list[tuple[int, ...]]:
+    """`suggest_buckets` for every shape budget 1..max_shapes from one dynamic programme."""
+    sizes = np.asarray(sizes, dtype=np.int64).ravel()
+    if sizes.size == 0:
+        raise ValueError("suggest_buckets needs at least one size")
+    values, counts = np.unique(np.maximum(round_up(sizes, multiple), multiple), return_counts=True)
+    u = len(values)
+    k_max = min(max_shapes, u)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    inf = np.iinfo(np.int64).max // 4
+    # cost[k][j]: best total padded length for candidates 0..j with k+1 buckets, last at j.
+    cost = np.full((k_max, u), inf, dtype=np.int64)
+    back = np.zeros((k_max, u), dtype=np.int64)
+    cost[0] = cum[1:] * values
+    for k in range(1, k_max):
+        for j in range(k, u):
+            # previous bucket at i < j; items i+1..j pad to values[j]
+            prev = cost[k - 1, k - 1:j] + (cum[j + 1] - cum[k:j + 1]) * values[j]
+            i = int(np.argmin(prev))
+            cost[k, j] = prev[i]
+            back[k, j] = i + k - 1
+    out = []
+    for budget in range(1, max_shapes + 1):
+        k = int(np.argmin(cost[:min(budget, k_max), u - 1]))
+        chosen, j = [], u - 1
+        while True:
+            chosen.append(int(values[j]))
+            if k == 0:
+                break
+            j, k = int(back[k, j]), k - 1
+        out.append(tuple(sorted(chosen)))
+    return out
+
+
+def buckets_for(pair: str, buckets) -> dict[str, tuple[int, ...]] | None:
+    """The buckets of one pair from either a flat {size key: sizes} mapping (shared by all
+    pairs; keys of other pairs' modalities are ignored) or a {pair: {size key: sizes}} one.
+    Accepts any mapping with `.items()` (an ml_collections ConfigDict too)."""
+    if not buckets:
+        return None
+    buckets = dict(buckets.items())
+    all_keys = {k for m in schema.MODALITIES.values() for k in m.size_keys}
+    if set(buckets) <= set(schema.PAIR_TYPES):
+        return buckets_for(pair, buckets.get(pair))
+    unknown = set(buckets) - all_keys
+    if unknown:
+        raise ValueError(f"unknown bucket keys {sorted(unknown)}; expected size keys {sorted(all_keys)} "
+                         f"or pair names {sorted(schema.PAIR_TYPES)}")
+    mine = set(schema.size_keys(pair))
+    return {k: tuple(int(x) for x in v) for k, v in buckets.items() if k in mine} or None
+
+
+# ----------------------------------------------------------------------------- sizes
+
+def record_sizes(pair: str, record: Record) -> dict[str, int]:
+    """Padded-dimension sizes of one record of `pair`; raises ValueError when malformed."""
+    out: dict[str, int] = {}
+    for s in pair_specs(pair):
+        out.update(s.sizes(record))
+    return out
+
+
+def num_choices(pair: str, record: Record) -> dict[str, int]:
+    """{modality: stored variants} for the pair's modalities that have several (conformers)."""
+    return {s.name: n for s in pair_specs(pair) if (n := s.num_choices(record)) > 1}
+
+
+def packed_keys(pair: str) -> dict[str, int]:
+    """Size keys of `pair` padded per shard (sum over the shard's rows + the extra)."""
+    out: dict[str, int] = {}
+    for s in pair_specs(pair):
+        out.update(s.packed)
+    return out
+
+
+# ----------------------------------------------------------------------------- collation
+
+def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | None = None,
+                 num_shards: int = 1, buckets: Mapping[str, Sequence[int]] | None = None,
+                 shapes: Mapping[str, int] | None = None,
+                 choices: Mapping[str, Sequence[int]] | None = None,
+                 pair_mask: Sequence[bool] | None = None) -> PairBatch:
+    """Stored records of one pair type -> its `PairBatch` (DESIGN.md section 2).
+
+    batch_size: rows of the batch; missing rows are copies of examples[0] with mask False.
+    shapes: padded size per size key (e.g. "text", "graph_nodes"); missing keys come from
+      `buckets`, else the need rounded up to the modality's multiple (8 for atoms).
+    choices: {modality: which stored variant each example uses} (conformers; default: first).
+    """
+    x_spec, y_spec = pair_specs(pair)
+    if not examples:
+        raise ValueError("collate_pair needs at least one example")
+    n_real = len(examples)
+    batch_size = n_real if batch_size is None else batch_size
+    if n_real > batch_size:
+        raise ValueError(f"{n_real} examples for a batch of {batch_size}")
+    mask = np.ones(n_real, bool) if pair_mask is None else np.asarray(pair_mask, bool).ravel()
+    choices = {m: list(c) for m, c in (choices or {}).items() if c is not None}
+    if len(mask) != n_real or any(len(c) != n_real for c in choices.values()):
+        raise ValueError(f"{n_real} examples but pair_mask / choices of another length")
+    fill = batch_size - n_real
+    examples = list(examples) + [examples[0]] * fill
+    mask = np.concatenate([mask, np.zeros(fill, bool)])
+    choices = {m: c + [c[0]] * fill for m, c in choices.items()}
+    shapes = dict(shapes or {})
+    sides = []
+    for s in (x_spec, y_spec):
+        missing = [k for k in s.size_keys if not shapes.get(k)]
+        if missing:
+            need = s.needed(examples, num_shards)
+            for k in missing:
+                shapes[k] = s.default_shape(k, need[k], buckets)
+        sides.append(s.collate(examples, shapes, num_shards=num_shards, choices=choices.get(s.name)))
+    return PairBatch(sides[0], sides[1], mask)
+
+
+def collate_modality(modality: str, records: Sequence[Record], *, shapes: Mapping[str, int] | None = None,
+                     num_shards: int = 1, buckets: Mapping[str, Sequence[int]] | None = None,
+                     choices: Sequence[int] | None = None):
+    """One modality's typed batch of `records` (the API and evaluation embed one side)."""
+    s = spec(modality)
+    shapes = dict(shapes or {})
+    need = None
+    for k in s.size_keys:
+        if not shapes.get(k):
+            need = need or s.needed(records, num_shards)
+            shapes[k] = s.default_shape(k, need[k], buckets)
+    return s.collate(records, shapes, num_shards=num_shards, choices=choices)
