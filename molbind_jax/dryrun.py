@@ -124,6 +124,19 @@ def _abstract_model(mcfg, seed: int):
     return _concretize_rngs(nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))))
 
 
+def _model_config(config: ConfigDict):
+    """The run's MolBindConfig: the text tower sized from init.text's config.json when that
+    directory is on this machine (no weights are read), else the preset's text tower."""
+    from molbind_jax import pretrained, train
+
+    text = str((config.get("init") or {}).get("text", "") or "")
+    try:
+        return train.model_config_from(config, pretrained.resolve_text(text)), ""
+    except pretrained.InitError:
+        return train.model_config_from(config), (f"init.text={text!r} is not an HF directory on this "
+                                                 "machine: the text tower has the preset's size")
+
+
 def _schedule_config(config: ConfigDict) -> ConfigDict:
     cfg = ConfigDict(config.to_dict())
     if int(cfg.steps_per_epoch) < 0:
@@ -145,7 +158,7 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
 
     mesh = sharding.make_mesh(devices or int(config.num_devices) or None)
     n_dev = mesh.devices.size
-    mcfg = train.model_config_from(config)  # preset + overrides; init.text's sizes are not read
+    mcfg, note = _model_config(config)
     t0 = time.time()
     model = _abstract_model(mcfg, int(config.seed))
     opts = train.step_options(config)
@@ -201,6 +214,7 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
         "memory_bytes_per_device": memory,
         "flops_per_device": flops,
         "flops_all_devices": flops * n_dev,
+        "note": note,
         "trace_lower_s": t1 - t0,
         "compile_s": t2 - t1,
     }
@@ -216,7 +230,7 @@ def format_report(r: Mapping[str, Any]) -> str:
     d = r["dims"]
     batch = ", ".join(f"{p} {b}" for p, b in r["per_device_batch"].items())
     path = "fused step" if r["fused_step"] else "split step (per-pair programs traced as one)"
-    return "\n".join([
+    lines = [
         f"dry run: one train step on {r['devices']} simulated {r['platform']} devices, {path}",
         f"model: {r['parameters']:,} parameters ({towers}); matmul dtype {r['model_dtype']}",
         f"batch per device and micro-step: {batch}; accumulate_steps {r['accumulate_steps']}",
@@ -227,7 +241,10 @@ def format_report(r: Mapping[str, Any]) -> str:
         f"FLOPs per step: {r['flops_per_device']:.4g} per device, {r['flops_all_devices']:.4g} "
         f"on {r['devices']} devices",
         f"time: trace and lower {r['trace_lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
-    ])
+    ]
+    if r.get("note"):
+        lines.insert(2, f"note: {r['note']}")
+    return "\n".join(lines)
 
 
 def _define_flags() -> None:

@@ -305,6 +305,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     summary_path = os.path.join(workdir, "train_summary.json")
+    init_plan(config)  # a wrong init block fails now, before data or model are touched
     if int(config.steps_per_epoch) < 0 or int(config.total_steps) < 0:
         _ensure_data(config)
         lengths = resolve_epochs(config)
@@ -444,7 +445,7 @@ def train_step_temperatures(train_step, state) -> dict[str, float]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from molbind_jax import sharding
+    from molbind_jax import pretrained, sharding
 
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed(FLAGS.distributed)
@@ -457,6 +458,9 @@ def main(argv):
     except NonFiniteLossError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(3)
+    except pretrained.InitError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({k: summary[k] for k in ("total_steps", "wall_time_s", "mean_step_time_s", "final_eval")},
                      default=str))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from molbind_jax import dryrun
-from smoke_configs import REPO, m4_config
+from smoke_configs import REPO, load_config, m4_config
 
 LAUNCHERS = ("tpu_pod.sh", "slurm_gpu.sbatch", "multinode_env.sh")
 
@@ -42,6 +42,15 @@ def test_simulate_devices_sets_or_replaces_the_flag(monkeypatch):
     dryrun.simulate_devices(2)
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
     assert os.environ["JAX_PLATFORMS"] == "cpu"
+
+
+def test_dry_run_sizes_the_text_tower_from_init_text_without_reading_weights():
+    mcfg, note = dryrun._model_config(load_config("mini"))  # init.text="minilm": 6 x 384
+    assert (mcfg.bert.hidden_size, mcfg.bert.num_layers, mcfg.bert.vocab_size, note) == (384, 6, 30522, "")
+    c = m4_config()
+    c.init.text = "/pod/ckpts/scibert"  # a path of the pod, not of this machine: the preset's size
+    mcfg, note = dryrun._model_config(c)
+    assert (mcfg.bert.hidden_size, mcfg.bert.vocab_size) == (768, 31091) and "/pod/ckpts/scibert" in note
 
 
 def _small(accumulate, pairs=("graph_conformer",)):
