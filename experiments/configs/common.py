@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import ml_collections
 
-PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+from data_pipeline import schema
+
+# Every pair type of the table gets an entry in the per-pair tables below (a flag can set it);
+# the trained ones are `pairs`.
+ALL_PAIRS = tuple(schema.PAIR_TYPES)
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.pairs = PAIRS
+    c.pairs = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")  # the original's four
     # The original: loss = 0.25 * (L_gt + L_ct) + 0.25 * (L_gc + L_cp), fixed tau = 0.1.
-    c.loss_weights = ml_collections.ConfigDict({p: 0.25 for p in PAIRS})
+    c.loss_weights = ml_collections.ConfigDict({p: 0.25 for p in ALL_PAIRS})
     c.temperature = 0.1
     c.learn_temperature = False
     # True: gradients through the all-gather (equals the 1-device loss). False: the original's
@@ -27,14 +31,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 32
     # Per pair type: a different global batch (0 = batch_size), and how often the pair is
     # trained (k: in every k-th micro-step only; 1 = every step, as the original).
-    c.pair_batch_size = ml_collections.ConfigDict({p: 0 for p in PAIRS})
-    c.pair_every = ml_collections.ConfigDict({p: 1 for p in PAIRS})
+    c.pair_batch_size = ml_collections.ConfigDict({p: 0 for p in ALL_PAIRS})
+    c.pair_every = ml_collections.ConfigDict({p: 1 for p in ALL_PAIRS})
     c.accumulate_steps = 1  # micro-batches per optimizer update (the original: 4)
-    c.total_steps = 1000  # optimizer updates
-    c.steps_per_epoch = 0  # 0 = total_steps (one "epoch"); only the schedule uses it
+    c.total_steps = 1000  # optimizer updates; -1 = num_epochs epochs
+    # Optimizer updates per epoch (only the schedule uses it): 0 = total_steps (one "epoch");
+    # -1 = from the built dataset's train splits: the longest of `epoch_pairs` in micro-batches
+    # of its batch, divided by accumulate_steps (the original's epoch, see train.resolve_epochs).
+    c.steps_per_epoch = 0
+    c.num_epochs = 0  # with total_steps=-1
+    c.epoch_pairs = ("graph_text", "conformer_pocket", "graph_conformer")
 
     # AdamW lr 1e-4, wd 0.05 on every parameter; LAVIS LinearWarmupCosine: warm-up from 1e-6
-    # over min(steps_per_epoch, 1000) steps (warmup_steps=-1), cosine to the floor 1e-5.
+    # over min(micro-batches per epoch, 1000) updates (warmup_steps=-1), cosine to the floor 1e-5.
     c.lr = ml_collections.ConfigDict(dict(peak=1e-4, warmup_init=1e-6, min=1e-5, warmup_steps=-1,
                                           cosine_per_epoch=False))
     c.weight_decay = 0.05
@@ -47,8 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"  # a MolBindConfig classmethod: tiny | original
-    c.model.text_init = ""  # "" (random), "minilm" (offline MiniLM) or an HF BERT directory
     c.model.overrides = ml_collections.ConfigDict()  # nested MolBindConfig.to_dict() overrides
+
+    # Where each tower starts (molbind_jax/training/pretrained.py): a backbone file per tower, or the
+    # tower listed in `scratch` (random weights). A tower with neither stops the start.
+    c.init = ml_collections.ConfigDict(dict(
+        text="",  # HF BERT/SciBERT directory, or "minilm" (the offline MiniLM)
+        graph="",  # Hu et al. GIN .pth (graph_pretrain.pth), BatchNorm statistics included
+        conformer="",  # Uni-Mol molecule .pt (mol_pretrain.pt)
+        pocket="",  # Uni-Mol pocket .pt (protein_pretrain.pt)
+        conformer_dictionary="",  # Uni-Mol dict.txt of the molecule tower (checked against ours)
+        pocket_dictionary="",  # Uni-Mol dict.txt of the pocket tower
+        scratch=(),  # e.g. ("graph", "conformer", "pocket")
+    ))
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # tfds | synthetic
@@ -60,6 +80,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Distinct padded sizes per modality and pair. Each new shape combination compiles a
     # program; on a CPU compile time dominates, on accelerators padding does.
     c.data.max_shapes = 8
+
+    # Abstract batch of `python -m molbind_jax.training.dryrun` (no data is read): padded text length,
+    # conformer and pocket tokens ([CLS]/[SEP] included, multiples of 8), graph nodes and
+    # directed edges per molecule.
+    c.dryrun = ml_collections.ConfigDict(dict(text_len=128, mol_atoms=64, pocket_atoms=264,
+                                              graph_nodes=62, graph_edges=136))
 
     c.num_devices = 0  # 0 = all devices
     c.log_every = 10

@@ -52,7 +52,8 @@ def get_config(arg: str | None = None):
     c.lr.warmup_steps = 40
     c.frozen = ("text_encoder",)
     c.model.preset = "tiny"
-    c.model.text_init = "minilm"
+    c.init.text = "minilm"
+    c.init.scratch = ("graph", "conformer", "pocket")
     c.model.overrides = dict(
         embed_dim=128,
         bert=dict(dropout=0.1, attention_dropout=0.1, use_token_type=False),
@@ -70,7 +71,8 @@ def get_config(arg: str | None = None):
     c.keep_checkpoints = 3
 
     if arg in ("smoke", "smoke_data"):
-        c.model.text_init = ""
+        c.init.text = ""
+        c.init.scratch = ("text", "graph", "conformer", "pocket")
         c.model.overrides = dict(embed_dim=16)  # MolBindConfig.tiny() towers
         if arg == "smoke_data":  # a tiny text tower that accepts the dataset's MiniLM token ids
             c.model.overrides = dict(embed_dim=16, bert=dict(vocab_size=30522, max_position_embeddings=512))

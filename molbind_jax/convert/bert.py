@@ -130,7 +130,7 @@ def assign(module: BertEncoder, state: Mapping[str, np.ndarray], source: str, *,
     return report
 
 
-def _weights_path(checkpoint: str) -> str:
+def weights_path(checkpoint: str) -> str:
     if os.path.isdir(checkpoint):
         for name in _WEIGHT_FILES:
             path = os.path.join(checkpoint, name)
@@ -199,7 +199,7 @@ def load(checkpoint: str, dictionary: str | None = None, *, prefix: str | None =
     """
     if dictionary is not None:
         raise ValueError("BERT takes no dictionary; its vocabulary is the tokenizer's (load_tokenizer)")
-    path = _weights_path(checkpoint)
+    path = weights_path(checkpoint)
     state = load_state_dict(path, subkey="state_dict")
     norm = normalize_keys(state, prefix)
     cfg = _infer_config(norm, _hf_config_dict(checkpoint), path, config_overrides)
@@ -243,7 +243,7 @@ def run_torch(checkpoint: str, inputs: Mapping[str, np.ndarray], dictionary: str
 
     if dictionary is not None:
         raise ValueError("BERT takes no dictionary")
-    path = _weights_path(checkpoint)
+    path = weights_path(checkpoint)
     state = normalize_keys(load_state_dict(path, subkey="state_dict"), prefix)
     cfg = _infer_config(state, _hf_config_dict(checkpoint), path, config_overrides)
     check_keys(state, {k: v[0] for k, v in _param_table(cfg).items()}, source=path,

@@ -26,9 +26,12 @@ def load_export(path: str) -> tuple[Any, Any, Any]:
         raise FileNotFoundError(f"{path} is not a MolBind export (no config.json)")
     with open(cfg_path, encoding="utf-8") as f:
         meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: export format {meta.get('format_version')} (expected {FORMAT_VERSION})")
+    version = meta.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"{path}: export format {version} (this version reads 1 and {FORMAT_VERSION})")
     mcfg = MolBindConfig.from_dict(meta["model"])
+    files = meta.get("files") or {"text": {"tokenizer": meta.get("tokenizer", "tokenizer")}}
+    check_files(path, mcfg, files)
     model = nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
     stats = nnx.state(model, nnx.BatchStat)
@@ -42,8 +45,30 @@ def load_export(path: str) -> tuple[Any, Any, Any]:
     nnx.update(model, params, stats)
     # eval_shape left the RNG streams abstract: give them concrete keys (unused in eval mode).
     model = _concretize_rngs(model)
-    tokenizer = load_tokenizer(os.path.join(path, meta.get("tokenizer", "tokenizer")))
+    tokenizer = None
+    if "text" in mcfg.modalities:
+        tokenizer = load_tokenizer(os.path.join(path, files["text"]["tokenizer"]))
     return model, mcfg, tokenizer
+
+
+def check_files(path: str, model_config, files) -> None:
+    """The inference files of an export are the ones the model needs: every Uni-Mol dictionary
+    it carries must list the built-in symbols in order (the featurizers emit those ids; a model
+    trained with another dictionary would be fed wrong tokens)."""
+    from molbind_jax.modalities import spec
+
+    for m in model_config.modalities:
+        rel = (files.get(m) or {}).get("dictionary")
+        if not rel:
+            continue
+        with open(os.path.join(path, rel), encoding="utf-8") as f:
+            symbols = [line.split()[0] for line in f if line.strip()]
+        want = list(spec(m).dictionary().symbols)
+        if symbols != want:
+            first = next((i for i, (a, b) in enumerate(zip(symbols, want)) if a != b), min(len(symbols), len(want)))
+            raise ValueError(f"{os.path.join(path, rel)}: the {m} dictionary differs from the built-in one at "
+                             f"symbol {first} ({symbols[first:first + 1]} vs {want[first:first + 1]}); the "
+                             "featurizers would feed this model the wrong token ids")
 
 
 def _concretize_rngs(model):

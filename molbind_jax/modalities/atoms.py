@@ -46,6 +46,9 @@ class AtomsSpec(ModalitySpec):
     tower attributes, the dictionary and the tower preset."""
 
     inference_buckets: dict = {}
+    # Uni-Mol checkpoints: {"model": state_dict, "args": ...} (the original's bind.py 82, 96).
+    init_importer = "unimol"
+    init_subkey = "model"
     dictionary_name = ""     # data_pipeline.featurize.dictionaries attribute
     molecule = True          # the record's `smiles` describes this side (False: a pocket)
     export_dictionary = ""   # file name in an export's dictionaries/

@@ -149,10 +149,27 @@ class ModalitySpec:
         """Projected rows [B, embed_dim] (before L2 normalisation) of a typed batch."""
         raise NotImplementedError
 
-    def init_from(self, model, path: str, **options) -> str:
-        """Loads pretrained weights from `path` into the encoder (strict key check); returns the
-        importer's report. Modalities without an importer raise."""
-        raise ValueError(f"modality {self.name!r} has no pretrained importer")
+    # Pretrained initialisation (training/pretrained.py): the importer module in
+    # molbind_jax/convert whose strict `assign` copies a state dict into the encoder, and the
+    # key a torch file wraps its state dict in (None: a plain state dict).
+    init_importer: str | None = None
+    init_subkey: str | None = None
+
+    def resolve_init(self, value: str) -> str:
+        """The checked path of `init.<modality>` (a file by default); raises with the reason."""
+        import os
+
+        if not self.init_importer:
+            raise ValueError(f"modality {self.name!r} has no pretrained importer; list it in init.scratch")
+        if not os.path.isfile(value):
+            raise FileNotFoundError("no such file")
+        return value
+
+    def pretrained_state(self, path: str) -> dict:
+        """The state dict (numpy arrays) of a pretrained file, read without running code."""
+        from molbind_jax.convert.common import load_state_dict
+
+        return load_state_dict(path, subkey=self.init_subkey)
 
     def export_files(self, model_config, directory: str, *, context: Mapping[str, Any]) -> dict[str, Any]:
         """Writes the files inference needs besides the weights (tokenizer, dictionaries) into

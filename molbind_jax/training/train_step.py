@@ -58,28 +58,35 @@ def lr_schedule(
 ) -> optax.Schedule:
     """Linear warm-up from `warmup_lr` to `peak_lr`, then cosine decay to the floor `min_lr`.
 
-    This is the LAVIS `LinearWarmupCosineLRScheduler` used by the original: warm-up over
-    `min(steps_per_epoch, 1000)` steps (the caller picks `warmup_steps`), then
-    `min_lr + (peak - min_lr) * (1 + cos(pi * t)) / 2`. With `cosine_per_epoch=True` the cosine
-    argument `t` moves once per epoch (`epoch / num_epochs`), exactly as LAVIS; otherwise it
-    moves every step (`(step - warmup) / (total - warmup)`), which is smoother for short runs.
-    `step` counts optimizer updates.
+    `step` counts optimizer updates done (the update with index `step` uses `schedule(step)`).
+
+    `cosine_per_epoch=True` is the LAVIS `LinearWarmupCosineLRScheduler` the original uses
+    (lavis/common/optims.py 56-94, 119-132; stepped with (current_epoch, global_step) in
+    model/run.py 185): during epoch 0 (`step < steps_per_epoch`) the rate is
+    `min(peak, warmup_lr + (peak - warmup_lr) * step / max(warmup_steps, 1))`, so it holds the
+    peak once warmed up and a warm-up longer than the epoch is cut at the epoch's end; from
+    epoch e >= 1 on it is `min_lr + (peak - min_lr) * (1 + cos(pi * e / num_epochs)) / 2`,
+    constant within the epoch, with `num_epochs = ceil(total_steps / steps_per_epoch)`.
+
+    Otherwise the cosine moves every step, `t = (step - warmup) / (total - warmup)`, after a
+    warm-up of `warmup_steps` steps: smoother for short runs.
     """
     warmup_steps = max(int(warmup_steps), 0)
     total_steps = max(int(total_steps), 1)
+    per_epoch = bool(cosine_per_epoch and steps_per_epoch)
+
+    def cosine(t):
+        return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(t, 0.0, 1.0)))
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
-        warm = warmup_lr + (peak_lr - warmup_lr) * step / max(warmup_steps, 1)
-        warm = jnp.minimum(warm, peak_lr)
-        if cosine_per_epoch and steps_per_epoch:
+        warm = jnp.minimum(warmup_lr + (peak_lr - warmup_lr) * step / max(warmup_steps, 1), peak_lr)
+        if per_epoch:
             num_epochs = max(math.ceil(total_steps / steps_per_epoch), 1)
-            t = jnp.floor(step / steps_per_epoch) / num_epochs
-        else:
-            t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        t = jnp.clip(t, 0.0, 1.0)
-        cos = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-        return jnp.where(step < warmup_steps, warm, cos)
+            epoch = jnp.floor(step / steps_per_epoch)
+            return jnp.where(epoch < 1, warm, cosine(epoch / num_epochs))
+        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return jnp.where(step < warmup_steps, warm, cosine(t))
 
     return schedule
 

@@ -1,0 +1,273 @@
+"""Dry run of a training config on simulated CPU devices: memory and FLOPs of one train step.
+
+  .venv/bin/python -m molbind_jax.training.dryrun --config=experiments/configs/m4.py [--devices=8] \
+      [--config.batch_size=... any override] [--json=OUT.json]
+
+Checks a pod recipe on a laptop before paying for the pod: builds the model the config
+describes at its full size (abstractly: `nnx.eval_shape`, no weights are allocated, no backbone
+is read), then traces and compiles the real train step (`train_step.TrainStep.__call__`: every
+pair type, every micro-batch of gradient accumulation and the AdamW update, in one program)
+for `--devices` simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count`),
+on abstract batches of the shapes the config implies. No data is read.
+
+Batch shapes: each pair type's global batch (`batch_size` / `pair_batch_size`) split over the
+devices; text padded to `dryrun.text_len` tokens; conformers and pockets of `dryrun.mol_atoms` /
+`dryrun.pocket_atoms` tokens ([CLS]/[SEP] included); each device's packed graphs hold
+`dryrun.graph_nodes` nodes and `dryrun.graph_edges` directed edges per molecule (plus the
+padding graph), budgets rounded up to multiples of 8.
+
+Printed (and returned by `dry_run`): parameter counts per tower; per-device memory from XLA's
+`memory_analysis()` of the compiled program (arguments, outputs, temporaries, aliased = the
+donated state reused for the output, and the total arguments + outputs - aliased +
+temporaries); FLOPs per step from `cost_analysis()` (per device,
+and times the device count); trace and compile times. The numbers are XLA's CPU compilation of
+the SPMD program: GPU and TPU compilers fuse and schedule differently, so treat the temporaries
+as an estimate and the arguments (parameters, optimizer state, batch) as exact. With
+`fused_step=False` the run executes the same pieces as separate programs (one per pair, an add,
+the update); here they are traced into one program.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any, Mapping
+
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+GiB = 1024 ** 3
+# Placeholders for numbers a run derives from the data (steps_per_epoch / total_steps = -1):
+# the schedule is traced with them; neither changes the program's memory or FLOPs.
+_PLACEHOLDER_STEPS_PER_EPOCH = 1000
+
+
+# LLVM's optimisation of the CPU code is most of the compile time; buffer assignment (memory)
+# and the HLO cost analysis (FLOPs) are made before it and do not depend on it.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def simulate_devices(n: int) -> None:
+    """Asks XLA for `n` host devices; effective only before JAX initialises its backends."""
+    current = os.environ.get("XLA_FLAGS", "")
+    flag = f"--xla_force_host_platform_device_count={int(n)}"
+    if "xla_force_host_platform_device_count" in current:
+        current = re.sub(r"--xla_force_host_platform_device_count=\d+", flag, current)
+    else:
+        current = f"{current} {flag}".strip()
+    os.environ["XLA_FLAGS"] = current
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def _round8(n: int) -> int:
+    return -(-int(n) // 8) * 8
+
+
+def batch_shapes(pair: str, global_batch: int, num_devices: int, dims: Mapping[str, int]) -> dict[str, tuple]:
+    """{key: (shape, dtype name)} of one global pair batch in the DESIGN.md section 2 layout."""
+    from molbind_jax.models.molbind import PAIR_MODALITIES
+
+    if global_batch % num_devices:
+        raise ValueError(f"{pair}: global batch {global_batch} is not divisible by {num_devices} devices")
+    b, s = global_batch, num_devices
+    out: dict[str, tuple] = {"pair_mask": ((b,), "bool")}
+    for modality in PAIR_MODALITIES[pair]:
+        if modality == "text":
+            out["text_ids"] = ((b, dims["text_len"]), "int32")
+            out["text_mask"] = ((b, dims["text_len"]), "int32")
+        elif modality == "graph":
+            g = b // s
+            nodes, edges = _round8(g * dims["graph_nodes"] + 1), _round8(g * dims["graph_edges"])
+            out.update(graph_nodes=((s, nodes, 2), "int32"), graph_edges=((s, edges, 2), "int32"),
+                       graph_senders=((s, edges), "int32"), graph_receivers=((s, edges), "int32"),
+                       graph_n_node=((s, g + 1), "int32"), graph_n_edge=((s, g + 1), "int32"))
+        else:
+            n = dims["mol_atoms"] if modality == "conformer" else dims["pocket_atoms"]
+            out[f"{modality}_tokens"] = ((b, n), "int32")
+            out[f"{modality}_coords"] = ((b, n, 3), "float32")
+    return out
+
+
+def abstract_micro_batches(config: ConfigDict, mesh) -> list[dict]:
+    """The step's input: one {pair: batch of ShapeDtypeStructs sharded on "data"} per
+    micro-batch, pairs present as `pair_every` has them in the first update."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from molbind_jax.training import train_inputs
+
+    sizes, every = train_inputs.pair_batch_sizes(config), train_inputs.pair_every(config)
+    spec = NamedSharding(mesh, P("data"))
+    dims = {k: int(v) for k, v in dict(config.dryrun).items()}
+    micro = []
+    for m in range(int(config.accumulate_steps)):
+        batches = {}
+        for pair in config.pairs:
+            if (m + 1) % every[pair]:
+                continue
+            batches[pair] = {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=spec)
+                             for k, (shape, dt) in batch_shapes(pair, sizes[pair], mesh.devices.size, dims).items()}
+        micro.append(batches)
+    return micro
+
+
+def _abstract_model(mcfg, seed: int):
+    """MolBind with abstract parameters (nothing allocated) and concrete RNG streams (the
+    step closes over them)."""
+    from flax import nnx
+
+    from molbind_jax.training.export import _concretize_rngs  # the export's fix for eval_shape'd modules
+    from molbind_jax.models.molbind import MolBind
+
+    return _concretize_rngs(nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))))
+
+
+def _model_config(config: ConfigDict):
+    """The run's MolBindConfig: the text tower sized from init.text's config.json when that
+    directory is on this machine (no weights are read), else the preset's text tower."""
+    from molbind_jax.training import pretrained, train
+
+    text = str((config.get("init") or {}).get("text", "") or "")
+    try:
+        return train.model_config_from(config, pretrained.resolve_text(text)), ""
+    except pretrained.InitError:
+        return train.model_config_from(config), (f"init.text={text!r} is not an HF directory on this "
+                                                 "machine: the text tower has the preset's size")
+
+
+def _schedule_config(config: ConfigDict) -> ConfigDict:
+    cfg = ConfigDict(config.to_dict())
+    if int(cfg.steps_per_epoch) < 0:
+        cfg.steps_per_epoch = _PLACEHOLDER_STEPS_PER_EPOCH
+    if int(cfg.total_steps) < 0:
+        cfg.total_steps = max(int(cfg.get("num_epochs", 0)), 1) * int(cfg.steps_per_epoch or _PLACEHOLDER_STEPS_PER_EPOCH)
+    return cfg
+
+
+def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
+    """Compiles one train step of `config` on `devices` (default: all) CPU devices without data
+    or backbones; returns sizes, memory, FLOPs and times (see the module docstring)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from molbind_jax.training import sharding, train, train_inputs
+    from molbind_jax.training.train_step import TrainStep, init_trainable, make_optimizer, param_labels
+
+    mesh = sharding.make_mesh(devices or int(config.num_devices) or None)
+    n_dev = mesh.devices.size
+    mcfg, note = _model_config(config)
+    t0 = time.time()
+    model = _abstract_model(mcfg, int(config.seed))
+    opts = train.step_options(config)
+    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    tx = make_optimizer(train.make_schedule(_schedule_config(config)), weight_decay=config.weight_decay,
+                        labels=labels, grad_clip_norm=float(config.grad_clip_norm) or None)
+    ts = TrainStep(model, tx, mesh, opts)
+    state = jax.eval_shape(ts.init_state, model)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=ts.replicated), state)
+    micro = abstract_micro_batches(config, mesh)
+
+    # The real step (split or fused, as the config says), traced whole; the state is donated.
+    step = jax.jit(lambda s, m: ts(s, m), donate_argnums=(0,))
+    lowered = step.lower(state, micro)
+    t1 = time.time()
+    compiled = lowered.compile(compiler_options=dict(_FAST_COMPILE))
+    t2 = time.time()
+
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = float((cost or {}).get("flops", float("nan")))
+    params = nnx.state(model, nnx.Param)
+    per_tower = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        top = str(getattr(path[0], "key", path[0]))
+        per_tower[top] = per_tower.get(top, 0) + int(np.prod(leaf.shape))
+    dims = {k: int(v) for k, v in dict(config.dryrun).items()}
+    global_batch = train_inputs.pair_batch_sizes(config)
+    memory = {
+        "arguments": int(mem.argument_size_in_bytes),
+        "outputs": int(mem.output_size_in_bytes),
+        "temporaries": int(mem.temp_size_in_bytes),
+        "aliased": int(mem.alias_size_in_bytes),
+        "generated_code": int(mem.generated_code_size_in_bytes),
+    }
+    # What is live at once at most: inputs, outputs not aliased to a donated input, temporaries.
+    memory["total"] = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"]
+    return {
+        "devices": n_dev,
+        "platform": jax.devices()[0].platform,
+        "fused_step": bool(config.fused_step),
+        "accumulate_steps": int(config.accumulate_steps),
+        "micro_batches": [sorted(b) for b in micro],
+        "per_device_batch": {p: s // n_dev for p, s in global_batch.items()},
+        "dims": dims,
+        "batch_shapes": {p: {k: list(shape) for k, (shape, _) in batch_shapes(p, s, n_dev, dims).items()}
+                         for p, s in global_batch.items()},
+        "parameters": sum(per_tower.values()),
+        "parameters_per_tower": per_tower,
+        "model_dtype": mcfg.dtype,
+        "memory_bytes_per_device": memory,
+        "flops_per_device": flops,
+        "flops_all_devices": flops * n_dev,
+        "note": note,
+        "trace_lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+    }
+
+
+def format_report(r: Mapping[str, Any]) -> str:
+    """The human-readable lines of a `dry_run` result."""
+    def gib(b):
+        return f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / 2 ** 20:.1f} MiB"
+
+    m = r["memory_bytes_per_device"]
+    towers = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in sorted(r["parameters_per_tower"].items(), key=lambda kv: -kv[1]))
+    d = r["dims"]
+    batch = ", ".join(f"{p} {b}" for p, b in r["per_device_batch"].items())
+    path = "fused step" if r["fused_step"] else "split step (per-pair programs traced as one)"
+    lines = [
+        f"dry run: one train step on {r['devices']} simulated {r['platform']} devices, {path}",
+        f"model: {r['parameters']:,} parameters ({towers}); matmul dtype {r['model_dtype']}",
+        f"batch per device and micro-step: {batch}; accumulate_steps {r['accumulate_steps']}",
+        f"shapes: text {d['text_len']} tokens, conformer {d['mol_atoms']} and pocket {d['pocket_atoms']} "
+        f"tokens, graphs {d['graph_nodes']} nodes / {d['graph_edges']} edges per molecule",
+        f"per-device memory: arguments {gib(m['arguments'])}, outputs {gib(m['outputs'])}, "
+        f"temporaries {gib(m['temporaries'])}, aliased {gib(m['aliased'])}, total {gib(m['total'])}",
+        f"FLOPs per step: {r['flops_per_device']:.4g} per device, {r['flops_all_devices']:.4g} "
+        f"on {r['devices']} devices",
+        f"time: trace and lower {r['trace_lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
+    ]
+    if r.get("note"):
+        lines.insert(2, f"note: {r['note']}")
+    return "\n".join(lines)
+
+
+def _define_flags() -> None:
+    config_flags.DEFINE_config_file("config", None, "Training config file (experiments/configs/*.py).",
+                                    lock_config=False)
+    flags.DEFINE_integer("devices", 8, "Simulated CPU devices: the device count of the target pod.")
+    flags.DEFINE_string("json", None, "Also write the result to this JSON file.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required")
+    simulate_devices(FLAGS.devices)  # before the first JAX import
+    result = dry_run(FLAGS.config, FLAGS.devices)
+    print(format_report(result), flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
