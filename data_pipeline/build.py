@@ -27,7 +27,16 @@ def provided_pairs(source: str) -> tuple[str, ...]:
     from data_pipeline import schema
     from data_pipeline.molbind_pairs.parallel import source_module
 
-    return schema.check_pairs(source_module(source).PROVIDES)
+    module = source_module(source)
+    if not hasattr(module, "PROVIDES"):
+        raise ValueError(f"source {source!r} ({module.__name__}) declares no PROVIDES, the stored pair "
+                         "types it builds")
+    provided = schema.check_pairs(module.PROVIDES)
+    views = {p: schema.pair_type(p).records_of for p in provided if schema.pair_type(p).records_of}
+    if views:  # a view has no TFDS config: it reads the records of the pair type it names
+        raise ValueError(f"source {source!r} PROVIDES views {sorted(views)}, which are not built; "
+                         f"list the pair types they read instead: {sorted(set(views.values()))}")
+    return provided
 
 
 def _builder_cls(source: str):
@@ -68,8 +77,7 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
         source_options["max_records"] = int(max_records)
     data_dir = default_data_dir(data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    reports = {}
-    for pair in pairs:
+    for pair in pairs:  # every name is checked before anything is built (a build can take hours)
         if pair not in provided:
             from data_pipeline import schema
 
@@ -77,6 +85,8 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
             raise ValueError(f"the {source} source does not provide {pair!r}"
                              + (f" (a view of {stored}: build {stored})" if stored != pair else "")
                              + f"; it provides {provided}")
+    reports = {}
+    for pair in pairs:
         start = time.time()
         b = _builder_cls(source)(config=pair, data_dir=data_dir, source_options=source_options, workers=workers)
         reused = b.is_prepared()
@@ -155,9 +165,14 @@ def _define_flags():
                       "mini conformer_pocket split: ligands by scaffold (default) or whole targets held out.")
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-build` console script (pyproject.toml); `python -m` runs the same."""
     from absl import app
 
     _define_flags()
     app.run(main)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 """Data benchmarks: featurization rate, input-pipeline rate, padding efficiency, batch shapes.
 
-    .venv/bin/python experiments/benchmarks/data_benchmark.py --data_dir=/work/data/tfds \\
-        --train_step_seconds=0.5 --output=/tmp/data_benchmark.json
+    .venv/bin/python experiments/benchmarks/data_benchmark.py --data_dir=data/tfds \\
+        --train_step_seconds=0.5 --output=data_benchmark.json
 
 Featurization runs on real molecules (PubChem rows shipped by the `chemicals` package), one
 process, so its rates are per core. The input pipeline reads the built `--dataset` under
@@ -29,13 +29,16 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from molbind_jax.data import input_pipeline as ip  # noqa: E402  (after the path set-up)
+from data_pipeline import schema  # noqa: E402  (after the path set-up)
+from molbind_jax.data import pipeline as ip  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", "/work/data/tfds", "TFDS data_dir with the built dataset")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir with the built dataset (default: $TFDS_DATA_DIR, else "
+                    "TFDS's default)")
 flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name (configs are the pair types)")
 flags.DEFINE_string("split", "train", "split to read")
-flags.DEFINE_list("pairs", list(ip.PAIRS), "pair types to benchmark")
+flags.DEFINE_list("pairs", list(schema.PAIR_TYPES), "pair types to benchmark (data_pipeline/schema.py; a view "
+                  "reads its stored pair's records)")
 flags.DEFINE_integer("global_batch_size", 96, "global batch per pair")
 flags.DEFINE_integer("num_local_shards", 8, "graph shards per host (local devices)")
 flags.DEFINE_integer("pad_multiple", 8, "derived buckets are multiples of this (8: the original's rule)")
@@ -87,7 +90,7 @@ def featurization_rates(smiles: list[str]) -> dict:
     t = time.perf_counter()
     for smi in smiles:
         try:
-            graphs.append(smiles_to_graph(smi))
+            graphs.append({"smiles": smi, **smiles_to_graph(smi)})
         except SkipRecord:
             skipped += 1
     graph_s = time.perf_counter() - t
@@ -118,7 +121,7 @@ _SYNTHETIC: list[dict] = []
 
 def synthetic_records(graphs: list[dict], texts: list[str], n: int) -> list[dict]:
     """Records of the stored layout with real molecule and text sizes (coordinates random);
-    one set serves every pair (each reads only its own features)."""
+    one set serves every pair type (each reads only its own modalities' fields)."""
     if _SYNTHETIC:
         return _SYNTHETIC
     from data_pipeline.featurize.conformer import unimol_input
@@ -157,6 +160,7 @@ def time_batches(data, num: int) -> float:
 
 def main(argv):
     del argv
+    schema.check_pairs(FLAGS.pairs)  # unknown names list the known ones
     results = {"config": {k: FLAGS[k].value for k in (
         "data_dir", "dataset", "split", "pairs", "global_batch_size", "num_local_shards", "pad_multiple",
         "num_batches", "num_molecules", "num_conformer_molecules", "num_conformers",

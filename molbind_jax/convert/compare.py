@@ -168,8 +168,13 @@ def _define_flags():
     flags.mark_flags_as_required(["encoder", "checkpoint", "inputs"])
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-compare` console script (pyproject.toml); `python -m` runs the same."""
     from absl import app
 
     _define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    cli()

@@ -414,9 +414,14 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-convert` console script (pyproject.toml); `python -m` runs the same."""
     from absl import app, flags
 
     define_ckpt_flags(with_checkpoint=True)
     flags.DEFINE_string("output", None, "export directory to write")
     sys.exit(app.run(main))
+
+
+if __name__ == "__main__":
+    cli()

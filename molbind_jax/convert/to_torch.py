@@ -140,8 +140,11 @@ def check_exportable(config) -> list[str]:
     """Raises ExportError for what the original cannot hold; returns the behaviour/size
     differences worth a warning (see the module docstring)."""
     from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
-    from molbind_jax.models.molbind import MolBindConfig
+    from molbind_jax.models.molbind import ORIGINAL_MODALITIES, MolBindConfig
 
+    if set(config.modalities) != set(ORIGINAL_MODALITIES):
+        raise ExportError(f"cannot export to the original PyTorch layout: the original Model has exactly the "
+                          f"towers {ORIGINAL_MODALITIES}, this model has {tuple(config.modalities)}")
     problems = []
     if config.bert.use_token_type:
         problems.append("the text tower has a token-type table (use_token_type=True); the original's Q-Former "
@@ -253,11 +256,11 @@ def write_lightning(model, output: str, *, tokenizer_dir: str | None = None, sou
         with open(os.path.join(tmp, DICT_NAMES[key]), "w", encoding="utf-8") as f:
             f.write("".join(s + "\n" for s in d.symbols if s != "[MASK]"))
     if tokenizer_dir:
-        from molbind_jax.training.export import _TOKENIZER_FILES
+        from molbind_jax.modalities.text import TOKENIZER_FILES
 
-        names = [n for n in _TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer_dir, n))]
+        names = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer_dir, n))]
         if "vocab.txt" not in names and "tokenizer.json" not in names:
-            raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {tokenizer_dir}")
+            raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tokenizer_dir}")
         os.makedirs(os.path.join(tmp, "tokenizer"))
         for n in names:
             shutil.copy2(os.path.join(tokenizer_dir, n), os.path.join(tmp, "tokenizer", n))

@@ -139,6 +139,10 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
         raise ValueError(f"{n_real} examples for a batch of {batch_size}")
     mask = np.ones(n_real, bool) if pair_mask is None else np.asarray(pair_mask, bool).ravel()
     choices = {m: list(c) for m, c in (choices or {}).items() if c is not None}
+    for m in choices:  # a misspelt or foreign modality would silently fall back to variant 0
+        if m not in (x_spec.name, y_spec.name):
+            raise ValueError(f"choices for {m!r}, which {pair} does not have; "
+                             f"{pair} has {x_spec.name}, {y_spec.name}")
     if len(mask) != n_real or any(len(c) != n_real for c in choices.values()):
         raise ValueError(f"{n_real} examples but pair_mask / choices of another length")
     fill = batch_size - n_real

@@ -474,6 +474,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-evaluate` console script (pyproject.toml); `python -m` runs the same."""
     define_flags()
     sys.exit(app.run(main))
+
+
+if __name__ == "__main__":
+    cli()

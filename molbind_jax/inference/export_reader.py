@@ -30,7 +30,9 @@ def load_export(path: str) -> tuple[Any, Any, Any]:
     if version not in (1, FORMAT_VERSION):
         raise ValueError(f"{path}: export format {version} (this version reads 1 and {FORMAT_VERSION})")
     mcfg = MolBindConfig.from_dict(meta["model"])
-    files = meta.get("files") or {"text": {"tokenizer": meta.get("tokenizer", "tokenizer")}}
+    files = (meta.get("files") or {}) if version != 1 else format1_files(meta)
+    if "text" in mcfg.modalities and not (files.get("text") or {}).get("tokenizer"):
+        raise ValueError(f"{cfg_path}: the model has a text tower but `files` names no tokenizer folder for it")
     check_files(path, mcfg, files)
     model = nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
@@ -51,6 +53,17 @@ def load_export(path: str) -> tuple[Any, Any, Any]:
     return model, mcfg, tokenizer
 
 
+def format1_files(meta) -> dict:
+    """The per-modality `files` of a format-1 config.json, which named one tokenizer folder and
+    the two Uni-Mol dictionaries ({"mol": ..., "pocket": ...}) at the top level."""
+    dictionaries = meta.get("dictionaries") or {}
+    files = {"text": {"tokenizer": meta.get("tokenizer", "tokenizer")}}
+    for modality, key in (("conformer", "mol"), ("pocket", "pocket")):
+        if dictionaries.get(key):
+            files[modality] = {"dictionary": dictionaries[key]}
+    return files
+
+
 def check_files(path: str, model_config, files) -> None:
     """The inference files of an export are the ones the model needs: every Uni-Mol dictionary
     it carries must list the built-in symbols in order (the featurizers emit those ids; a model
@@ -61,6 +74,9 @@ def check_files(path: str, model_config, files) -> None:
         rel = (files.get(m) or {}).get("dictionary")
         if not rel:
             continue
+        if not os.path.isfile(os.path.join(path, rel)):
+            raise FileNotFoundError(f"{os.path.join(path, rel)}: the export's config.json lists this {m} dictionary "
+                                    "but the file is missing")
         with open(os.path.join(path, rel), encoding="utf-8") as f:
             symbols = [line.split()[0] for line in f if line.strip()]
         want = list(spec(m).dictionary().symbols)

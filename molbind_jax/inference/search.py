@@ -104,6 +104,11 @@ def _dashed_flags(argv: list[str]) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-search` console script (pyproject.toml); `python -m` runs the same."""
     define_flags()
     sys.exit(app.run(main, argv=_dashed_flags(sys.argv)))
+
+
+if __name__ == "__main__":
+    cli()

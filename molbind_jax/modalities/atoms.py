@@ -46,6 +46,7 @@ class AtomsSpec(ModalitySpec):
     tower attributes, the dictionary and the tower preset."""
 
     inference_buckets: dict = {}
+    batch_type = AtomsBatch
     # Uni-Mol checkpoints: {"model": state_dict, "args": ...} (the original's bind.py 82, 96).
     init_importer = "unimol"
     init_subkey = "model"
@@ -81,7 +82,13 @@ class AtomsSpec(ModalitySpec):
         if len(choices) != len(records):
             raise ValueError(f"{len(records)} records but {len(choices)} conformer choices")
         tokens = [np.asarray(r[f"{self.name}_tokens"]) for r in records]
-        coords = [self._coords(r)[k] for r, k in zip(records, choices)]
+        coords = []
+        for i, (r, k) in enumerate(zip(records, choices)):
+            stored = self._coords(r)
+            if not 0 <= int(k) < len(stored):
+                raise ValueError(f"record {i}: {self.name} variant {k} asked for, {len(stored)} stored "
+                                 f"(variants count from 0)")
+            coords.append(stored[int(k)])
         return pad_atoms(tokens, coords, int(shapes[self.name]))
 
     def synthetic_record(self, tokens, coords):

@@ -65,6 +65,9 @@ class ModalitySpec:
     config_key: str = ""
     encoder_attr: str = ""
     head_attr: str = ""
+    # The NamedTuple type of the modality's batch (what `collate` returns and `embed` takes);
+    # MolBind.embed refuses anything else with a clear error. None: not checked.
+    batch_type: type | None = None
 
     # ------------------------------------------------------------------ table entries
     @property

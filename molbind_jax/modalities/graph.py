@@ -81,6 +81,7 @@ class GraphSpec(ModalitySpec):
     # Budgets are per shard: the sum over the shard's graphs (+ the padding graph's node).
     packed = {"graph_nodes": 1, "graph_edges": 0}
     config_key = "gin"
+    batch_type = GraphBatch
     encoder_attr = "graph_encoder"
     head_attr = "graph_proj"
     # A Hu et al. .pth is a plain state dict; a Lightning wrapper would sit under "state_dict".

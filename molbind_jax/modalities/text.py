@@ -39,6 +39,7 @@ class TextSpec(ModalitySpec):
     name = "text"
     inference_buckets = {"text": (32, 64, 128, 256)}
     config_key = "bert"
+    batch_type = TextBatch
     encoder_attr = "text_encoder"
     head_attr = "text_proj"
     init_importer = "bert"

@@ -119,7 +119,8 @@ class MolBindConfig:
             elif k in kw:
                 kw[k] = v
             else:
-                raise ValueError(f"unknown MolBindConfig field {k!r}")
+                raise ValueError(f"unknown MolBindConfig field {k!r}; tower keys: {sorted(by_key)}, "
+                                 f"other fields: {list(_TOP)}")
         if "modalities" in changes:
             kw["towers"] = {m: c for m, c in kw["towers"].items() if m in kw["modalities"]}
         return MolBindConfig(**kw)
@@ -170,7 +171,9 @@ class MolBindConfig:
                 towers[m] = value
         unknown = sorted(set(d) - set(_TOP))
         if unknown:
-            raise ValueError(f"unknown MolBindConfig field(s) {unknown}")
+            keys = sorted(spec(m).config_key for m in modalities)
+            raise ValueError(f"unknown MolBindConfig field(s) {unknown}; tower keys of modalities {modalities}: "
+                             f"{keys}, other fields: {list(_TOP)}")
         kw = dict(embed_dim=base.embed_dim, unimol_pooling=base.unimol_pooling, dtype=base.dtype)
         kw.update(d)
         return cls(towers, modalities=modalities, preset=base.preset, **kw)
@@ -201,7 +204,11 @@ class MolBind(nnx.Module):
         """A modality's typed batch -> [B, E] in example order."""
         if modality not in self.config.modalities:
             raise ValueError(f"this model has no {modality!r} tower (modalities: {self.config.modalities})")
-        return _finish(spec(modality).embed(self, batch, train=train), normalize)
+        s = spec(modality)
+        if s.batch_type is not None and not isinstance(batch, s.batch_type):
+            raise TypeError(f"the {modality} tower takes a {s.batch_type.__name__}({', '.join(s.batch_type._fields)}) "
+                            f"(ModalitySpec.collate makes one), got {type(batch).__name__}")
+        return _finish(s.embed(self, batch, train=train), normalize)
 
     def pair_embeddings(self, pair: str, batch: PairBatch, *, train: bool = False):
         """(x, y, mask) of one pair type's batch, in the loss's orientation (the table's

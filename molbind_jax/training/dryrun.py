@@ -64,36 +64,75 @@ def _round8(n: int) -> int:
     return -(-int(n) // 8) * 8
 
 
-def batch_shapes(pair: str, global_batch: int, num_devices: int, dims: Mapping[str, int]) -> dict[str, tuple]:
-    """{key: (shape, dtype name)} of one global pair batch in the DESIGN.md section 2 layout."""
-    from molbind_jax.models.molbind import PAIR_MODALITIES
+# config.dryrun names of the size keys of the table (data_pipeline/schema.py); a size key not
+# listed here is read from config.dryrun under its own name.
+DIM_NAMES = {"text": "text_len", "conformer": "mol_atoms", "pocket": "pocket_atoms",
+             "graph_nodes": "graph_nodes", "graph_edges": "graph_edges"}
+
+
+def _placeholder_record(modality: str) -> dict:
+    """The smallest valid stored record of `modality` (every variable dimension 1, zeros): the
+    spec's `collate` turns copies of it into a batch of the padded shapes asked for."""
+    import numpy as np
+
+    from data_pipeline import schema
+
+    out = {"id": "dryrun", "smiles": ""}
+    for f in schema.modality(modality).stored:
+        out[f.name] = "" if f.dtype == "text" else np.zeros(tuple(1 if d is None else d for d in f.shape), f.dtype)
+    return out
+
+
+def size_shapes(pair: str, global_batch: int, num_devices: int, dims: Mapping[str, int]) -> dict[str, int]:
+    """{size key: padded size} of one pair batch: a row dimension as `dims` gives it, a packed
+    one (graph nodes and edges, summed per device) as rows per device x `dims` per molecule +
+    the spec's extra (the padding graph's node), rounded up to a multiple of 8."""
+    from molbind_jax.modalities import pair_specs
+
+    rows = global_batch // num_devices
+    out = {}
+    for s in pair_specs(pair):
+        for key in s.size_keys:
+            name = DIM_NAMES.get(key, key)
+            if name not in dims:
+                raise ValueError(f"{pair}: config.dryrun has no {name!r} (the padded size of {key!r})")
+            out[key] = _round8(rows * int(dims[name]) + s.packed[key]) if key in s.packed else int(dims[name])
+    return out
+
+
+def batch_shapes(pair: str, global_batch: int, num_devices: int, dims: Mapping[str, int]):
+    """The `PairBatch` of one global pair batch (DESIGN.md section 2 layout) with
+    `jax.ShapeDtypeStruct` leaves: each side is the typed batch its modality's `collate` makes
+    (graph shards: one per device), padded as `size_shapes` says."""
+    import jax
+    import numpy as np
+
+    from molbind_jax.modalities import PairBatch, pair_specs
 
     if global_batch % num_devices:
         raise ValueError(f"{pair}: global batch {global_batch} is not divisible by {num_devices} devices")
-    b, s = global_batch, num_devices
-    out: dict[str, tuple] = {"pair_mask": ((b,), "bool")}
-    for modality in PAIR_MODALITIES[pair]:
-        if modality == "text":
-            out["text_ids"] = ((b, dims["text_len"]), "int32")
-            out["text_mask"] = ((b, dims["text_len"]), "int32")
-        elif modality == "graph":
-            g = b // s
-            nodes, edges = _round8(g * dims["graph_nodes"] + 1), _round8(g * dims["graph_edges"])
-            out.update(graph_nodes=((s, nodes, 2), "int32"), graph_edges=((s, edges, 2), "int32"),
-                       graph_senders=((s, edges), "int32"), graph_receivers=((s, edges), "int32"),
-                       graph_n_node=((s, g + 1), "int32"), graph_n_edge=((s, g + 1), "int32"))
-        else:
-            n = dims["mol_atoms"] if modality == "conformer" else dims["pocket_atoms"]
-            out[f"{modality}_tokens"] = ((b, n), "int32")
-            out[f"{modality}_coords"] = ((b, n, 3), "float32")
+    shapes = size_shapes(pair, global_batch, num_devices, dims)
+    sides = [s.collate([_placeholder_record(s.name)] * global_batch, shapes, num_shards=num_devices)
+             for s in pair_specs(pair)]
+    batch = PairBatch(sides[0], sides[1], np.ones(global_batch, bool))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), batch)
+
+
+def flat_shapes(pair: str, batch) -> dict[str, list[int]]:
+    """{"<modality>.<field>": shape, "mask": shape} of a `batch_shapes` result (the report's view)."""
+    from data_pipeline import schema
+
+    out = {}
+    for modality, side in zip(schema.pair_type(pair).modalities, (batch.x, batch.y)):
+        out.update({f"{modality}.{k}": list(v.shape) for k, v in side._asdict().items()})
+    out["mask"] = list(batch.mask.shape)
     return out
 
 
 def abstract_micro_batches(config: ConfigDict, mesh) -> list[dict]:
-    """The step's input: one {pair: batch of ShapeDtypeStructs sharded on "data"} per
+    """The step's input: one {pair: PairBatch of ShapeDtypeStructs sharded on "data"} per
     micro-batch, pairs present as `pair_every` has them in the first update."""
     import jax
-    import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from molbind_jax.training import train_inputs
@@ -107,8 +146,8 @@ def abstract_micro_batches(config: ConfigDict, mesh) -> list[dict]:
         for pair in config.pairs:
             if (m + 1) % every[pair]:
                 continue
-            batches[pair] = {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=spec)
-                             for k, (shape, dt) in batch_shapes(pair, sizes[pair], mesh.devices.size, dims).items()}
+            batches[pair] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=spec),
+                                         batch_shapes(pair, sizes[pair], mesh.devices.size, dims))
         micro.append(batches)
     return micro
 
@@ -118,7 +157,7 @@ def _abstract_model(mcfg, seed: int):
     step closes over them)."""
     from flax import nnx
 
-    from molbind_jax.training.export import _concretize_rngs  # the export's fix for eval_shape'd modules
+    from molbind_jax.inference.export_reader import _concretize_rngs  # the export's fix for eval_shape'd modules
     from molbind_jax.models.molbind import MolBind
 
     return _concretize_rngs(nnx.eval_shape(lambda: MolBind(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))))
@@ -127,12 +166,15 @@ def _abstract_model(mcfg, seed: int):
 def _model_config(config: ConfigDict):
     """The run's MolBindConfig: the text tower sized from init.text's config.json when that
     directory is on this machine (no weights are read), else the preset's text tower."""
-    from molbind_jax.training import pretrained, train
+    from molbind_jax.modalities import spec
+    from molbind_jax.training import train
 
     text = str((config.get("init") or {}).get("text", "") or "")
+    if not text:
+        return train.model_config_from(config), ""
     try:
-        return train.model_config_from(config, pretrained.resolve_text(text)), ""
-    except pretrained.InitError:
+        return train.model_config_from(config, spec("text").resolve_init(text)), ""
+    except (FileNotFoundError, ValueError):
         return train.model_config_from(config), (f"init.text={text!r} is not an HF directory on this "
                                                  "machine: the text tower has the preset's size")
 
@@ -206,8 +248,7 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
         "micro_batches": [sorted(b) for b in micro],
         "per_device_batch": {p: s // n_dev for p, s in global_batch.items()},
         "dims": dims,
-        "batch_shapes": {p: {k: list(shape) for k, (shape, _) in batch_shapes(p, s, n_dev, dims).items()}
-                         for p, s in global_batch.items()},
+        "batch_shapes": {p: flat_shapes(p, batch_shapes(p, s, n_dev, dims)) for p, s in global_batch.items()},
         "parameters": sum(per_tower.values()),
         "parameters_per_tower": per_tower,
         "model_dtype": mcfg.dtype,
@@ -268,6 +309,11 @@ def main(argv):
             json.dump(result, f, indent=2)
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-dryrun` console script (pyproject.toml); `python -m` runs the same."""
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -140,6 +140,11 @@ def main(argv):
     print(f"exported to {out}")
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-export` console script (pyproject.toml); `python -m` runs the same."""
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,7 @@ Which device holds which rows: the global batch of one pair type, `x [B, E]` and
 Both directions are computed (x anchors against y columns, y anchors against x columns) and
 averaged: `L = (L_xy + L_yx) / 2`, the original's `(CE(X Y_all^T/t) + CE(Y X_all^T/t)) / 2`.
 
-Masking: `mask [B]` (the batch's `pair_mask`) marks real pairs. A masked example is neither an
+Masking: `mask [B]` (a `PairBatch`'s `mask`) marks real pairs. A masked example is neither an
 anchor (its loss is not counted) nor a negative (its column gets a logit of -1e30, i.e. zero
 probability). The loss is the mean over valid anchors of the global batch, so a padded short
 last batch gives the same loss as the unpadded batch.

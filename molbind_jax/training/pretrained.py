@@ -99,7 +99,9 @@ def check(init: Mapping, modalities: tuple[str, ...] = ("text", "graph", "confor
 
     dict_keys = {m: k for m in modalities if (k := _dictionary_key(m))}
     known = set(modalities) | set(dict_keys.values()) | {"scratch"}
-    unknown = sorted(set(init.keys()) - known)
+    # The configs' template lists every tower of the original four; its empty entries for
+    # towers this model does not have are not settings (a path given for one is refused).
+    unknown = sorted(k for k in set(init.keys()) - known if init.get(k))
     if unknown:
         raise InitError(f"unknown init field(s) {unknown}; known for this model's towers: {sorted(known)}")
     scratch = init.get("scratch", ()) or ()

@@ -1,13 +1,13 @@
 """The device mesh and the host-local -> global array step of data-parallel training.
 
 There is one mesh axis, "data". Every batch array (DESIGN.md section 2) is sharded on its
-leading axis: the example axis B for text/conformer/pocket arrays and `pair_mask`, and the
-shard axis S for the packed graph arrays (`graph_nodes [S, Nn, 2]`, ...), so that device d
-receives graph shard d and message passing never crosses devices. Parameters and optimizer
-state are replicated.
+leading axis: the example axis B for the text and atoms batches (`TextBatch`, `AtomsBatch`)
+and a `PairBatch`'s mask, and the shard axis S for the packed graphs (`GraphBatch.nodes
+[S, Nn, 2]`, ...), so that device d receives graph shard d and message passing never crosses
+devices. Parameters and optimizer state are replicated.
 
 Multi-process (multi-host) runs: each process loads only its own part of the global batch
-(`input_pipeline` with process_index/process_count) and `global_batch` stitches the parts
+(`molbind_jax.data.pipeline` with process_index/process_count) and `global_batch` stitches the parts
 into global arrays with `jax.make_array_from_process_local_data`: process p's rows become rows
 `p*B_local .. (p+1)*B_local - 1` of the global array, in the order of `jax.devices()`.
 

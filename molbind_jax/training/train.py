@@ -59,18 +59,28 @@ class NonFiniteLossError(FloatingPointError):
 def model_config_from(config: ConfigDict, text_dir: str = ""):
     """MolBindConfig from `config.model`: a preset (`tiny`, `original`) plus nested overrides,
     with the text tower sized from the HF directory `text_dir` (the resolved `init.text`)."""
+    from molbind_jax.modalities import spec
     from molbind_jax.models.molbind import MolBindConfig
 
     preset = config.model.preset
     base = getattr(MolBindConfig, preset)() if preset else MolBindConfig()
     d = base.to_dict()
-    if text_dir:
+    overrides = config.model.get("overrides", {}) or {}
+    overrides = overrides.to_dict() if isinstance(overrides, ConfigDict) else dict(overrides)
+    if overrides.get("modalities"):
+        # Another set of towers: the preset's towers of the modalities left out are dropped
+        # (from_dict refuses tower configs of modalities the model does not have).
+        keep = set(overrides["modalities"])
+        for m in base.modalities:
+            if m not in keep:
+                d.pop(spec(m).config_key, None)
+    if text_dir and "bert" in d:
         from molbind_jax.models.bert import BertConfig
 
         hf = dataclasses.asdict(BertConfig.from_hf_config(os.path.join(text_dir, "config.json")))
         d["bert"] = {**d["bert"], **{k: v for k, v in hf.items() if k in d["bert"] and k not in ("dtype", "param_dtype")},
                      "use_token_type": d["bert"].get("use_token_type", False)}
-    _deep_update(d, config.model.get("overrides", {}) or {})
+    _deep_update(d, overrides)
     return MolBindConfig.from_dict(d, base=base)
 
 
@@ -93,7 +103,8 @@ def init_plan(config: ConfigDict):
                                    "(and init.graph / conformer / pocket / scratch); see docs/training.md")
     modalities = model_config_from(config).modalities
     pairs = schema.check_pairs(config.pairs)  # unknown names list the known ones
-    lacking = {p: m for p in pairs for m in schema.pair_type(p).modalities if m not in modalities}
+    lacking = {p: [m for m in schema.pair_type(p).modalities if m not in modalities] for p in pairs}
+    lacking = {p: ms for p, ms in lacking.items() if ms}
     if lacking:
         raise ValueError(f"the trained pair types need towers the model does not have: {lacking} "
                          f"(model modalities {modalities}; add them to model.overrides.modalities)")
@@ -476,6 +487,11 @@ def main(argv):
                      default=str))
 
 
-if __name__ == "__main__":
+def cli():
+    """The `molbind-train` console script (pyproject.toml); `python -m` runs the same."""
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

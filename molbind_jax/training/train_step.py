@@ -25,6 +25,10 @@ single forward updates them twice per step. Dropout keys are a pure function of
 Rows and devices: every batch array is a global array sharded on the mesh axis "data" (rows
 s*B/S..(s+1)*B/S-1 on device s); parameters, optimizer state and gradients are replicated.
 The loss (`losses.pair_infonce`) gathers the columns across "data" itself.
+
+What all this computes is stated plainly in objective.py (`objective`: the weighted sum over
+pairs of the pair InfoNCE of `pair_embeddings` in train mode); tests/training/test_objective.py
+checks that one step's loss, gradient and update are those of `jax.grad` of it.
 """
 from __future__ import annotations
 

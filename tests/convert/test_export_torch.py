@@ -100,22 +100,25 @@ def test_refusals_and_warnings():
     assert any(n.startswith("unimol_pooling='atoms'") for n in notes)
     assert any("sizes differ" in n and "bert.hidden_size 32 (original 768)" in n for n in notes)
     orig = MolBindConfig.original()
-    notes = to_torch.check_exportable(dataclasses.replace(
-        orig, gin=dataclasses.replace(orig.gin, self_loop_attr=(4, 0)),
+    notes = to_torch.check_exportable(orig.replace(
+        gin=dataclasses.replace(orig.gin, self_loop_attr=(4, 0)),
         pocket=dataclasses.replace(orig.pocket, num_layers=3)))
     assert any("self_loop_attr=(4, 0)" in n for n in notes)
     assert any("one set of args" in n for n in notes)
     assert any("pocket.num_layers 3 (original 15)" in n for n in notes)
 
     tiny = MolBindConfig.tiny(unimol_pooling="original")
+    with pytest.raises(to_torch.ExportError, match=r"exactly the towers \('text', 'graph', 'conformer', 'pocket'\), "
+                                                   r"this model has \('text', 'graph'\)"):
+        to_torch.check_exportable(tiny.replace(modalities=("text", "graph")))
     with pytest.raises(to_torch.ExportError, match="token-type table"):
-        to_torch.check_exportable(dataclasses.replace(tiny, bert=dataclasses.replace(tiny.bert, use_token_type=True)))
+        to_torch.check_exportable(tiny.replace(bert=dataclasses.replace(tiny.bert, use_token_type=True)))
     with pytest.raises(to_torch.ExportError, match="GIN has 1 layer"):
-        to_torch.check_exportable(dataclasses.replace(tiny, gin=dataclasses.replace(tiny.gin, num_layers=1)))
+        to_torch.check_exportable(tiny.replace(gin=dataclasses.replace(tiny.gin, num_layers=1)))
     with pytest.raises(to_torch.ExportError, match="conformer tower has a vocabulary of 30"):
-        to_torch.check_exportable(dataclasses.replace(tiny, conformer=dataclasses.replace(tiny.conformer, vocab_size=30)))
+        to_torch.check_exportable(tiny.replace(conformer=dataclasses.replace(tiny.conformer, vocab_size=30)))
     # write_lightning refuses before writing anything.
-    m = MolBind(dataclasses.replace(tiny, bert=dataclasses.replace(tiny.bert, use_token_type=True)), rngs=nnx.Rngs(0))
+    m = MolBind(tiny.replace(bert=dataclasses.replace(tiny.bert, use_token_type=True)), rngs=nnx.Rngs(0))
     with pytest.raises(to_torch.ExportError):
         to_torch.write_lightning(m, "/nonexistent/never/written")
 

@@ -67,7 +67,7 @@ def test_records_come_in_the_originals_order_and_pair_correctly(release_master):
         "m4/graph_text/train/0", "m4/graph_text/train/1", "m4/graph_text/train/10", "m4/graph_text/train/11"]
     assert manifest["order"]["conformer_text"]["test"] == [
         "m4/conformer_text/test/1", "m4/conformer_text/test/4", "m4/conformer_text/test/7", "m4/conformer_text/test/10"]
-    for pair in m4.PAIRS:
+    for pair in m4.PROVIDES:
         for split in m4.SPLITS:
             expected = manifest["order"][pair].get(split + "_raw", manifest["order"][pair][split])
             keys = [k for k, _ in m4.raw_records(pair, split, options)]
@@ -325,7 +325,7 @@ def _build(manual_dir, data_dir, pairs, **download):
 def test_built_splits_read_back_in_file_order(release_master, tmp_path):
     """Stored over several shards, a split reads back in the release's order (what the
     original's in-batch evaluation batches depend on)."""
-    from molbind_jax.data.input_pipeline import load_records
+    from molbind_jax.data.pipeline import load_records
 
     root, manifest = release_master
     _build(root, tmp_path, ["graph_text", "conformer_text"], num_shards=3)
@@ -352,19 +352,19 @@ def test_build_train_export_evaluate(tmp_path):
     from data_pipeline import build
     from molbind_jax.evaluation import evaluate
     from molbind_jax.training import export, train
-    from molbind_jax.data.input_pipeline import load_records
+    from molbind_jax.data.pipeline import load_records
     from molbind_jax.training.metric_writer import read_metrics
 
     manual = tmp_path / "manual"
     manifest = m4_release.write_release(manual / "MolBind4M", {"pretrain": 24, "valid": 16, "test": 20}, bad=True)
     data_dir = tmp_path / "tfds"
     reports = build.build("m4", str(data_dir), manual_dir=str(manual), workers=0, verbose=False)
-    for pair in m4.PAIRS:
+    for pair in m4.PROVIDES:
         splits = reports[pair]["splits"]
         assert {s: splits[s]["written"] for s in splits} == {"train": 24, "validation": 16, "test": 20}, pair
     assert reports["graph_text"]["skipped"] == {"unreadable_file": 1, "missing_partner": 1}
     assert not (manual / "MolBind4M" / m4_release.MARKER).exists()
-    for pair in m4.PAIRS:
+    for pair in m4.PROVIDES:
         ids = [r["id"].decode() for r in load_records(pair, "test", dataset="molbind_m4", data_dir=str(data_dir))]
         assert ids == manifest["order"][pair]["test"], pair
 
@@ -386,12 +386,12 @@ def test_build_train_export_evaluate(tmp_path):
     losses = [r["loss"] for r in logged if not r.get("eval")]
     assert len(losses) == 2 and np.isfinite(losses).all()
     evals = [r for r in logged if r.get("eval")]  # in-training validation on the valid split
-    assert [r["step"] for r in evals] == [2] and all(np.isfinite(evals[0][f"r1/{p}"]) for p in m4.PAIRS)
+    assert [r["step"] for r in evals] == [2] and all(np.isfinite(evals[0][f"r1/{p}"]) for p in m4.PROVIDES)
 
     exported = export.export_run(workdir, str(tmp_path / "export"))
     results = evaluate.run(exported, str(tmp_path / "eval"), data_dir=str(data_dir), dataset="molbind_m4",
                            split="test", classification=False)
-    assert set(results["retrieval"]) == set(m4.PAIRS) and not results["skipped"]
+    assert set(results["retrieval"]) == set(m4.PROVIDES) and not results["skipped"]
     for pair, res in results["retrieval"].items():
         assert res["n"] == 20, pair
         for scope in ("full", "in_batch"):

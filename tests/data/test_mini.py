@@ -111,7 +111,7 @@ def test_featurize_each_pair_type_on_real_records():
     from data_pipeline.molbind_pairs.builder import features_for
 
     opts = {"max_records": 6}
-    for pair in mini.PAIRS:
+    for pair in mini.PROVIDES:
         key, raw = next(iter(mini.raw_records(pair, "train", opts)))
         example = mini.featurize(pair, raw, opts)
         assert set(example) | {"id"} == set(features_for(pair).keys()), pair

@@ -92,3 +92,14 @@ def test_report_files(records, tmp_path):
         assert p and os.path.getsize(p) > 1000 and os.path.basename(p) in text
     saved = json.load(open(tmp_path / "metrics.json"))
     assert saved["retrieval"]["graph_text"]["full"]["a2b"]["R@1"] == 1.0
+
+
+def test_model_pairs_are_the_table_pairs_the_model_has_towers_for():
+    from molbind_jax.models.molbind import MolBindConfig
+
+    tiny = MolBindConfig.tiny()
+    assert evaluate.model_pairs(tiny) == ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+    assert evaluate.model_pairs(tiny.replace(modalities=("text", "graph"))) == ("graph_text",)
+    assert evaluate.model_pairs(tiny.replace(modalities=("graph", "conformer", "pocket"))) == (
+        "graph_conformer", "conformer_pocket")
+    assert evaluate.model_pairs(tiny.replace(modalities=("text",))) == ()

@@ -111,7 +111,7 @@ def test_original_protocol_is_the_direct_computation(export_dir, records, tmp_pa
     def spy(self, tower, feats, padding="buckets"):
         out = collate(self, tower, feats, padding)
         if tower in ("conformer", "pocket"):
-            seen.append((tower, padding, len(feats), out[f"{tower}_tokens"].shape[1]))
+            seen.append((tower, padding, len(feats), out.tokens.shape[1]))
         return out
     monkeypatch.setattr(MolBindModel, "_collate", spy)
     res = _run(export_dir, tmp_path, records, protocol="original", bf16=False)

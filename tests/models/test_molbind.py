@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_pipeline import schema
+from molbind_jax.modalities import PairBatch
+from molbind_jax.modalities.atoms import AtomsBatch
+from molbind_jax.modalities.graph import GraphBatch
+from molbind_jax.modalities.text import TextBatch
+from molbind_jax.models.molbind import MolBind, MolBindConfig
 from molbind_jax.training import losses
-from molbind_jax.models.molbind import PAIRS, MolBind, MolBindConfig
 from molbind_jax.training.sharding import global_batch, make_mesh
+
+# The original four pair types (the tiny model has the original four towers).
+PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 
 
 def rel_err(a, b):
@@ -37,8 +45,7 @@ def pack_graphs(graphs, shards):
     groups = [graphs[s * per:(s + 1) * per] for s in range(shards)]
     nn = max(sum(g[0].shape[0] for g in grp) for grp in groups) + 1  # room for a padding node
     ne = max(sum(g[1].shape[1] for g in grp) for grp in groups) + 1
-    out = {k: [] for k in ("graph_nodes", "graph_edges", "graph_senders", "graph_receivers",
-                           "graph_n_node", "graph_n_edge")}
+    out = {k: [] for k in GraphBatch._fields}
     for grp in groups:
         nodes = np.zeros((nn, 2), np.int32)
         edges = np.zeros((ne, 2), np.int32)
@@ -55,13 +62,13 @@ def pack_graphs(graphs, shards):
             n_edge.append(ei.shape[1])
             off_n += len(x)
             off_e += ei.shape[1]
-        out["graph_nodes"].append(nodes)
-        out["graph_edges"].append(edges)
-        out["graph_senders"].append(snd)
-        out["graph_receivers"].append(rcv)
-        out["graph_n_node"].append(np.array(n_node + [nn - off_n], np.int32))
-        out["graph_n_edge"].append(np.array(n_edge + [ne - off_e], np.int32))
-    return {k: np.stack(v) for k, v in out.items()}
+        out["nodes"].append(nodes)
+        out["edges"].append(edges)
+        out["senders"].append(snd)
+        out["receivers"].append(rcv)
+        out["n_node"].append(np.array(n_node + [nn - off_n], np.int32))
+        out["n_edge"].append(np.array(n_edge + [ne - off_e], np.int32))
+    return GraphBatch(**{k: np.stack(v) for k, v in out.items()})
 
 
 def atoms(batch, length, vocab, rng):
@@ -86,16 +93,10 @@ def make_batches(batch=16, shards=8, seed=0, vocab_text=64):
     pt, pc = atoms(batch, 16, 10, rng)
     pair_mask = np.ones(batch, bool)
     pair_mask[-1] = False  # a padded example
-    g = pack_graphs(graphs, shards)
-    text = {"text_ids": ids, "text_mask": tmask}
-    conf = {"conformer_tokens": ct, "conformer_coords": cc}
-    pocket = {"pocket_tokens": pt, "pocket_coords": pc}
-    return {
-        "graph_text": {**g, **text, "pair_mask": pair_mask},
-        "conformer_text": {**conf, **text, "pair_mask": pair_mask},
-        "graph_conformer": {**g, **conf, "pair_mask": pair_mask},
-        "conformer_pocket": {**conf, **pocket, "pair_mask": pair_mask},
-    }, graphs
+    sides = {"graph": pack_graphs(graphs, shards), "text": TextBatch(ids, tmask),
+             "conformer": AtomsBatch(ct, cc), "pocket": AtomsBatch(pt, pc)}
+    return {name: PairBatch(sides[schema.pair_type(name).x], sides[schema.pair_type(name).y], pair_mask)
+            for name in PAIRS}, graphs
 
 
 def jit_call(model, method, *args):
@@ -131,14 +132,17 @@ def test_embeddings_are_unit_float32_rows(model):
     # normalize=False: the raw projections (the original's evaluation features), whose
     # L2-normalised rows are the default embeddings.
     b = batches["conformer_pocket"]
-    for modality in ("conformer", "pocket"):
-        raw = np.asarray(nnx.jit(lambda m, bb: m.embed_modality(modality, bb, normalize=False))(model, b))
-        unit = np.asarray(nnx.jit(lambda m, bb: m.embed_modality(modality, bb))(model, b))
+    for modality, side in (("conformer", b.x), ("pocket", b.y)):
+        raw = np.asarray(nnx.jit(lambda m, bb: m.embed(modality, bb, normalize=False))(model, side))
+        unit = np.asarray(nnx.jit(lambda m, bb: m.embed(modality, bb))(model, side))
         assert raw.dtype == np.float32
         assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
         np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, rtol=1e-5, atol=1e-6)
-    with pytest.raises(KeyError, match="graph batch lacks"):
-        model.embed_graph({"graph_nodes": batches["graph_text"]["graph_nodes"]})
+    # A batch of another shape than the tower's typed batch: a clear error, not a deep trace.
+    with pytest.raises(TypeError, match=r"graph tower takes a GraphBatch\(nodes, edges, senders.*got dict"):
+        model.embed_graph({"nodes": batches["graph_text"].x.nodes})
+    with pytest.raises(TypeError, match=r"text tower takes a TextBatch\(ids, mask\).*got AtomsBatch"):
+        model.embed("text", b.x)
 
 
 @pytest.mark.slow  # compiles tiny towers: ~5-10 s of CPU each
@@ -192,6 +196,77 @@ def test_config_round_trip_and_presets():
         MolBindConfig.from_dict({"gin": {"layers": 3}})
     with pytest.raises(ValueError, match="unimol_pooling"):
         MolBindConfig.tiny(unimol_pooling="cls")
+
+
+def test_config_modalities_round_trip_replace_and_errors():
+    from molbind_jax.models.bert import BertConfig
+    from molbind_jax.models.gin import GINConfig
+
+    tiny = MolBindConfig.tiny()
+    assert tiny.modalities == ("text", "graph", "conformer", "pocket")
+    assert tiny.to_dict()["modalities"] == ["text", "graph", "conformer", "pocket"]
+    # Towers by the spec's config key and by modality name; immutable.
+    assert isinstance(tiny.bert, BertConfig) and tiny.bert is tiny.tower("text") is tiny.text
+    assert isinstance(tiny.gin, GINConfig) and tiny.gin is tiny.tower("graph")
+    assert tiny.conformer.vocab_size == 31 and tiny.pocket.vocab_size == 10
+    with pytest.raises(AttributeError, match="immutable"):
+        tiny.embed_dim = 8
+
+    # A two-tower model: to_dict names its modalities and only their towers; from_dict gives it back.
+    two = MolBindConfig.tiny(modalities=("graph", "text"), embed_dim=8)
+    d = json.loads(json.dumps(two.to_dict()))
+    assert d["modalities"] == ["graph", "text"] and set(d) == {"modalities", "gin", "bert", "embed_dim",
+                                                               "unimol_pooling", "dtype"}
+    back = MolBindConfig.from_dict(d, base=MolBindConfig.tiny())
+    assert back == two and back.modalities == ("graph", "text") and back.gin == tiny.gin
+    with pytest.raises(AttributeError, match=r"no 'pocket'.*modalities: \('graph', 'text'\)"):
+        two.pocket
+    # Without "modalities" (an export of format 1) the base's modalities are kept.
+    d.pop("modalities")
+    assert MolBindConfig.from_dict(d, base=MolBindConfig.tiny()).modalities == tiny.modalities
+
+    # Equality and hash: by value (the model is a static pytree node keyed by its config).
+    assert tiny == MolBindConfig.tiny() and hash(tiny) == hash(MolBindConfig.tiny())
+    assert len({tiny, MolBindConfig.tiny(), two}) == 2
+    assert tiny != tiny.replace(embed_dim=17) and tiny != two and tiny != "tiny"
+
+    # .replace: top-level fields, whole towers by key or modality, the modality set.
+    r = tiny.replace(embed_dim=8, unimol_pooling="original")
+    assert (r.embed_dim, r.unimol_pooling, r.gin, r.bert) == (8, "original", tiny.gin, tiny.bert)
+    assert (tiny.embed_dim, tiny.unimol_pooling) == (16, "atoms")  # the original is untouched
+    small_gin = GINConfig.tiny(num_layers=1)
+    assert tiny.replace(gin=small_gin).gin == small_gin and tiny.replace(graph=small_gin).gin == small_gin
+    only_text = tiny.replace(modalities=("text",))
+    assert only_text.modalities == ("text",) and dict(only_text.towers) == {"text": tiny.bert}
+    assert only_text.replace(modalities=("text", "pocket")).pocket == tiny.pocket  # the preset's tower
+    with pytest.raises(ValueError, match=r"unknown MolBindConfig field 'layers'; tower keys: "
+                                         r"\['bert', 'conformer', 'gin', 'pocket'\]"):
+        tiny.replace(layers=3)
+
+    # Unknown names list the known ones.
+    with pytest.raises(ValueError, match=r"unknown MolBindConfig field 'unimol'; tower keys: "
+                                         r"\['bert', 'conformer', 'gin', 'pocket'\], other fields"):
+        MolBindConfig.tiny(unimol=tiny.conformer)
+    with pytest.raises(ValueError, match=r"unknown MolBindConfig field\(s\) \['pocket'\]; tower keys of "
+                                         r"modalities \('graph', 'text'\): \['bert', 'gin'\]"):
+        MolBindConfig.from_dict({"modalities": ["graph", "text"], "pocket": {"num_layers": 1}})
+    with pytest.raises(ValueError, match="unknown modality 'audio'; known modalities: text, graph"):
+        MolBindConfig.tiny(modalities=("text", "audio"))
+    with pytest.raises(ValueError, match=r"modalities the model does not have: \['pocket'\]"):
+        MolBindConfig(towers={"pocket": tiny.pocket}, modalities=("text",))
+
+
+def test_embed_refuses_a_modality_the_model_lacks(model):
+    batches, _ = make_batches(batch=4, shards=1)
+    with pytest.raises(ValueError, match=r"this model has no 'audio' tower \(modalities: \('text', 'graph', "
+                                         r"'conformer', 'pocket'\)\)"):
+        model.embed("audio", batches["graph_text"].y)
+    text_only = MolBind(MolBindConfig.tiny(modalities=("text",)), rngs=nnx.Rngs(0))
+    assert not hasattr(text_only, "graph_encoder") and hasattr(text_only, "text_proj")
+    with pytest.raises(ValueError, match=r"this model has no 'graph' tower \(modalities: \('text',\)\)"):
+        text_only.embed("graph", batches["graph_text"].x)
+    with pytest.raises(ValueError, match=r"no 'graph' tower"):
+        text_only.pair_embeddings("graph_text", batches["graph_text"])
 
 
 @pytest.mark.slow  # compiles tiny towers: ~5-10 s of CPU each
@@ -288,10 +363,10 @@ def test_import_molbind_ckpt_matches_torch(tmp_path, write_original_ckpt):
     b = batches["graph_text"]
     c = batches["conformer_pocket"]
     ours = {
-        "graph": jit_call(model, "embed_graph", b),
-        "text": jit_call(model, "embed_text", b["text_ids"], b["text_mask"]),
-        "conf": jit_call(model, "embed_conformer", c["conformer_tokens"], c["conformer_coords"]),
-        "pocket": jit_call(model, "embed_pocket", c["pocket_tokens"], c["pocket_coords"]),
+        "graph": jit_call(model, "embed_graph", b.x),
+        "text": jit_call(model, "embed_text", b.y.ids, b.y.mask),
+        "conf": jit_call(model, "embed_conformer", c.x.tokens, c.x.coords),
+        "pocket": jit_call(model, "embed_pocket", c.y.tokens, c.y.coords),
     }
     with torch.no_grad():
         x = torch.tensor(np.concatenate([g[0] for g in graphs]), dtype=torch.long)
@@ -300,12 +375,11 @@ def test_import_molbind_ckpt_matches_torch(tmp_path, write_original_ckpt):
         ea = torch.tensor(np.concatenate([g[2] for g in graphs]), dtype=torch.long)
         batch = torch.tensor(np.repeat(np.arange(len(graphs)), [len(g[0]) for g in graphs]))
         ref = {"graph": tm.embed_graph(x, ei, ea, batch),
-               "text": tm.embed_text(torch.tensor(b["text_ids"], dtype=torch.long),
-                                     torch.tensor(b["text_mask"], dtype=torch.long))}
-        for key, fn, tok, crd, v in (("conf", tm.embed_conformer, "conformer_tokens", "conformer_coords", 31),
-                                     ("pocket", tm.embed_pocket, "pocket_tokens", "pocket_coords", 10)):
-            n = int(np.ceil((c[tok] != 0).sum(1).max() / 8) * 8)  # the original collater's length
-            tokens, coords = c[tok][:, :n], c[crd][:, :n]
+               "text": tm.embed_text(torch.tensor(b.y.ids, dtype=torch.long),
+                                     torch.tensor(b.y.mask, dtype=torch.long))}
+        for key, fn, side, v in (("conf", tm.embed_conformer, c.x, 31), ("pocket", tm.embed_pocket, c.y, 10)):
+            n = int(np.ceil((side.tokens != 0).sum(1).max() / 8) * 8)  # the original collater's length
+            tokens, coords = side.tokens[:, :n], side.coords[:, :n]
             d, et = _numpy_pair_inputs(tokens, coords, v)
             ref[key] = fn(torch.tensor(tokens, dtype=torch.long), torch.tensor(d), torch.tensor(et))
     for key in ref:
@@ -315,7 +389,7 @@ def test_import_molbind_ckpt_matches_torch(tmp_path, write_original_ckpt):
     with pytest.warns(UserWarning, match="no GIN BatchNorm running statistics"):
         model2, report2 = convert.load(ckpt, bert={"num_heads": 4}, unimol_pooling="original")
     assert report2.bn_stats.startswith("MISSING")
-    assert rel_err(jit_call(model2, "embed_graph", b), ref["graph"].numpy()) > 1e-3
+    assert rel_err(jit_call(model2, "embed_graph", b.x), ref["graph"].numpy()) > 1e-3
     np.testing.assert_array_equal(np.asarray(model2.graph_encoder.batch_norms[0].running_var[...]), 1.0)
 
 
@@ -370,11 +444,11 @@ def test_import_molbind_ckpt_strict_per_tower(tmp_path, write_original_ckpt):
 
 @pytest.mark.slow
 def test_real_molecules_through_input_pipeline_sharded_equals_single():
-    """Featurizers -> input_pipeline.collate_pair (8 graph shards, 2 padded rows) ->
+    """Featurizers -> data.batching.collate_pair (8 graph shards, 2 padded rows) ->
     global_batch -> MolBind -> pair_infonce: 8 devices give the one-device loss."""
     from data_pipeline.featurize.conformer import generate_conformers, unimol_input
     from data_pipeline.featurize.graph import smiles_to_graph
-    from molbind_jax.data.input_pipeline import collate_pair
+    from molbind_jax.data.batching import collate_pair
 
     smiles = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "O=C=O", "CC(C)O", "C1CCCCC1", "CCCl",
               "NCC(=O)O", "CC#N", "COC", "CCS", "OCCO", "CC=C"]
@@ -383,7 +457,8 @@ def test_real_molecules_through_input_pipeline_sharded_equals_single():
         atoms_, coords, _ = generate_conformers(s, num_conformers=1)
         records.append({**smiles_to_graph(s), **unimol_input(atoms_, coords)})
     batch = collate_pair("graph_conformer", records, batch_size=16, num_shards=8)
-    assert batch["graph_nodes"].shape[0] == 8 and int(batch["pair_mask"].sum()) == 14
+    assert isinstance(batch, PairBatch) and isinstance(batch.x, GraphBatch) and isinstance(batch.y, AtomsBatch)
+    assert batch.x.nodes.shape[0] == 8 and int(batch.mask.sum()) == 14
     model = MolBind(MolBindConfig.tiny(), rngs=nnx.Rngs(0))
     mesh = make_mesh(8)
 

@@ -21,17 +21,32 @@ LAUNCHERS = ("tpu_pod.sh", "slurm_gpu.sbatch", "multinode_env.sh")
 
 
 def test_batch_shapes_follow_the_design_layout():
+    from molbind_jax.modalities.atoms import AtomsBatch
+    from molbind_jax.modalities.graph import GraphBatch
+    from molbind_jax.modalities.text import TextBatch
+
+    def sd(a):
+        return tuple(a.shape), a.dtype.name
+
     dims = dict(text_len=256, mol_atoms=64, pocket_atoms=264, graph_nodes=62, graph_edges=136)
     gt = dryrun.batch_shapes("graph_text", 384, 4, dims)
-    assert gt["text_ids"] == ((384, 256), "int32") and gt["pair_mask"] == ((384,), "bool")
+    assert isinstance(gt.x, GraphBatch) and isinstance(gt.y, TextBatch)
+    assert sd(gt.y.ids) == ((384, 256), "int32") and sd(gt.y.mask) == ((384, 256), "int32")
+    assert sd(gt.mask) == ((384,), "bool")
     # 96 graphs per device: 96 x 62 + 1 padding node -> 5960 (a multiple of 8); 96 x 136 edges.
-    assert gt["graph_nodes"] == ((4, 5960, 2), "int32") and gt["graph_senders"] == ((4, 13056), "int32")
-    assert gt["graph_n_node"] == ((4, 97), "int32")
+    assert sd(gt.x.nodes) == ((4, 5960, 2), "int32") and sd(gt.x.senders) == ((4, 13056), "int32")
+    assert sd(gt.x.edges) == ((4, 13056, 2), "int32") and sd(gt.x.receivers) == ((4, 13056), "int32")
+    assert sd(gt.x.n_node) == ((4, 97), "int32") and sd(gt.x.n_edge) == ((4, 97), "int32")
     cp = dryrun.batch_shapes("conformer_pocket", 384, 4, dims)
-    assert cp["conformer_coords"] == ((384, 64, 3), "float32") and cp["pocket_tokens"] == ((384, 264), "int32")
-    assert "text_ids" not in cp and "graph_nodes" not in cp
+    assert isinstance(cp.x, AtomsBatch) and isinstance(cp.y, AtomsBatch)
+    assert sd(cp.x.coords) == ((384, 64, 3), "float32") and sd(cp.y.tokens) == ((384, 264), "int32")
+    assert dryrun.flat_shapes("conformer_pocket", cp) == {
+        "conformer.tokens": [384, 64], "conformer.coords": [384, 64, 3],
+        "pocket.tokens": [384, 264], "pocket.coords": [384, 264, 3], "mask": [384]}
     with pytest.raises(ValueError, match="not divisible by 5 devices"):
         dryrun.batch_shapes("graph_text", 384, 5, dims)
+    with pytest.raises(ValueError, match="config.dryrun has no 'pocket_atoms'"):
+        dryrun.batch_shapes("conformer_pocket", 384, 4, {k: v for k, v in dims.items() if k != "pocket_atoms"})
 
 
 def test_simulate_devices_sets_or_replaces_the_flag(monkeypatch):
@@ -90,7 +105,7 @@ def test_dry_run_of_the_whole_recipe_at_reduced_size():
     r = dryrun.dry_run(c, devices=8)
     assert r["micro_batches"] == [sorted(["graph_text", "conformer_text", "graph_conformer", "conformer_pocket"])]
     assert r["per_device_batch"] == {p: 2 for p in r["per_device_batch"]} and np.isfinite(r["flops_per_device"])
-    assert r["batch_shapes"]["conformer_pocket"]["pocket_tokens"] == [16, 24]
+    assert r["batch_shapes"]["conformer_pocket"]["pocket.tokens"] == [16, 24]
 
 
 # ---------------------------------------------------------------------- launch recipes

@@ -206,7 +206,7 @@ def test_learnable_temperature_clamped():
 
 def test_molbind_loss_weights_and_missing_pairs(mesh8):
     pairs = {}
-    for i, name in enumerate(losses.PAIRS):
+    for i, name in enumerate(("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")):
         x, y = embeddings(16, seed=10 + i)
         pairs[name] = tuple(sharded(mesh8, x, y, np.ones(16, bool)))
     total, per_pair = jax.jit(lambda e: losses.molbind_loss(e, mesh=mesh8))(pairs)
@@ -218,8 +218,12 @@ def test_molbind_loss_weights_and_missing_pairs(mesh8):
     three = {p: v for p, v in pairs.items() if p != "conformer_text"}
     total3, _ = jax.jit(lambda e: losses.molbind_loss(e, mesh=mesh8, temperatures={p: TAU for p in e}))(three)
     assert abs(float(total3) - 0.25 * sum(v for p, v in singles.items() if p != "conformer_text")) < 1e-5
-    with pytest.raises(KeyError, match="no loss weight"):
-        losses.molbind_loss({"mystery": pairs["graph_text"]}, mesh=mesh8)
+    # Explicit weights must cover every pair given (default: 0.25 for each pair given).
+    with pytest.raises(KeyError, match=r"no loss weight for pair type 'mystery' \(weights given for \['graph_text'\]\)"):
+        losses.molbind_loss({"mystery": pairs["graph_text"]}, weights={"graph_text": 0.25}, mesh=mesh8)
+    weighted, _ = jax.jit(lambda e: losses.molbind_loss(e, weights={"graph_text": 2.0, "conformer_pocket": 0.5},
+                                                        mesh=mesh8))({p: pairs[p] for p in ("graph_text", "conformer_pocket")})
+    assert abs(float(weighted) - (2.0 * singles["graph_text"] + 0.5 * singles["conformer_pocket"])) < 1e-5
 
 
 def test_bad_inputs(mesh8):

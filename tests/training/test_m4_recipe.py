@@ -9,7 +9,8 @@ import pytest
 
 from molbind_jax.training import train
 from molbind_jax.training.pretrained import InitError
-from molbind_jax.training.train_step import PAIRS
+
+PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")  # the original's four
 from lavis_reference import LavisLinearWarmupCosine, original_update_rates
 from smoke_configs import m4_config
 

@@ -18,6 +18,7 @@ from flax import nnx
 
 from backbones import HEAD_KEYS, write_all, write_dictionary, write_gin, write_unimol
 from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+from molbind_jax.modalities import spec
 from molbind_jax.training import pretrained, train
 from molbind_jax.training.pretrained import InitError
 from smoke_configs import smoke_config
@@ -64,7 +65,7 @@ def test_every_tower_equals_its_backbone(files, loaded):
     assert (mcfg.bert.hidden_size, mcfg.bert.num_layers, mcfg.bert.vocab_size) == (24, 3, 72)
 
     # Direct, hand-mapped checks against the torch tensors in the files.
-    hf = pretrained.TOWERS["text"].read(files["text"])
+    hf = spec("text").pretrained_state(files["text"])
     np.testing.assert_array_equal(model.text_encoder.embeddings.word_embeddings.embedding[...],
                                   hf["embeddings.word_embeddings.weight"])
     np.testing.assert_array_equal(model.text_encoder.layers[2].query.kernel[...],
@@ -186,8 +187,35 @@ def test_towers_need_a_path_or_an_explicit_scratch(files):
 
 
 def test_minilm_shortcut_resolves_to_the_offline_directory():
-    path = pretrained.resolve_text("minilm")
+    path = spec("text").resolve_init("minilm")
     assert os.path.exists(os.path.join(path, "config.json")) and os.path.exists(os.path.join(path, "model.safetensors"))
+    assert pretrained.check(dict(text="minilm", scratch=("graph", "conformer", "pocket"))).text_dir == path
+
+
+def test_init_plan_checks_the_pair_types_against_the_model(files):
+    # A model of two towers (model.overrides.modalities): the config template's empty entries of
+    # the other towers are no settings; the pair types it trains need its towers.
+    cfg = config_with({"graph": files["graph"]}, scratch=("text",))
+    cfg.model.overrides.modalities = ("text", "graph")
+    cfg.pairs = ("graph_text",)
+    assert train.model_config_from(cfg).modalities == ("text", "graph")
+    plan = train.init_plan(cfg)
+    assert plan.paths == {"graph": files["graph"]} and plan.scratch == ("text",) and plan.dictionaries == {}
+    cfg.pairs = ("graph_text", "conformer_pocket", "graph_conformer")
+    with pytest.raises(ValueError, match=r"need towers the model does not have: \{'conformer_pocket': \['conformer', "
+                                         r"'pocket'\], 'graph_conformer': \['conformer'\]\} \(model modalities "
+                                         r"\('text', 'graph'\); add them to model.overrides.modalities\)"):
+        train.init_plan(cfg)
+    cfg.pairs = ("graph_text", "graph_audio")
+    with pytest.raises(ValueError, match=r"unknown pair type 'graph_audio'; known pair types: graph_text, "
+                                         r"conformer_text, graph_conformer, conformer_pocket"):
+        train.init_plan(cfg)
+    # A path for a tower the model does not have is refused, naming the known fields.
+    cfg.pairs = ("graph_text",)
+    cfg.init.pocket = files["pocket"]
+    with pytest.raises(InitError, match=r"unknown init field\(s\) \['pocket'\]; known for this model's towers: "
+                                        r"\['graph', 'scratch', 'text'\]"):
+        train.init_plan(cfg)
 
 
 @pytest.mark.slow  # a real (tiny) launcher run: compiles the four pair programs

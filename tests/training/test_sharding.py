@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
+from molbind_jax.modalities import PairBatch
+from molbind_jax.modalities.graph import GraphBatch
+from molbind_jax.modalities.text import TextBatch
 from molbind_jax.training import sharding
 
 
@@ -21,29 +24,33 @@ def test_make_mesh():
 def test_global_batch_places_rows_and_graph_shards_on_devices():
     mesh = sharding.make_mesh(8)
     b, s = 16, 8
-    local = {
-        "text_ids": np.arange(b * 4, dtype=np.int32).reshape(b, 4),
-        "pair_mask": np.arange(b) % 3 != 0,
-        "graph_nodes": np.arange(s * 5 * 2, dtype=np.int32).reshape(s, 5, 2),
-        "graph_n_node": np.ones((s, 3), np.int32),
-        "step": np.int32(7),
-    }
+    graph = GraphBatch(nodes=np.arange(s * 5 * 2, dtype=np.int32).reshape(s, 5, 2),
+                       edges=np.zeros((s, 4, 2), np.int32), senders=np.zeros((s, 4), np.int32),
+                       receivers=np.zeros((s, 4), np.int32), n_node=np.ones((s, 3), np.int32),
+                       n_edge=np.ones((s, 3), np.int32))
+    text = TextBatch(ids=np.arange(b * 4, dtype=np.int32).reshape(b, 4), mask=np.ones((b, 4), np.int32))
+    local = {"graph_text": PairBatch(graph, text, np.arange(b) % 3 != 0), "step": np.int32(7)}
     out = sharding.global_batch(local, mesh)
-    assert out["text_ids"].shape == (16, 4) and out["graph_nodes"].shape == (8, 5, 2)
-    np.testing.assert_array_equal(np.asarray(out["text_ids"]), local["text_ids"])
+    gt = out["graph_text"]
+    assert isinstance(gt, PairBatch) and isinstance(gt.x, GraphBatch) and isinstance(gt.y, TextBatch)
+    assert gt.y.ids.shape == (16, 4) and gt.x.nodes.shape == (8, 5, 2) and gt.mask.dtype == np.bool_
+    np.testing.assert_array_equal(np.asarray(gt.y.ids), text.ids)
+    np.testing.assert_array_equal(np.asarray(gt.mask), local["graph_text"].mask)
     assert out["step"].sharding.spec == P()
     # Device d of the "data" axis holds example rows 2d, 2d+1 and graph shard d.
     for d, dev in enumerate(mesh.devices.flat):
-        rows = [sh for sh in out["text_ids"].addressable_shards if sh.device == dev][0]
-        np.testing.assert_array_equal(np.asarray(rows.data), local["text_ids"][2 * d:2 * d + 2])
-        g = [sh for sh in out["graph_nodes"].addressable_shards if sh.device == dev][0]
-        np.testing.assert_array_equal(np.asarray(g.data), local["graph_nodes"][d:d + 1])
+        rows = [sh for sh in gt.y.ids.addressable_shards if sh.device == dev][0]
+        np.testing.assert_array_equal(np.asarray(rows.data), text.ids[2 * d:2 * d + 2])
+        g = [sh for sh in gt.x.nodes.addressable_shards if sh.device == dev][0]
+        np.testing.assert_array_equal(np.asarray(g.data), graph.nodes[d:d + 1])
 
 
 def test_global_batch_errors():
     mesh = sharding.make_mesh(8)
-    with pytest.raises(ValueError, match=r"\['text_ids'\].*not divisible by the 8"):
-        sharding.global_batch({"text_ids": np.zeros((12, 3), np.int32)}, mesh)
+    bad = PairBatch(TextBatch(np.zeros((12, 3), np.int32), np.ones((12, 3), np.int32)),
+                    TextBatch(np.zeros((12, 3), np.int32), np.ones((12, 3), np.int32)), np.ones(12, bool))
+    with pytest.raises(ValueError, match=r"\.x\.ids.*leading axis 12 is not divisible by the 8"):
+        sharding.global_batch(bad, mesh)
     with pytest.raises(TypeError, match="only numeric"):
         sharding.global_batch({"smiles": np.array(["CCO"] * 8)}, mesh)
 

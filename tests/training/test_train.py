@@ -19,13 +19,20 @@ import optax
 import pytest
 from flax import nnx
 
+from data_pipeline import schema
+from molbind_jax.modalities import PairBatch
+from molbind_jax.modalities.atoms import AtomsBatch
+from molbind_jax.modalities.graph import GraphBatch
+from molbind_jax.modalities.text import TextBatch
 from molbind_jax.training import losses, sharding, train_inputs
-from molbind_jax.training.train_step import (PAIRS, StepOptions, TrainStep, init_trainable, lr_schedule,
+from molbind_jax.training.train_step import (StepOptions, TrainStep, init_trainable, lr_schedule,
                                     fresh, make_optimizer, param_labels, reseed_state,
                                     state_leaves_equal)
 from smoke_configs import smoke_config
 
 D = 8
+# The original four pair types (the toy model and the tiny MolBind have their four towers).
+PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
 
 
 class ToyBind(nnx.Module):
@@ -46,24 +53,26 @@ class ToyBind(nnx.Module):
 
     def _embed(self, kind, b, train):
         if kind == "text":
-            m = b["text_mask"][..., None]
-            h = (self.text_encoder(b["text_ids"]) * m).sum(1) / m.sum(1)
+            assert isinstance(b, TextBatch)
+            m = b.mask[..., None]
+            h = (self.text_encoder(b.ids) * m).sum(1) / m.sum(1)
         elif kind == "graph":
-            s, g1 = b["graph_n_node"].shape
-            node = self.graph_encoder(b["graph_nodes"][..., 0])  # [S, Nn, D]
-            seg = jax.vmap(lambda n: jnp.repeat(jnp.arange(g1), n, total_repeat_length=node.shape[1]))(
-                b["graph_n_node"])
+            assert isinstance(b, GraphBatch)
+            s, g1 = b.n_node.shape
+            node = self.graph_encoder(b.nodes[..., 0])  # [S, Nn, D]
+            seg = jax.vmap(lambda n: jnp.repeat(jnp.arange(g1), n, total_repeat_length=node.shape[1]))(b.n_node)
             pooled = jax.vmap(lambda x, i: jax.ops.segment_sum(x, i, g1))(node, seg)
             pooled = pooled[:, :-1].reshape(-1, D)  # drop each shard's padding graph
             h = self.graph_norm(pooled, use_running_average=not train)
         else:
-            h = self._atoms(getattr(self, f"{kind}_encoder"), b[f"{kind}_tokens"], b[f"{kind}_coords"])
+            assert isinstance(b, AtomsBatch)
+            h = self._atoms(getattr(self, f"{kind}_encoder"), b.tokens, b.coords)
         h = self.dropout(h, deterministic=not train)
         return h / jnp.linalg.norm(h, axis=-1, keepdims=True)
 
     def pair_embeddings(self, pair, batch, *, train):
-        a, b = pair.split("_")
-        return self._embed(a, batch, train), self._embed(b, batch, train), batch["pair_mask"]
+        p = schema.pair_type(pair)
+        return self._embed(p.x, batch.x, train), self._embed(p.y, batch.y, train), batch.mask
 
 
 def _config(batch_size=8):
@@ -126,9 +135,10 @@ def test_split_step_equals_fused_step_and_reference_update(sgd_toy):
 
     def total_loss(params, stats):
         tot = 0.0
+        table = list(schema.PAIR_TYPES)  # dropout keys: fold_in(seed, step), then (micro, pair)
         for i, batches in enumerate(micro):
             for pair in PAIRS:
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), i * 4 + PAIRS.index(pair))
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), i * len(table) + table.index(pair))
                 m = nnx.merge(graphdef, *fresh(params, stats, reseed_state(rest, key)))
                 x, y, mask = m.pair_embeddings(pair, batches[pair], train=True)
                 loss, _ = losses.pair_infonce(x, y, mask, mesh=mesh, temperature=0.1)
@@ -180,8 +190,9 @@ def test_nonfinite_batch_leaves_state_unchanged(sgd_toy):
     before = jax.tree.map(np.asarray, state)
     micro = _micro(mesh, 1)
     bad = dict(micro[0])
-    bad["conformer_pocket"] = {k: (v * jnp.nan if v.dtype == jnp.float32 else v)
-                               for k, v in bad["conformer_pocket"].items()}
+    bad["conformer_pocket"] = jax.tree.map(lambda v: v * jnp.nan if v.dtype == jnp.float32 else v,
+                                           bad["conformer_pocket"])
+    assert np.isnan(np.asarray(bad["conformer_pocket"].y.coords)).all()
     state, m = ts(state, [bad])
     assert not bool(m["finite"])
     assert state_leaves_equal(before, state)  # step, params, stats, optimizer: all untouched
@@ -193,19 +204,17 @@ def test_compiles_grow_with_sum_of_shapes_not_product():
     state = ts.init_state(model)
     base = _micro(mesh, 1)[0]
 
-    def widen(b, key, extra):
-        pad = [(0, 0)] * b[key].ndim
-        pad[1] = (0, extra)
-        return dict(b, **{key: jnp.pad(b[key], pad)})
+    def widen(side, extra):
+        # Every array of a text or atoms batch is [B, L, ...]: pad L.
+        return jax.tree.map(lambda a: jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2)), side)
 
     # Two text lengths for graph_text and two pocket sizes for conformer_pocket: 2 x 2 shape
     # combinations, but only 2 + 2 per-pair programs (+1 each for the two unchanged pairs).
     for t_extra in (0, 8):
         for p_extra in (0, 8):
             b = dict(base)
-            b["graph_text"] = widen(widen(b["graph_text"], "text_ids", t_extra), "text_mask", t_extra)
-            b["conformer_pocket"] = widen(widen(b["conformer_pocket"], "pocket_tokens", p_extra),
-                                          "pocket_coords", p_extra)
+            b["graph_text"] = b["graph_text"]._replace(y=widen(b["graph_text"].y, t_extra))
+            b["conformer_pocket"] = b["conformer_pocket"]._replace(y=widen(b["conformer_pocket"].y, p_extra))
             state, m = ts(state, [b])
             assert bool(m["finite"])
     sizes = {p: ts.grad_fn(p)._cache_size() for p in PAIRS}
@@ -218,15 +227,17 @@ def test_synthetic_batches_follow_the_design_layout():
     it = train_inputs.micro_batches(_config(16), split="train", start=5, train=True, text_vocab=128, mesh=mesh)
     b = next(it)
     g = b["graph_text"]
-    assert g["graph_nodes"].shape[0] == 4 and g["graph_n_node"].shape == (4, 16 // 4 + 1)
-    assert (g["graph_n_node"].sum(1) == g["graph_nodes"].shape[1]).all()
-    assert (g["graph_n_edge"].sum(1) == g["graph_senders"].shape[1]).all()
-    assert g["text_ids"].shape[0] == 16 and g["pair_mask"].all()
-    assert b["conformer_pocket"]["pocket_tokens"].shape[1] % 8 == 0
+    assert isinstance(g, PairBatch) and isinstance(g.x, GraphBatch) and isinstance(g.y, TextBatch)
+    assert g.x.nodes.shape[0] == 4 and g.x.n_node.shape == (4, 16 // 4 + 1)
+    assert (g.x.n_node.sum(1) == g.x.nodes.shape[1]).all()
+    assert (g.x.n_edge.sum(1) == g.x.senders.shape[1]).all()
+    assert g.y.ids.shape[0] == 16 and g.mask.all()
+    assert isinstance(b["conformer_pocket"].y, AtomsBatch) and b["conformer_pocket"].y.tokens.shape[1] % 8 == 0
     # Resumable: micro-step 5 from a fresh iterator is the same batch.
     again = next(train_inputs.micro_batches(_config(16), split="train", start=5, train=True, text_vocab=128,
                                             mesh=mesh))
-    assert all(np.array_equal(b[p][k], again[p][k]) for p in b for k in b[p])
+    assert set(again) == set(b) == set(PAIRS)
+    assert all(jax.tree.all(jax.tree.map(np.array_equal, b[p], again[p])) for p in b)
 
 
 def test_pair_batch_size_and_pair_every_reach_the_step():
@@ -239,7 +250,7 @@ def test_pair_batch_size_and_pair_every_reach_the_step():
     steps = [next(train_inputs.micro_batches(c, split="train", start=s, train=True, text_vocab=128, mesh=mesh))
              for s in range(4)]
     assert [("conformer_pocket" in b) for b in steps] == [False, True, False, True]
-    assert all(b["graph_conformer"]["pair_mask"].shape == (24,) for b in steps)
+    assert all(b["graph_conformer"].mask.shape == (24,) for b in steps)
     mesh, model, ts = _setup()
     state, m = ts(ts.init_state(model), [{p: train_inputs.to_global(x, mesh) for p, x in steps[0].items()}])
     assert "loss/conformer_pocket" not in m and bool(m["finite"])
