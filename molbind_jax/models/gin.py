@@ -26,6 +26,8 @@ import jraph
 import numpy as np
 from flax import nnx
 
+from molbind_jax.models.layers import Dropout, check_dropout_rng
+
 
 @dataclasses.dataclass(frozen=True)
 class GINConfig:
@@ -42,6 +44,7 @@ class GINConfig:
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
     dtype: Any = jnp.float32  # activations; parameters and BN statistics stay float32
+    dropout_rng: str = "hash"  # dropout mask generator, layers.DROPOUT_RNGS
 
     @classmethod
     def tiny(cls, **overrides) -> "GINConfig":
@@ -53,6 +56,7 @@ class GINConfig:
             raise ValueError(f"self_loop_attr {self.self_loop_attr} outside the bond tables "
                              f"({self.num_bond_type} types, {self.num_bond_dir} directions)")
         object.__setattr__(self, "self_loop_attr", sl)
+        check_dropout_rng(self.dropout_rng)
 
 
 def _torch_linear_init(fan_in: int):
@@ -152,7 +156,7 @@ class GIN(nnx.Module):
             MaskedBatchNorm(cfg.emb_dim, momentum=cfg.bn_momentum, eps=cfg.bn_eps)
             for _ in range(cfg.num_layers)
         ])
-        self.dropout = nnx.Dropout(cfg.drop_ratio, rngs=rngs)
+        self.dropout = Dropout(cfg.drop_ratio, impl=cfg.dropout_rng, rngs=rngs)
 
     def __call__(self, graph: jraph.GraphsTuple, *, train: bool = False):
         """Returns (node_rep [S,Nn,D], graph_rep [S,G+1,D]); without S for unbatched input.
@@ -181,7 +185,7 @@ class GIN(nnx.Module):
             h = bn(h, mask, train=train)
             if layer != last:
                 h = jax.nn.relu(h)
-            h = self.dropout(h, deterministic=not train or self.config.drop_ratio == 0.0)
+            h = self.dropout(h, train=train)
             h = h * maskf
         node_rep = h
 

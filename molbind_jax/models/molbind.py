@@ -183,7 +183,7 @@ class MolBind(nnx.Module):
     # ------------------------------------------------------------------ single modalities
     def embed_text(self, ids, mask, *, train: bool = False, normalize: bool = True):
         """ids, mask [B, L] -> [B, E] from the first ([CLS]) position, no LayerNorm."""
-        hidden = self.text_encoder(jnp.asarray(ids), jnp.asarray(mask), deterministic=not train)
+        hidden = self.text_encoder(jnp.asarray(ids), jnp.asarray(mask), train=train)
         return _finish(self.text_proj(text_cls_pool(hidden)), normalize)
 
     def embed_graph(self, batch: Mapping[str, Any], *, train: bool = False, normalize: bool = True):
@@ -210,7 +210,7 @@ class MolBind(nnx.Module):
     def _embed_3d(self, encoder, head, tokens, coords, train, normalize):
         tokens = jnp.asarray(tokens)
         distance, edge_type = pair_inputs(tokens, coords, encoder.config.vocab_size)
-        rep = encoder(tokens, distance, edge_type, deterministic=not train)
+        rep = encoder(tokens, distance, edge_type, train=train)
         return _finish(head(unimol_mean_pool(rep, tokens, mode=self.config.unimol_pooling)), normalize)
 
     def embed_conformer(self, tokens, coords, *, train: bool = False, normalize: bool = True):

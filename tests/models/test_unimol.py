@@ -176,13 +176,13 @@ def test_train_mode_dropout_and_finite_gradients():
     real = (tokens != 0)[..., None]
 
     def loss(m):
-        return jnp.sum(jnp.where(real, m(tokens, dist, et, deterministic=False), 0.0) ** 2)
+        return jnp.sum(jnp.where(real, m(tokens, dist, et, train=True), 0.0) ** 2)
 
     grads = nnx.jit(nnx.grad(loss))(module)  # jitted: eager autodiff costs tens of seconds
     leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
     assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
     assert any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
-    train_forward = nnx.jit(lambda m: m(tokens, dist, et, deterministic=False))
+    train_forward = nnx.jit(lambda m: m(tokens, dist, et, train=True))
     a, b = train_forward(module), train_forward(module)
     assert not np.allclose(np.asarray(a), np.asarray(b))  # dropout is on and draws fresh masks
 
