@@ -48,6 +48,8 @@ flags.DEFINE_integer("scan_unroll", 1, "Uni-Mol layers per scan iteration (its n
 flags.DEFINE_enum("dropout_rng", "hash", ["hash", "threefry"], "our dropout mask generator")
 flags.DEFINE_integer("num_layers", 0, "override every tower's depth (0: the size's own)")
 flags.DEFINE_bool("torch", True, "also time the PyTorch reference")
+flags.DEFINE_bool("masks", False, "also time one dropout mask + scale (hash, threefry, torch bernoulli_)")
+flags.DEFINE_list("mask_shape", ["4", "64", "256", "256"], "shape of the timed dropout mask (pocket attention)")
 flags.DEFINE_string("output", None, "write the results as JSON here")
 
 # Batch shapes per size: (batch, length) of text, graphs x atoms, molecules x atoms, pockets x atoms.
@@ -224,6 +226,38 @@ def torch_step(tower: str, cfg, shape):
     return step
 
 
+def time_masks(shape, rate: float = 0.1, repeats: int = 5) -> dict:
+    """Median ms of `dropout(x)` (mask + scale) at `shape`: ours per generator, torch's bernoulli_."""
+    import jax
+    import jax.numpy as jnp
+
+    from molbind_jax.models.layers import DROPOUT_RNGS, dropout
+
+    x = jnp.ones(shape, jnp.float32)
+    out = {}
+    for impl in DROPOUT_RNGS:
+        fn = jax.jit(lambda k, x, impl=impl: dropout(x, rate, k, impl=impl))
+        jax.block_until_ready(fn(jax.random.key(0), x))
+        ts = []
+        for i in range(repeats):
+            key = jax.random.key(i + 1)
+            t = time.perf_counter()
+            jax.block_until_ready(fn(key, x))
+            ts.append(time.perf_counter() - t)
+        out[impl] = 1e3 * float(np.median(ts))
+    if FLAGS.torch:
+        import torch
+
+        xt = torch.ones(shape)
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.nn.functional.dropout(xt, rate, training=True)
+            ts.append(time.perf_counter() - t)
+        out["torch"] = 1e3 * float(np.median(ts))
+    return out
+
+
 # ------------------------------------------------------------------------------ main
 def time_interleaved(a, b, repeats: int):
     """Median seconds of `a` and `b` over `repeats` rounds of A B B A."""
@@ -272,8 +306,14 @@ def main(argv):
                        gflop=flops / 1e9, gflops=flops / 1e9 / jax_s, temp_mib=temp_mib, load=os.getloadavg())
             rows.append(row)
             print(_row_line(row), flush=True)
+    masks = None
+    if FLAGS.masks:
+        shape = tuple(int(v) for v in FLAGS.mask_shape)
+        masks = time_masks(shape)
+        print(f"dropout mask + scale at {shape}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in masks.items()))
     load = os.getloadavg()
-    print("\n" + table(rows))
+    if rows:
+        print("\n" + table(rows))
     print(f"\nload average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; "
           f"threads={FLAGS.threads}, dtype={FLAGS.dtype}, remat={FLAGS.remat}, dropout_rng={FLAGS.dropout_rng}")
     if FLAGS.output:
@@ -282,7 +322,7 @@ def main(argv):
                     scan_unroll=FLAGS.scan_unroll, dropout_rng=FLAGS.dropout_rng, repeats=FLAGS.repeats,
                     affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
         with open(FLAGS.output, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+            json.dump(dict(meta=meta, rows=rows, dropout_masks_ms=masks), f, indent=1)
         print(f"wrote {FLAGS.output}")
 
 

@@ -186,9 +186,9 @@ class BertLayer(nnx.Module):
     def _drop(self, x, rate, key, site):
         return dropout(x, rate, site_key(key, site), impl=self.cfg.dropout_rng)
 
-    def _attention(self, x, bias, key):
+    def _attention(self, x, bias, key, shape):
         cfg = self.cfg
-        b, length, _ = x.shape
+        b, length = shape
         split = lambda t: t.reshape(b, length, cfg.num_heads, cfg.head_dim)  # [B,L,heads,dh]
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         if key is None or cfg.attention_dropout == 0.0:
@@ -200,15 +200,19 @@ class BertLayer(nnx.Module):
             q = q * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
             out, _ = attention(q, k, v, bias, dropout_rate=cfg.attention_dropout, key=site_key(key, 0),
                                impl=cfg.dropout_rng)
-        return out.reshape(b, length, cfg.hidden_size)
+        return out.reshape(b * length, cfg.hidden_size)
 
     def __call__(self, x, bias, key=None):
-        attn = self.attention_output(self._attention(x, bias, key))
+        # The token-wise parts run on [B*L, H]: XLA:CPU's matmuls (and their weight gradients,
+        # which contract one axis instead of two) are ~15% faster in 2-D.
+        b, length, hidden = x.shape
+        x = x.reshape(b * length, hidden)
+        attn = self.attention_output(self._attention(x, bias, key, (b, length)))
         attn = self._drop(attn, self.cfg.dropout, key, 1).astype(jnp.float32)
         a = self.attention_layer_norm(attn + x)
         y = jax.nn.gelu(self.intermediate(a), approximate=_GELU[self.cfg.hidden_act])
         y = self._drop(self.output(y), self.cfg.dropout, key, 2).astype(jnp.float32)
-        return self.output_layer_norm(y + a)
+        return self.output_layer_norm(y + a).reshape(b, length, hidden)
 
 
 class BertEncoder(nnx.Module):

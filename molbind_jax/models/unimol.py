@@ -144,21 +144,20 @@ class EncoderLayer(nnx.Module):
         cfg = self.cfg
         b, n, d = x.shape
         h, hd = cfg.num_heads, d // cfg.num_heads
+        # The token-wise parts run on [B*N, D]: XLA:CPU's matmuls (and their weight gradients,
+        # which contract one axis instead of two) are ~15% faster in 2-D.
+        x = x.reshape(b * n, d)
         residual = x
-        y = self.self_attn_layer_norm(x)
-        q, k, v = jnp.split(self.in_proj(y), 3, axis=-1)
+        q, k, v = jnp.split(self.in_proj(self.self_attn_layer_norm(x)), 3, axis=-1)
         q = q.reshape(b, n, h, hd) * (hd ** -0.5)
-        k = k.reshape(b, n, h, hd)
-        v = v.reshape(b, n, h, hd)
-        o, logits = attention(q, k, v, bias, dropout_rate=cfg.attention_dropout, key=site_key(key, 0),
-                              impl=cfg.dropout_rng)
-        o = o.reshape(b, n, d)
-        x = residual + self._drop(self.out_proj(o), cfg.dropout, key, 1)
+        o, logits = attention(q, k.reshape(b, n, h, hd), v.reshape(b, n, h, hd), bias,
+                              dropout_rate=cfg.attention_dropout, key=site_key(key, 0), impl=cfg.dropout_rng)
+        x = residual + self._drop(self.out_proj(o.reshape(b * n, d)), cfg.dropout, key, 1)
         residual = x
         y = jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False)
         y = self.fc2(self._drop(y, cfg.activation_dropout, key, 2))
         x = residual + self._drop(y, cfg.dropout, key, 3)
-        return x, logits
+        return x.reshape(b, n, d), logits
 
 
 class UniMolEncoder(nnx.Module):
@@ -184,9 +183,11 @@ class UniMolEncoder(nnx.Module):
 
     def pair_bias(self, distance, edge_type):
         """Gaussian features -> per-head bias [B,H,N,N] (float32)."""
-        g = self.gbf(distance, edge_type).astype(self.config.dtype)
+        b, n, _ = distance.shape
+        g = self.gbf(distance, edge_type).astype(self.config.dtype).reshape(b * n * n, -1)  # 2-D matmuls
         g = jax.nn.gelu(self.gbf_proj_linear1(g), approximate=False)
-        return jnp.transpose(self.gbf_proj_linear2(g), (0, 3, 1, 2)).astype(jnp.float32)
+        g = self.gbf_proj_linear2(g).reshape(b, n, n, -1)
+        return jnp.transpose(g, (0, 3, 1, 2)).astype(jnp.float32)
 
     def __call__(self, tokens, distance, edge_type, *, train: bool = False):
         cfg = self.config
