@@ -10,8 +10,8 @@ scanned layer stack with optional rematerialisation.
       finalizer (C. Wellons' hash-prospector, a multiply-xorshift mix) over the flat index, the
       two 32-bit words of the key (drawn from the key with `jax.random.bits`) mixed in between;
       an element is kept when its 32-bit value is below `round(keep * 2**32)`. On XLA:CPU it is
-      about 10x faster than threefry (50 ms vs 550 ms for a [4, 64, 256, 256] mask on one core)
-      and cheap on accelerators too. Each key gives a different bijection of the 32-bit
+      about 10x faster than threefry (65 ms against 690 ms for mask + scale at [4, 64, 256, 256]
+      on one core, docs/performance.md) and cheap on accelerators too. Each key gives a different bijection of the 32-bit
       counters, so masks of different keys are independent-looking, and values never depend on
       how the array is sharded. Arrays of 2**32 or more elements fall back to threefry.
     - "threefry": `jax.random.bernoulli`, exactly as `nnx.Dropout` draws its masks.

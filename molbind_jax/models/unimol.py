@@ -15,6 +15,12 @@ would be NaN in the original; here its attention output is zero instead, so no N
 
 Numerics: the Gaussian kernel, LayerNorms, the pair bias/logits and the softmax are float32;
 matmuls run in `config.dtype` (bfloat16 optional).
+
+Layout and speed (docs/performance.md): the layers are one stacked module run by a
+`jax.lax.scan` (one compiled layer body whatever the depth), optionally rematerialised
+(`config.remat`); the attention has a written-out gradient (`layers.attention`); dropout keys
+come from the encoder's one `dropout_rngs` stream, folded per layer and site, and masks are
+drawn by `config.dropout_rng` ("hash" by default).
 """
 from __future__ import annotations
 
