@@ -209,7 +209,7 @@ def load(checkpoint: str, dictionary: str | None = None, *, prefix: str | None =
 
 @nnx.jit
 def _eval_forward(module: BertEncoder, input_ids, attention_mask):
-    return module(input_ids, attention_mask, deterministic=True)
+    return module(input_ids, attention_mask, train=False)
 
 
 def run_flax(module: BertEncoder, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

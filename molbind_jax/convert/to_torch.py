@@ -93,8 +93,8 @@ def flax_arrays(model) -> dict[str, np.ndarray]:
         for name in ("weight", "bias", "running_mean", "running_var"):
             out[f"{p}batch_norms.{i}.{name}"] = _np(getattr(bn, name))
     for prefix, enc in (("conf_encoder.", model.conformer_encoder), ("pro_encoder.", model.pocket_encoder)):
-        for key, (var, transpose) in unimol_convert._targets(enc).items():
-            out[prefix + key] = _np(var, transpose)
+        for key, a in unimol_convert.torch_arrays(enc).items():
+            out[prefix + key] = a
     for key, (_, get, transpose) in bert_convert._param_table(model.text_encoder.config).items():
         out["Qformer.bert." + key] = _np(get(model.text_encoder), transpose)
     for name, (ln, lin) in HEADS.items():

@@ -34,49 +34,78 @@ IGNORE_PATTERNS = (
 )
 
 
-def _targets(module: UniMolEncoder) -> dict[str, tuple[nnx.Variable, bool]]:
-    """Original key -> (Flax variable, transpose?) for every parameter of the encoder."""
-    t: dict[str, tuple[nnx.Variable, bool]] = {
-        "embed_tokens.weight": (module.embed_tokens, False),
-        "gbf.means.weight": (module.gbf.means, False),
-        "gbf.stds.weight": (module.gbf.stds, False),
-        "gbf.mul.weight": (module.gbf.mul, False),
-        "gbf.bias.weight": (module.gbf.bias, False),
-        "gbf_proj.linear1.weight": (module.gbf_proj_linear1.kernel, True),
-        "gbf_proj.linear1.bias": (module.gbf_proj_linear1.bias, False),
-        "gbf_proj.linear2.weight": (module.gbf_proj_linear2.kernel, True),
-        "gbf_proj.linear2.bias": (module.gbf_proj_linear2.bias, False),
+# Per-layer parameters: torch sub-key under `encoder.layers.<l>.` -> (path in the stacked
+# EncoderLayer, transpose?). The Flax arrays carry a leading layer axis.
+LAYER_PARAMS = {
+    "self_attn.in_proj.weight": (("in_proj", "kernel"), True),
+    "self_attn.in_proj.bias": (("in_proj", "bias"), False),
+    "self_attn.out_proj.weight": (("out_proj", "kernel"), True),
+    "self_attn.out_proj.bias": (("out_proj", "bias"), False),
+    "fc1.weight": (("fc1", "kernel"), True),
+    "fc1.bias": (("fc1", "bias"), False),
+    "fc2.weight": (("fc2", "kernel"), True),
+    "fc2.bias": (("fc2", "bias"), False),
+    "self_attn_layer_norm.weight": (("self_attn_layer_norm", "weight"), False),
+    "self_attn_layer_norm.bias": (("self_attn_layer_norm", "bias"), False),
+    "final_layer_norm.weight": (("final_layer_norm", "weight"), False),
+    "final_layer_norm.bias": (("final_layer_norm", "bias"), False),
+}
+
+
+def _targets(module: UniMolEncoder) -> dict[str, tuple[nnx.Variable, bool, int | None]]:
+    """Original key -> (Flax variable, transpose?, layer index or None) for every parameter of
+    the encoder. Per-layer keys point into the stacked variables of `module.layers`."""
+    t: dict[str, tuple[nnx.Variable, bool, int | None]] = {
+        "embed_tokens.weight": (module.embed_tokens, False, None),
+        "gbf.means.weight": (module.gbf.means, False, None),
+        "gbf.stds.weight": (module.gbf.stds, False, None),
+        "gbf.mul.weight": (module.gbf.mul, False, None),
+        "gbf.bias.weight": (module.gbf.bias, False, None),
+        "gbf_proj.linear1.weight": (module.gbf_proj_linear1.kernel, True, None),
+        "gbf_proj.linear1.bias": (module.gbf_proj_linear1.bias, False, None),
+        "gbf_proj.linear2.weight": (module.gbf_proj_linear2.kernel, True, None),
+        "gbf_proj.linear2.bias": (module.gbf_proj_linear2.bias, False, None),
     }
     for name in ("emb_layer_norm", "final_layer_norm"):
         ln = getattr(module, name)
-        t[f"encoder.{name}.weight"] = (ln.weight, False)
-        t[f"encoder.{name}.bias"] = (ln.bias, False)
-    for i, layer in enumerate(module.layers):
-        p = f"encoder.layers.{i}."
-        for src, lin in (("self_attn.in_proj", layer.in_proj), ("self_attn.out_proj", layer.out_proj),
-                         ("fc1", layer.fc1), ("fc2", layer.fc2)):
-            t[p + src + ".weight"] = (lin.kernel, True)
-            t[p + src + ".bias"] = (lin.bias, False)
-        for name in ("self_attn_layer_norm", "final_layer_norm"):
-            ln = getattr(layer, name)
-            t[p + name + ".weight"] = (ln.weight, False)
-            t[p + name + ".bias"] = (ln.bias, False)
+        t[f"encoder.{name}.weight"] = (ln.weight, False, None)
+        t[f"encoder.{name}.bias"] = (ln.bias, False, None)
+    for i in range(module.config.num_layers):
+        for sub, ((child, leaf), transpose) in LAYER_PARAMS.items():
+            t[f"encoder.layers.{i}.{sub}"] = (getattr(getattr(module.layers, child), leaf), transpose, i)
     return t
 
 
-def _torch_shape(var: nnx.Variable, transpose: bool) -> tuple[int, ...]:
-    shape = tuple(var[...].shape)
+def _torch_shape(var: nnx.Variable, transpose: bool, layer: int | None) -> tuple[int, ...]:
+    shape = tuple(var[...].shape)[(0 if layer is None else 1):]
     return shape[::-1] if transpose else shape
+
+
+def torch_arrays(module: UniMolEncoder) -> dict[str, np.ndarray]:
+    """Every parameter under its original key, float32 in torch's orientation (the exporter's view)."""
+    out = {}
+    for key, (var, transpose, layer) in _targets(module).items():
+        a = np.asarray(var[...], np.float32)
+        a = a if layer is None else a[layer]
+        out[key] = np.array(a.T if transpose else a, dtype=np.float32, order="C")
+    return out
 
 
 def assign(module: UniMolEncoder, state, source: str) -> KeyReport:
     """Copies a state dict in the original key layout into `module` (checked strictly first)."""
     targets = _targets(module)
-    report = check_keys(state, {k: _torch_shape(v, tr) for k, (v, tr) in targets.items()},
+    report = check_keys(state, {k: _torch_shape(*v) for k, v in targets.items()},
                         source=source, ignore_patterns=IGNORE_PATTERNS)
-    for k, (var, transpose) in targets.items():
+    stacked: dict[int, tuple[nnx.Variable, list]] = {}
+    for k, (var, transpose, layer) in targets.items():
         a = np.asarray(state[k], np.float32)
-        var.set_value(jnp.asarray(a.T if transpose else a))
+        a = a.T if transpose else a
+        if layer is None:
+            var.set_value(jnp.asarray(a))
+        else:
+            stacked.setdefault(id(var), (var, []))[1].append(a)  # keys are in layer order
+    for var, per_layer in stacked.values():
+        var.set_value(jnp.asarray(np.stack(per_layer)))
     return report
 
 
@@ -154,7 +183,7 @@ def load(checkpoint: str, dictionary: str | None = None, *, prefix: str | None =
 
 @nnx.jit
 def _eval_forward(module: UniMolEncoder, tokens, distance, edge_type):
-    return module(tokens, distance, edge_type, deterministic=True)
+    return module(tokens, distance, edge_type, train=False)
 
 
 def run_flax(module: UniMolEncoder, inputs) -> dict[str, np.ndarray]:

@@ -134,7 +134,7 @@ class AtomsSpec(ModalitySpec):
         encoder, head = getattr(model, self.encoder_attr), getattr(model, self.head_attr)
         tokens = jnp.asarray(batch.tokens)
         distance, edge_type = pair_inputs(tokens, batch.coords, encoder.config.vocab_size)
-        rep = encoder(tokens, distance, edge_type, deterministic=not train)
+        rep = encoder(tokens, distance, edge_type, train=train)
         return head(unimol_mean_pool(rep, tokens, mode=model.config.unimol_pooling))
 
     def export_files(self, model_config, directory, *, context):

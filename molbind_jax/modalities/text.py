@@ -95,7 +95,7 @@ class TextSpec(ModalitySpec):
 
         from molbind_jax.models.heads import text_cls_pool
 
-        hidden = model.text_encoder(jnp.asarray(batch.ids), jnp.asarray(batch.mask), deterministic=not train)
+        hidden = model.text_encoder(jnp.asarray(batch.ids), jnp.asarray(batch.mask), train=train)
         return model.text_proj(text_cls_pool(hidden))
 
     def resolve_init(self, value):

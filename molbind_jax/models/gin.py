@@ -26,6 +26,8 @@ import jraph
 import numpy as np
 from flax import nnx
 
+from molbind_jax.models.layers import Dropout, check_dropout_rng
+
 
 @dataclasses.dataclass(frozen=True)
 class GINConfig:
@@ -42,6 +44,7 @@ class GINConfig:
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
     dtype: Any = jnp.float32  # activations; parameters and BN statistics stay float32
+    dropout_rng: str = "hash"  # dropout mask generator, layers.DROPOUT_RNGS
 
     @classmethod
     def tiny(cls, **overrides) -> "GINConfig":
@@ -53,6 +56,7 @@ class GINConfig:
             raise ValueError(f"self_loop_attr {self.self_loop_attr} outside the bond tables "
                              f"({self.num_bond_type} types, {self.num_bond_dir} directions)")
         object.__setattr__(self, "self_loop_attr", sl)
+        check_dropout_rng(self.dropout_rng)
 
 
 def _torch_linear_init(fan_in: int):
@@ -116,15 +120,22 @@ class GINLayer(nnx.Module):
         self.mlp_2 = nnx.Linear(2 * d, d, dtype=cfg.dtype, kernel_init=_torch_linear_init(2 * d),
                                 bias_init=_torch_linear_init(2 * d), rngs=rngs)
 
-    def __call__(self, h, edges, senders, receivers):
-        """One shard: h [Nn,D], edges [Ne,2], senders/receivers [Ne] -> [Nn,D]."""
+    def aggregate(self, h, edges, senders, receivers):
+        """One shard: h [Nn,D], edges [Ne,2], senders/receivers [Ne] -> the summed messages [Nn,D]."""
         ee1, ee2 = self.edge_embedding1.embedding[...], self.edge_embedding2.embedding[...]
         e = (ee1[edges[:, 0]] + ee2[edges[:, 1]]).astype(h.dtype)
         messages = h[senders] + e
         agg = jax.ops.segment_sum(messages, receivers, num_segments=h.shape[0])
         sl0, sl1 = self.cfg.self_loop_attr
-        agg = agg + h + (ee1[sl0] + ee2[sl1]).astype(h.dtype)
+        return agg + h + (ee1[sl0] + ee2[sl1]).astype(h.dtype)
+
+    def mlp(self, agg):
+        """The node-wise MLP, on any leading axes."""
         return self.mlp_2(jax.nn.relu(self.mlp_0(agg)))
+
+    def __call__(self, h, edges, senders, receivers):
+        """One shard: h [Nn,D], edges [Ne,2], senders/receivers [Ne] -> [Nn,D]."""
+        return self.mlp(self.aggregate(h, edges, senders, receivers))
 
 
 def _as_batched(graph: jraph.GraphsTuple) -> tuple[jraph.GraphsTuple, bool]:
@@ -152,7 +163,7 @@ class GIN(nnx.Module):
             MaskedBatchNorm(cfg.emb_dim, momentum=cfg.bn_momentum, eps=cfg.bn_eps)
             for _ in range(cfg.num_layers)
         ])
-        self.dropout = nnx.Dropout(cfg.drop_ratio, rngs=rngs)
+        self.dropout = Dropout(cfg.drop_ratio, impl=cfg.dropout_rng, rngs=rngs)
 
     def __call__(self, graph: jraph.GraphsTuple, *, train: bool = False):
         """Returns (node_rep [S,Nn,D], graph_rep [S,G+1,D]); without S for unbatched input.
@@ -177,11 +188,14 @@ class GIN(nnx.Module):
              + self.x_embedding2.embedding[...][nodes[..., 1]]).astype(self.config.dtype)
         last = self.config.num_layers - 1
         for layer, (conv, bn) in enumerate(zip(self.gnns, self.batch_norms)):
-            h = jax.vmap(conv)(h, edges, senders, receivers)
+            # Aggregation per shard (shard-local indices); the MLP on all nodes at once, as one
+            # 2-D matmul (faster on XLA:CPU than the batched matmul a vmap would make).
+            agg = jax.vmap(conv.aggregate)(h, edges, senders, receivers)
+            h = conv.mlp(agg.reshape(-1, agg.shape[-1])).reshape(agg.shape)
             h = bn(h, mask, train=train)
             if layer != last:
                 h = jax.nn.relu(h)
-            h = self.dropout(h, deterministic=not train or self.config.drop_ratio == 0.0)
+            h = self.dropout(h, train=train)
             h = h * maskf
         node_rep = h
 

@@ -15,6 +15,12 @@ would be NaN in the original; here its attention output is zero instead, so no N
 
 Numerics: the Gaussian kernel, LayerNorms, the pair bias/logits and the softmax are float32;
 matmuls run in `config.dtype` (bfloat16 optional).
+
+Layout and speed (docs/performance.md): the layers are one stacked module run by a
+`jax.lax.scan` (one compiled layer body whatever the depth), optionally rematerialised
+(`config.remat`); the attention has a written-out gradient (`layers.attention`); dropout keys
+come from the encoder's one `dropout_rngs` stream, folded per layer and site, and masks are
+drawn by `config.dropout_rng` ("hash" by default).
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from molbind_jax.models.layers import (attention, check_dropout_rng, check_remat, dropout, scan_layers, site_key,
+                                       stack_layers)
 
 # The original's gaussian() hard-codes pi = 3.14159 (Uni-Mol unimol.py), not math.pi.
 _GAUSS_NORM = (2 * 3.14159) ** 0.5
@@ -44,6 +53,10 @@ class UniMolConfig:
     activation_dropout: float = 0.0
     ln_eps: float = 1e-5
     dtype: Any = jnp.float32  # matmul dtype; params and the pair path stay float32
+    # Rematerialisation of the scanned layer body: "none", "full" or "dots" (layers.REMAT_POLICIES).
+    remat: str = "none"
+    scan_unroll: int = 1  # layers per scan iteration (num_layers: fully unrolled)
+    dropout_rng: str = "hash"  # dropout mask generator, layers.DROPOUT_RNGS
 
     @classmethod
     def molecule(cls, **overrides) -> "UniMolConfig":
@@ -61,6 +74,10 @@ class UniMolConfig:
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        object.__setattr__(self, "remat", check_remat(self.remat))
+        check_dropout_rng(self.dropout_rng)
 
 
 def _torch_linear_init(fan_in: int):
@@ -109,17 +126,12 @@ class GaussianLayer(nnx.Module):
         return jnp.exp(-0.5 * jnp.square((y - mean) / std)) / (_GAUSS_NORM * std)
 
 
-def safe_softmax(logits):
-    """Softmax over the last axis in float32; an all -inf row gives zeros instead of NaN."""
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    e = jnp.exp(logits - m)
-    s = jnp.sum(e, axis=-1, keepdims=True)
-    return e / jnp.where(s > 0, s, 1.0)
-
-
 class EncoderLayer(nnx.Module):
-    """Pre-LN transformer layer with an additive pair bias; returns (x, pre-softmax logits)."""
+    """Pre-LN transformer layer with an additive pair bias; returns (x, pre-softmax logits).
+
+    Holds parameters only: dropout keys come in explicitly (`key`, None in eval mode), one per
+    layer, folded per dropout site, so that the encoder can stack the layers and scan them.
+    """
 
     def __init__(self, cfg: UniMolConfig, *, rngs: nnx.Rngs):
         d = cfg.embed_dim
@@ -130,32 +142,37 @@ class EncoderLayer(nnx.Module):
         self.final_layer_norm = LayerNorm32(d, cfg.ln_eps)
         self.fc1 = _linear(d, cfg.ffn_dim, cfg, rngs)
         self.fc2 = _linear(cfg.ffn_dim, d, cfg, rngs)
-        self.attn_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
-        self.act_dropout = nnx.Dropout(cfg.activation_dropout, rngs=rngs)
 
-    def __call__(self, x, bias, *, deterministic: bool):
+    def _drop(self, x, rate, key, site):
+        return dropout(x, rate, site_key(key, site), impl=self.cfg.dropout_rng)
+
+    def __call__(self, x, bias, key=None):
+        cfg = self.cfg
         b, n, d = x.shape
-        h, hd = self.cfg.num_heads, d // self.cfg.num_heads
+        h, hd = cfg.num_heads, d // cfg.num_heads
+        # The token-wise parts run on [B*N, D]: XLA:CPU's matmuls (and their weight gradients,
+        # which contract one axis instead of two) are ~15% faster in 2-D.
+        x = x.reshape(b * n, d)
         residual = x
-        y = self.self_attn_layer_norm(x)
-        q, k, v = jnp.split(self.in_proj(y), 3, axis=-1)
+        q, k, v = jnp.split(self.in_proj(self.self_attn_layer_norm(x)), 3, axis=-1)
         q = q.reshape(b, n, h, hd) * (hd ** -0.5)
-        k = k.reshape(b, n, h, hd)
-        v = v.reshape(b, n, h, hd)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
-        probs = self.attn_dropout(safe_softmax(logits), deterministic=deterministic)
-        o = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(x.dtype), v).reshape(b, n, d)
-        x = residual + self.dropout(self.out_proj(o), deterministic=deterministic)
+        o, logits = attention(q, k.reshape(b, n, h, hd), v.reshape(b, n, h, hd), bias,
+                              dropout_rate=cfg.attention_dropout, key=site_key(key, 0), impl=cfg.dropout_rng)
+        x = residual + self._drop(self.out_proj(o.reshape(b * n, d)), cfg.dropout, key, 1)
         residual = x
         y = jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False)
-        y = self.fc2(self.act_dropout(y, deterministic=deterministic))
-        x = residual + self.dropout(y, deterministic=deterministic)
-        return x, logits
+        y = self.fc2(self._drop(y, cfg.activation_dropout, key, 2))
+        x = residual + self._drop(y, cfg.dropout, key, 3)
+        return x.reshape(b, n, d), logits
 
 
 class UniMolEncoder(nnx.Module):
-    """tokens [B,N], distance [B,N,N], edge_type [B,N,N] -> encoder_rep [B,N,D]."""
+    """tokens [B,N], distance [B,N,N], edge_type [B,N,N] -> encoder_rep [B,N,D].
+
+    `self.layers` is ONE `EncoderLayer` whose parameters carry a leading layer axis
+    (`layers.stack_layers`); the forward scans it (`layers.scan_layers`), carrying (x, pair
+    bias), so XLA compiles one layer body whatever `num_layers` is.
+    """
 
     def __init__(self, config: UniMolConfig, *, rngs: nnx.Rngs):
         cfg = self.config = config
@@ -166,28 +183,37 @@ class UniMolEncoder(nnx.Module):
         self.gbf_proj_linear1 = _linear(cfg.num_kernels, cfg.num_kernels, cfg, rngs)
         self.gbf_proj_linear2 = _linear(cfg.num_kernels, cfg.num_heads, cfg, rngs)
         self.emb_layer_norm = LayerNorm32(d, cfg.ln_eps)
-        self.emb_dropout = nnx.Dropout(cfg.emb_dropout, rngs=rngs)
-        self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = stack_layers(lambda: EncoderLayer(cfg, rngs=rngs), cfg.num_layers)
         self.final_layer_norm = LayerNorm32(d, cfg.ln_eps)
+        self.dropout_rngs = rngs["dropout"].fork()  # one draw per training forward
 
     def pair_bias(self, distance, edge_type):
         """Gaussian features -> per-head bias [B,H,N,N] (float32)."""
-        g = self.gbf(distance, edge_type).astype(self.config.dtype)
+        b, n, _ = distance.shape
+        g = self.gbf(distance, edge_type).astype(self.config.dtype).reshape(b * n * n, -1)  # 2-D matmuls
         g = jax.nn.gelu(self.gbf_proj_linear1(g), approximate=False)
-        return jnp.transpose(self.gbf_proj_linear2(g), (0, 3, 1, 2)).astype(jnp.float32)
+        g = self.gbf_proj_linear2(g).reshape(b, n, n, -1)
+        return jnp.transpose(g, (0, 3, 1, 2)).astype(jnp.float32)
 
-    def __call__(self, tokens, distance, edge_type, *, deterministic: bool = True):
+    def __call__(self, tokens, distance, edge_type, *, train: bool = False):
+        cfg = self.config
         tokens = jnp.asarray(tokens).astype(jnp.int32)
         edge_type = jnp.asarray(edge_type).astype(jnp.int32)
         pad = tokens == 0  # [B,N]
+        key = self.dropout_rngs() if train else None
+        emb_key, layer_keys = (None, None) if key is None else (
+            jax.random.fold_in(key, 0), jax.random.split(jax.random.fold_in(key, 1), cfg.num_layers))
         x = self.embed_tokens[...][tokens]
-        x = self.emb_layer_norm(x).astype(self.config.dtype)
-        x = self.emb_dropout(x, deterministic=deterministic)
+        x = self.emb_layer_norm(x).astype(cfg.dtype)
+        x = dropout(x, cfg.emb_dropout, emb_key, impl=cfg.dropout_rng)
         x = x * (1 - pad[..., None].astype(x.dtype))
         bias = self.pair_bias(distance, edge_type)
         bias = jnp.where(pad[:, None, None, :], -jnp.inf, bias)  # padded key columns only
-        for layer in self.layers:
-            x, bias = layer(x, bias, deterministic=deterministic)
+
+        def step(layer, carry, layer_key):
+            return layer(*carry, layer_key)  # the logits become the next layer's bias
+
+        x, _ = scan_layers(self.layers, step, (x, bias), layer_keys, remat=cfg.remat, unroll=cfg.scan_unroll)
         return self.final_layer_norm(x)
 
 

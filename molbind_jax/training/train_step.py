@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import zlib
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -189,19 +190,24 @@ def fresh(*states: Any) -> tuple:
 
 def reseed_state(rest: Any, key: jax.Array) -> Any:
     """`rest` (the non-param, non-BN state: RNG streams) with every stream's key replaced by
-    `fold_in(key, crc32(tag))` and its counter reset, so dropout masks are a pure function of
-    `key`. Done on the state, before `nnx.merge`, because mutating a merged module's RNG
-    variables from inside a transformed function is not allowed."""
-    import zlib
+    `fold_in(key, crc32(path))` (the stream's place in the model, e.g.
+    `conformer_encoder/dropout_rngs`) and its counter reset, so dropout masks are a pure
+    function of `key` and differ between streams (every dropout stream has the tag "dropout",
+    so folding in the tag alone would give every layer and tower the same masks). Done on the
+    state, before `nnx.merge`, because mutating a merged module's RNG variables from inside a
+    transformed function is not allowed."""
 
-    def f(v):
+    def name(path) -> str:
+        return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+    def f(path, v):
         if isinstance(v, nnx.RngKey):
-            return v.replace(jax.random.fold_in(key, zlib.crc32(str(v.tag).encode()) & 0x7FFFFFFF))
+            return v.replace(jax.random.fold_in(key, zlib.crc32(name(path).encode()) & 0x7FFFFFFF))
         if isinstance(v, nnx.RngCount):
             return v.replace(jnp.zeros_like(v.value))
         return v
 
-    return jax.tree.map(f, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(f, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,8 +264,9 @@ class TrainStep:
     def _pair_loss(self, pair, trainable, batch_stats, rest, batch, step, micro):
         """Weighted loss of one pair type, its unweighted value and the updated BN stats."""
         key = jax.random.fold_in(jax.random.key(self.opts.seed), step)
-        table = list(schema.PAIR_TYPES)  # (the original four give the keys they always had)
-        key = jax.random.fold_in(key, micro * len(table) + table.index(pair))
+        # A pair's keys depend on its name, not on its place in the table: adding pair types
+        # changes no existing pair's dropout masks.
+        key = jax.random.fold_in(jax.random.fold_in(key, micro), zlib.crc32(pair.encode()) & 0x7FFFFFFF)
         params = trainable["model"]
         if self.opts.frozen:
             frozen = set(self.opts.frozen)

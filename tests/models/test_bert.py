@@ -21,8 +21,8 @@ from molbind_jax.models.bert import BertConfig, BertEncoder
 
 
 # One compiled forward per input shape; eager op-by-op dispatch of the same graph costs seconds.
-apply_eval = nnx.jit(lambda m, ids, mask, types=None: m(ids, mask, types, deterministic=True))
-apply_train = nnx.jit(lambda m, ids, mask: m(ids, mask, deterministic=False))
+apply_eval = nnx.jit(lambda m, ids, mask, types=None: m(ids, mask, types, train=False))
+apply_train = nnx.jit(lambda m, ids, mask: m(ids, mask, train=True))
 
 
 def minilm_dir() -> str:

@@ -115,7 +115,7 @@ def test_original_pooling_matches_unimol_forward_at_original_padding():
         return tokens, coords
     t16, c16 = batch(16)
     t32, c32 = batch(32)
-    forward = nnx.jit(lambda m, t, c: m(t, *unimol.pair_inputs(t, c, cfg.vocab_size), deterministic=True))
+    forward = nnx.jit(lambda m, t, c: m(t, *unimol.pair_inputs(t, c, cfg.vocab_size), train=False))
     rep16, rep32 = forward(enc, t16, c16), forward(enc, t32, c32)
     original = np.asarray(rep16).mean(1)  # the original's pooling at its own padding
     ours = np.asarray(heads.unimol_mean_pool(rep32, t32, "original"))

@@ -12,6 +12,7 @@ from scipy.spatial import distance_matrix
 from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
 from molbind_jax.convert import unimol as convert_unimol
 from molbind_jax.convert.common import CheckpointError
+from molbind_jax.models import layers
 from molbind_jax.models.unimol import UniMolConfig, UniMolEncoder, pair_inputs
 from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
 
@@ -104,6 +105,13 @@ def test_tiny_molecule_parity_with_padding(tiny_mol, tmp_path):
     ref = convert_unimol.run_torch(path, inputs, dict_path)["encoder_rep"]
     assert np.isfinite(ours).all()
     assert rel_err(ours, ref) <= 1e-5
+    # The layers are one stacked module; the exporter's view gives back the original arrays.
+    assert module.layers.fc1.kernel[...].shape == (2, 32, 64)
+    exported = convert_unimol.torch_arrays(module)
+    want = {k: v.numpy() for k, v in tiny_mol[0].state_dict().items()}
+    assert sorted(exported) == sorted(want)
+    for k, v in want.items():
+        np.testing.assert_array_equal(exported[k], v, err_msg=k)
 
 
 def test_tiny_parity_without_padding(tiny_mol):
@@ -137,6 +145,64 @@ def test_full_size_parity_from_file(tmp_path, kind, sizes):
     err = rel_err(ours, ref)
     print(f"Uni-Mol {kind} full-size float32 parity, batch {inputs['src_tokens'].shape}: max rel err {err:.2e}")
     assert np.isfinite(ours).all() and err <= 1e-5
+
+
+# ----------------------------------------------------------------------------- layer stack
+def _padded_pair_bias(rng, b, h, n, pad_from):
+    bias = rng.normal(size=(b, h, n, n)).astype(np.float32)
+    bias[0, :, :, pad_from:] = -np.inf  # padded key columns of example 0
+    return jnp.asarray(bias)
+
+
+def test_scanned_stack_equals_a_loop_and_carries_the_pair_bias():
+    """The scan over the stacked layers == calling each layer in turn, in eval and train mode:
+    x and the pair representation (each layer's pre-softmax logits, the next one's bias) are
+    carried, and the -inf padded key columns persist through every layer."""
+    cfg = UniMolConfig.tiny(num_layers=3)
+    module = UniMolEncoder(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.normal(size=(2, 8, cfg.embed_dim)).astype(np.float32))
+    bias = _padded_pair_bias(rng, 2, cfg.num_heads, 8, 5)
+    step = lambda layer, carry, key: layer(*carry, key)
+    slices = [layers.layer_slice(module.layers, i) for i in range(cfg.num_layers)]
+
+    @jax.jit
+    def loop(x, bias, keys):
+        for i, layer in enumerate(slices):
+            x, bias = layer(x, bias, None if keys is None else keys[i])
+        return x, bias
+
+    scan = jax.jit(lambda x, b, k: layers.scan_layers(module.layers, step, (x, b), k))
+    for keys in (None, jax.random.split(jax.random.key(2), cfg.num_layers)):
+        got_x, got_bias = scan(x, bias, keys)
+        want_x, want_bias = loop(x, bias, keys)
+        np.testing.assert_allclose(np.asarray(got_x), np.asarray(want_x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(got_bias), np.asarray(want_bias), rtol=1e-5, atol=1e-5)
+        assert np.isneginf(np.asarray(got_bias)[0, :, :, 5:]).all()
+        assert np.isfinite(np.asarray(got_bias)[0, :, :, :5]).all() and np.isfinite(np.asarray(got_bias)[1]).all()
+        # The bias really moved: the carried logits are not the initial bias.
+        assert not np.allclose(np.asarray(got_bias)[1], np.asarray(bias)[1])
+
+
+@pytest.mark.slow  # three backward compiles of the tiny tower, ~10 s of CPU
+def test_remat_options_give_the_same_gradients():
+    toks, coords = random_molecules(np.random.default_rng(10), [4, 9], 31)
+    batch = collate(toks, coords, 31)
+    tokens = batch["src_tokens"]
+    dist, et = pair_inputs(tokens, batch["coords"], 31)
+    grads = {}
+    for remat in ("none", "full", "dots"):
+        module = UniMolEncoder(UniMolConfig.tiny(num_layers=3, remat=remat), rngs=nnx.Rngs(0, dropout=1))
+        loss = lambda m: jnp.sum(jnp.where((tokens != 0)[..., None], m(tokens, dist, et, train=True), 0.0) ** 2)
+        grads[remat] = nnx.state(nnx.jit(nnx.grad(loss))(module), nnx.Param)
+    ref = jax.tree.leaves(grads["none"])
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in ref)
+    for remat in ("full", "dots"):
+        for a, b in zip(jax.tree.leaves(grads[remat]), ref):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=remat)
+    with pytest.raises(ValueError, match="remat"):
+        UniMolConfig.tiny(remat="everything")
+    assert UniMolConfig.tiny(remat=True).remat == "full"
 
 
 # ----------------------------------------------------------------------------- pair inputs
@@ -176,13 +242,13 @@ def test_train_mode_dropout_and_finite_gradients():
     real = (tokens != 0)[..., None]
 
     def loss(m):
-        return jnp.sum(jnp.where(real, m(tokens, dist, et, deterministic=False), 0.0) ** 2)
+        return jnp.sum(jnp.where(real, m(tokens, dist, et, train=True), 0.0) ** 2)
 
     grads = nnx.jit(nnx.grad(loss))(module)  # jitted: eager autodiff costs tens of seconds
     leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
     assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
     assert any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
-    train_forward = nnx.jit(lambda m: m(tokens, dist, et, deterministic=False))
+    train_forward = nnx.jit(lambda m: m(tokens, dist, et, train=True))
     a, b = train_forward(module), train_forward(module)
     assert not np.allclose(np.asarray(a), np.asarray(b))  # dropout is on and draws fresh masks
 
