@@ -163,7 +163,7 @@ def test_reseeded_dropout_is_a_function_of_the_step_key_and_distinct_per_stream(
     key gives bit-identical train-mode outputs, another key other masks."""
     from molbind_jax.models.molbind import MolBind, MolBindConfig
     from molbind_jax.models.unimol import UniMolConfig, UniMolEncoder
-    from molbind_jax.train_step import reseed_state
+    from molbind_jax.training.train_step import reseed_state
 
     model = nnx.eval_shape(lambda: MolBind(MolBindConfig.tiny(), rngs=nnx.Rngs(0)))  # no weights needed
     _, _, rest = nnx.split(model, nnx.Param, ...)

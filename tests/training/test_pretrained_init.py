@@ -79,7 +79,8 @@ def test_every_tower_equals_its_backbone(files, loaded):
         um = torch.load(files[tower], weights_only=True)["model"]
         enc = getattr(model, attr)
         np.testing.assert_array_equal(enc.embed_tokens[...], um["embed_tokens.weight"].numpy())
-        np.testing.assert_array_equal(enc.layers[1].fc1.kernel[...], um["encoder.layers.1.fc1.weight"].numpy().T)
+        # the scanned stack holds every layer's weights on a leading axis: layer 1 is row 1
+        np.testing.assert_array_equal(enc.layers.fc1.kernel[...][1], um["encoder.layers.1.fc1.weight"].numpy().T)
 
     # Every parameter and statistic: the importers' own standalone load of the same files.
     ref_text, _ = bert.load(files["text"], use_token_type=False)
