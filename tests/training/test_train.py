@@ -314,7 +314,9 @@ def test_smoke_run_writes_metrics_evals_checkpoints(smoke_run):
         s = json.load(f)
     assert s["steps_run"] == 6 and s["mean_step_time_s"] > 0 and set(s["final_eval"]) >= {f"r1/{p}" for p in PAIRS}
     with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["model"]["embed_dim"] == 16
+        run = json.load(f)
+    assert run["model"]["embed_dim"] == 16
+    assert run["text_dir"] == "" and run["train"]["init"]["scratch"] == ["text", "graph", "conformer", "pocket"]
 
 
 @pytest.mark.slow
