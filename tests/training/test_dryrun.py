@@ -2,8 +2,8 @@
 
 The dry run traces and compiles the real train step on abstract inputs; here at reduced size
 (the m4 recipe's `smoke` variant: tiny towers, same code path), on the CPU devices of the test
-session (tests/conftest.py simulates 8). The full-size numbers are measured by hand (the
-command and results are in docs/training.md): the full m4 compile takes far longer than a test.
+session (tests/conftest.py simulates 8). One slow test runs the full-size m4 recipe (about 2-3
+minutes here); the measured full-size numbers and their commands are in docs/training.md.
 """
 from __future__ import annotations
 
@@ -105,6 +105,22 @@ def test_dry_run_of_the_whole_recipe_at_reduced_size():
     assert r["per_device_batch"] == {p: 2 for p in r["per_device_batch"]} and np.isfinite(r["flops_per_device"])
     assert r["batch_shapes"]["conformer_pocket"]["pocket_tokens"] == [16, 24]
     assert r["memory_bytes_per_device"]["peak_program"].startswith("grad ")
+
+
+@pytest.mark.slow  # the full-size recipe: about 2-3 minutes of compile on 2 CPU cores
+def test_dry_run_of_the_full_size_m4_recipe():
+    r = dryrun.dry_run(m4_config(), devices=8)
+    towers = r["parameters_per_tower"]
+    # SciBERT-sized text tower (31091 token rows), two 15 x 512 Uni-Mol towers, a 5 x 300 GIN.
+    assert 109e6 < towers["text_encoder"] < 110e6
+    # The two Uni-Mol towers differ only in their vocabularies (31 and 10 tokens).
+    assert 47e6 < towers["pocket_encoder"] < towers["conformer_encoder"] < 48e6
+    assert 1.8e6 < towers["graph_encoder"] < 2.0e6 and r["model_dtype"] == "bfloat16"
+    assert r["per_device_batch"] == {p: 48 for p in r["per_device_batch"]} and r["accumulate_steps"] == 4
+    mem = r["memory_bytes_per_device"]
+    assert 12 * r["parameters"] <= mem["state"] < 12 * r["parameters"] + 1e6
+    assert mem["peak_program"] == "grad conformer_pocket" and mem["total"] > mem["state"] + mem["gradient_sum"]
+    assert r["flops_per_device"] > 5e13
 
 
 # ---------------------------------------------------------------------- launch recipes
