@@ -211,6 +211,9 @@ def load(model, plan: InitPlan) -> dict:
         importer = importlib.import_module(f"molbind_jax.convert.{tower.importer}")
         try:
             state = tower.read(path)
+        except CheckpointError as e:  # unreadable: truncated, not a state dict, not tensors only
+            raise InitError(f"init.{name}={path}: {e}") from e
+        try:
             reports[name] = importer.assign(getattr(model, tower.attr), state, path)
         except CheckpointError as e:
             raise InitError(f"init.{name}={path} does not fit the configured {tower.attr} "
