@@ -5,10 +5,16 @@
 
 Checks a pod recipe on a laptop before paying for the pod: builds the model the config
 describes at its full size (abstractly: `nnx.eval_shape`, no weights are allocated, no backbone
-is read), then traces and compiles the real train step (`train_step.TrainStep.__call__`: every
-pair type, every micro-batch of gradient accumulation and the AdamW update, in one program)
-for `--devices` simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count`),
-on abstract batches of the shapes the config implies. No data is read.
+is read), then lowers and compiles the real train step of `train_step.TrainStep` for
+`--devices` simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count`), on
+abstract batches of the shapes the config implies. No data is read.
+
+Which programs: exactly those the run compiles. The split step (`fused_step=False`, the
+default) is one program per pair type (`TrainStep.grad_fn`, reused by every micro-batch of the
+accumulation), the donated gradient add and the donated AdamW update; the fused step is one
+program for everything (`TrainStep.__call__`). Tracing the split pieces into one program instead
+would let XLA's scheduler overlap every micro-batch's forward pass and report the sum of their
+activations, which the run never holds.
 
 Batch shapes: each pair type's global batch (`batch_size` / `pair_batch_size`) split over the
 devices; text padded to `dryrun.text_len` tokens; conformers and pockets of `dryrun.mol_atoms` /
@@ -16,15 +22,14 @@ devices; text padded to `dryrun.text_len` tokens; conformers and pockets of `dry
 `dryrun.graph_nodes` nodes and `dryrun.graph_edges` directed edges per molecule (plus the
 padding graph), budgets rounded up to multiples of 8.
 
-Printed (and returned by `dry_run`): parameter counts per tower; per-device memory from XLA's
-`memory_analysis()` of the compiled program (arguments, outputs, temporaries, aliased = the
-donated state reused for the output, and the total arguments + outputs - aliased +
-temporaries); FLOPs per step from `cost_analysis()` (per device,
-and times the device count); trace and compile times. The numbers are XLA's CPU compilation of
-the SPMD program: GPU and TPU compilers fuse and schedule differently, so treat the temporaries
-as an estimate and the arguments (parameters, optimizer state, batch) as exact. With
-`fused_step=False` the run executes the same pieces as separate programs (one per pair, an add,
-the update); here they are traced into one program.
+Printed (and returned by `dry_run`): parameter counts per tower; per program, per-device memory
+from XLA's `memory_analysis()` (arguments, outputs, temporaries, aliased = donated inputs reused
+for outputs) and what is live while it runs; the step's per-device total (split: the state and
+the gradient sum stay resident, plus the largest program's batch, outputs and temporaries;
+fused: arguments + outputs - aliased + temporaries); FLOPs per step from `cost_analysis()`
+(each program times its calls, per device and times the device count); the build and compile
+time. The numbers are XLA's CPU compilation of the SPMD programs: GPU and TPU compilers fuse
+and schedule differently, so the state and batch are exact and the temporaries an estimate.
 """
 from __future__ import annotations
 
@@ -188,6 +193,70 @@ def _schedule_config(config: ConfigDict) -> ConfigDict:
     return cfg
 
 
+def _compile(lowered):
+    """(memory dict, FLOPs) of one lowered program, compiled as the run would (bar LLVM opt)."""
+    compiled = lowered.compile(compiler_options=dict(_FAST_COMPILE))
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    memory = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
+              "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)}
+    return memory, float((cost or {}).get("flops", float("nan")))
+
+
+def _nbytes(tree) -> int:
+    import jax
+    import numpy as np
+
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _split_step(ts, state, micro):
+    """The split step as the run executes it: one program per pair type (compiled once per
+    shape, reused by every micro-batch), the gradient add and the donated update. Returns the
+    per-program memory, the step's peak and FLOPs."""
+    import jax
+    import jax.numpy as jnp
+
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=ts.replicated)
+    programs, flops, calls = {}, {}, {}
+    for m, batches in enumerate(micro):
+        for pair, batch in batches.items():
+            name = f"grad {pair}"
+            calls[name] = calls.get(name, 0) + 1
+            if name not in programs:
+                programs[name], flops[name] = _compile(
+                    ts.grad_fn(pair).lower(state["trainable"], state["batch_stats"], batch, state["step"], m))
+    grads = state["trainable"]  # the gradients have the trainable tree's shapes and dtypes
+    n_grads = sum(calls.values())
+    if n_grads > 1:  # TrainStep's own pieces: the donated gradient sum and the donated update
+        programs["add"], flops["add"] = _compile(ts._add.lower(grads, grads))
+        calls["add"] = n_grads - 1
+    programs["update"], flops["update"] = _compile(
+        ts._update.lower(state, grads, state["batch_stats"], scalar, scalar))
+    calls["update"] = 1
+    # Live at once: the state and the gradient sum stay resident between programs; a pair's
+    # program adds the device's share of its batch, its outputs (gradients, statistics) and
+    # temporaries (its arguments are the resident parameters, unused ones pruned, and the
+    # batch); the update holds its arguments, its outputs not aliased to the donated state,
+    # and its temporaries.
+    n_dev = ts.mesh.devices.size
+    batch_bytes = {f"grad {p}": _nbytes(b) // n_dev for batches in micro for p, b in batches.items()}
+    state_bytes, grad_bytes = _nbytes(state), _nbytes(grads)
+    live = {}
+    for name, m in programs.items():
+        if name.startswith("grad "):
+            live[name] = state_bytes + grad_bytes + batch_bytes[name] + m["outputs"] + m["temporaries"]
+        else:
+            live[name] = m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
+        m["live"] = live[name]
+    peak = max(live, key=live.get)
+    memory = {"programs": programs, "state": state_bytes, "gradient_sum": grad_bytes,
+              "total": live[peak], "peak_program": peak}
+    return memory, sum(flops[k] * calls[k] for k in flops), calls
+
+
 def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
     """Compiles one train step of `config` on `devices` (default: all) CPU devices without data
     or backbones; returns sizes, memory, FLOPs and times (see the module docstring)."""
@@ -212,40 +281,30 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=ts.replicated), state)
     micro = abstract_micro_batches(config, mesh)
 
-    # The real step (split or fused, as the config says), traced whole; the state is donated.
-    step = jax.jit(lambda s, m: ts(s, m), donate_argnums=(0,))
-    lowered = step.lower(state, micro)
+    if config.fused_step:
+        # One program for the whole step (TrainStep.__call__ with fused=True); state donated.
+        memory, flops = _compile(jax.jit(lambda s, m: ts(s, m), donate_argnums=(0,)).lower(state, micro))
+        memory = {"programs": {"step": memory}, "state": _nbytes(state), "peak_program": "step",
+                  "total": memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"]}
+        memory["programs"]["step"]["live"] = memory["total"]
+        calls = {"step": 1}
+    else:
+        memory, flops, calls = _split_step(ts, state, micro)
     t1 = time.time()
-    compiled = lowered.compile(compiler_options=dict(_FAST_COMPILE))
-    t2 = time.time()
 
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    flops = float((cost or {}).get("flops", float("nan")))
-    params = nnx.state(model, nnx.Param)
     per_tower = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
         top = str(getattr(path[0], "key", path[0]))
         per_tower[top] = per_tower.get(top, 0) + int(np.prod(leaf.shape))
     dims = {k: int(v) for k, v in dict(config.dryrun).items()}
     global_batch = train_inputs.pair_batch_sizes(config)
-    memory = {
-        "arguments": int(mem.argument_size_in_bytes),
-        "outputs": int(mem.output_size_in_bytes),
-        "temporaries": int(mem.temp_size_in_bytes),
-        "aliased": int(mem.alias_size_in_bytes),
-        "generated_code": int(mem.generated_code_size_in_bytes),
-    }
-    # What is live at once at most: inputs, outputs not aliased to a donated input, temporaries.
-    memory["total"] = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"]
     return {
         "devices": n_dev,
         "platform": jax.devices()[0].platform,
         "fused_step": bool(config.fused_step),
         "accumulate_steps": int(config.accumulate_steps),
         "micro_batches": [sorted(b) for b in micro],
+        "program_calls": calls,
         "per_device_batch": {p: s // n_dev for p, s in global_batch.items()},
         "dims": dims,
         "batch_shapes": {p: flat_shapes(p, batch_shapes(p, s, n_dev, dims)) for p, s in global_batch.items()},
@@ -256,8 +315,7 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
         "flops_per_device": flops,
         "flops_all_devices": flops * n_dev,
         "note": note,
-        "trace_lower_s": t1 - t0,
-        "compile_s": t2 - t1,
+        "compile_s": t1 - t0,
     }
 
 
@@ -270,18 +328,29 @@ def format_report(r: Mapping[str, Any]) -> str:
     towers = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in sorted(r["parameters_per_tower"].items(), key=lambda kv: -kv[1]))
     d = r["dims"]
     batch = ", ".join(f"{p} {b}" for p, b in r["per_device_batch"].items())
-    path = "fused step" if r["fused_step"] else "split step (per-pair programs traced as one)"
+    if r["fused_step"]:
+        path = "fused step: one program"
+        total = f"total {gib(m['total'])} (arguments + outputs - aliased + temporaries of the step)"
+    else:
+        path = "split step: a program per pair type, the gradient add, the update"
+        total = (f"total {gib(m['total'])} (state {gib(m['state'])} + gradient sum {gib(m['gradient_sum'])} "
+                 f"resident, plus the largest program, {m['peak_program']})")
     lines = [
         f"dry run: one train step on {r['devices']} simulated {r['platform']} devices, {path}",
         f"model: {r['parameters']:,} parameters ({towers}); matmul dtype {r['model_dtype']}",
         f"batch per device and micro-step: {batch}; accumulate_steps {r['accumulate_steps']}",
         f"shapes: text {d['text_len']} tokens, conformer {d['mol_atoms']} and pocket {d['pocket_atoms']} "
         f"tokens, graphs {d['graph_nodes']} nodes / {d['graph_edges']} edges per molecule",
-        f"per-device memory: arguments {gib(m['arguments'])}, outputs {gib(m['outputs'])}, "
-        f"temporaries {gib(m['temporaries'])}, aliased {gib(m['aliased'])}, total {gib(m['total'])}",
+    ]
+    for name, p in m["programs"].items():
+        lines.append(f"  program {name} (x{r['program_calls'][name]}): arguments {gib(p['arguments'])}, "
+                     f"outputs {gib(p['outputs'])}, temporaries {gib(p['temporaries'])}, "
+                     f"aliased {gib(p['aliased'])}; live {gib(p['live'])}")
+    lines += [
+        f"per-device memory: {total}",
         f"FLOPs per step: {r['flops_per_device']:.4g} per device, {r['flops_all_devices']:.4g} "
         f"on {r['devices']} devices",
-        f"time: trace and lower {r['trace_lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
+        f"time: build, trace and compile {r['compile_s']:.1f} s",
     ]
     if r.get("note"):
         lines.insert(2, f"note: {r['note']}")

@@ -158,6 +158,9 @@ def load(model, plan: InitPlan) -> dict:
         importer = importlib.import_module(f"molbind_jax.convert.{s.init_importer}")
         try:
             state = s.pretrained_state(path)
+        except CheckpointError as e:  # unreadable: truncated, not a state dict, not tensors only
+            raise InitError(f"init.{name}={path}: {e}") from e
+        try:
             reports[name] = importer.assign(getattr(model, s.encoder_attr), state, path)
         except CheckpointError as e:
             raise InitError(f"init.{name}={path} does not fit the configured {s.encoder_attr} "

@@ -2,10 +2,8 @@
 non-finite guard of the launcher (stops, keeps the last good checkpoint, saves nothing bad)."""
 from __future__ import annotations
 
-import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

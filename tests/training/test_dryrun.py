@@ -2,8 +2,8 @@
 
 The dry run traces and compiles the real train step on abstract inputs; here at reduced size
 (the m4 recipe's `smoke` variant: tiny towers, same code path), on the CPU devices of the test
-session (tests/conftest.py simulates 8). The full-size numbers are measured by hand (the
-command and results are in docs/training.md): the full m4 compile takes far longer than a test.
+session (tests/conftest.py simulates 8). One slow test runs the full-size m4 recipe (about 2-3
+minutes here); the measured full-size numbers and their commands are in docs/training.md.
 """
 from __future__ import annotations
 
@@ -68,44 +68,74 @@ def test_dry_run_sizes_the_text_tower_from_init_text_without_reading_weights():
     assert (mcfg.bert.hidden_size, mcfg.bert.vocab_size) == (768, 31091) and "/pod/ckpts/scibert" in note
 
 
-def _small(accumulate, pairs=("graph_conformer",)):
+def _small(accumulate, pairs=("graph_conformer",), fused=False):
     c = m4_config("smoke")
     c.accumulate_steps = accumulate
     c.pairs = pairs
+    c.fused_step = fused
     return c
 
 
-@pytest.mark.slow  # two compiles of the tiny step
+@pytest.mark.slow  # three compiles of the tiny step
 def test_dry_run_compiles_the_real_step_and_reports_memory_and_flops():
     one = dryrun.dry_run(_small(1), devices=2)
     two = dryrun.dry_run(_small(2), devices=2)
+    fused = dryrun.dry_run(_small(2, fused=True), devices=2)
     assert one["devices"] == 2 and one["per_device_batch"]["graph_conformer"] == 8
     assert two["micro_batches"] == [["graph_conformer"], ["graph_conformer"]]
+    # The split step compiles a pair's program once and calls it per micro-batch.
+    assert two["program_calls"] == {"grad graph_conformer": 2, "add": 1, "update": 1}
+    assert set(one["program_calls"]) == {"grad graph_conformer", "update"}
     n = one["parameters"]
     assert n == sum(one["parameters_per_tower"].values()) > 10_000
-    mem = one["memory_bytes_per_device"]
-    # Arguments: the replicated state (parameters, Adam's two moments, BN statistics) and the
-    # device's share of the batch; the donated state is aliased to the new one.
-    assert 12 * n <= mem["arguments"] < 12 * n + 200_000
-    assert 12 * n <= mem["aliased"] <= mem["arguments"]
-    assert mem["temporaries"] > 0
-    assert mem["total"] == mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"]
-    # The second micro-batch doubles the forward/backward work (the update is the same).
+    mem = two["memory_bytes_per_device"]
+    # The state: float32 parameters and Adam's two moments (and the BN statistics, the counts).
+    assert 12 * n <= mem["state"] < 12 * n + 20_000 and mem["gradient_sum"] == 4 * n
+    update = mem["programs"]["update"]
+    assert update["arguments"] >= mem["state"] + mem["gradient_sum"] and update["aliased"] >= 12 * n
+    grad = mem["programs"]["grad graph_conformer"]
+    assert grad["outputs"] >= 4 * n and grad["temporaries"] > 0
+    assert mem["total"] == max(p["live"] for p in mem["programs"].values()) >= mem["state"] + mem["gradient_sum"]
+    fm = fused["memory_bytes_per_device"]
+    assert fm["total"] == fm["programs"]["step"]["arguments"] + fm["programs"]["step"]["outputs"] \
+        - fm["programs"]["step"]["aliased"] + fm["programs"]["step"]["temporaries"]
+    assert fm["programs"]["step"]["aliased"] >= 12 * n  # the donated state
+    # FLOPs: the second micro-batch doubles the forward/backward work; the fused program
+    # holds the same work as the pieces.
     assert one["flops_per_device"] > 0 and one["flops_all_devices"] == 2 * one["flops_per_device"]
     assert 1.6 < two["flops_per_device"] / one["flops_per_device"] < 2.05
+    assert fused["flops_per_device"] == pytest.approx(two["flops_per_device"], rel=0.05)
     text = dryrun.format_report(two)
-    assert "per-device memory: arguments" in text and "FLOPs per step:" in text
+    assert "per-device memory: total" in text and "FLOPs per step:" in text
+    assert "program grad graph_conformer (x2)" in text
     assert "batch per device and micro-step: graph_conformer 8; accumulate_steps 2" in text
 
 
-@pytest.mark.slow  # every pair type of the tiny recipe in one program
+@pytest.mark.slow  # every pair type of the tiny recipe
 def test_dry_run_of_the_whole_recipe_at_reduced_size():
-    c = m4_config("smoke")
-    c.accumulate_steps = 1
-    r = dryrun.dry_run(c, devices=8)
-    assert r["micro_batches"] == [sorted(["graph_text", "conformer_text", "graph_conformer", "conformer_pocket"])]
+    r = dryrun.dry_run(m4_config("smoke"), devices=8)
+    pairs = ["graph_text", "conformer_text", "graph_conformer", "conformer_pocket"]
+    assert r["micro_batches"] == [sorted(pairs)] * 2
+    assert r["program_calls"] == {**{f"grad {p}": 2 for p in pairs}, "add": 7, "update": 1}
     assert r["per_device_batch"] == {p: 2 for p in r["per_device_batch"]} and np.isfinite(r["flops_per_device"])
     assert r["batch_shapes"]["conformer_pocket"]["pocket.tokens"] == [16, 24]
+    assert r["memory_bytes_per_device"]["peak_program"].startswith("grad ")
+
+
+@pytest.mark.slow  # the full-size recipe: about 2-3 minutes of compile on 2 CPU cores
+def test_dry_run_of_the_full_size_m4_recipe():
+    r = dryrun.dry_run(m4_config(), devices=8)
+    towers = r["parameters_per_tower"]
+    # SciBERT-sized text tower (31091 token rows), two 15 x 512 Uni-Mol towers, a 5 x 300 GIN.
+    assert 109e6 < towers["text_encoder"] < 110e6
+    # The two Uni-Mol towers differ only in their vocabularies (31 and 10 tokens).
+    assert 47e6 < towers["pocket_encoder"] < towers["conformer_encoder"] < 48e6
+    assert 1.8e6 < towers["graph_encoder"] < 2.0e6 and r["model_dtype"] == "bfloat16"
+    assert r["per_device_batch"] == {p: 48 for p in r["per_device_batch"]} and r["accumulate_steps"] == 4
+    mem = r["memory_bytes_per_device"]
+    assert 12 * r["parameters"] <= mem["state"] < 12 * r["parameters"] + 1e6
+    assert mem["peak_program"] == "grad conformer_pocket" and mem["total"] > mem["state"] + mem["gradient_sum"]
+    assert r["flops_per_device"] > 5e13
 
 
 # ---------------------------------------------------------------------- launch recipes
@@ -147,7 +177,8 @@ def test_launcher_dryrun_prints_memory_and_flops(script):
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("dry run: one train step on 2 simulated cpu devices")
-    mem = [ln for ln in lines if ln.startswith("per-device memory: arguments ")]
+    mem = [ln for ln in lines if ln.startswith("per-device memory: total ")]
     flops = [ln for ln in lines if ln.startswith("FLOPs per step: ")]
-    assert len(mem) == 1 and "total" in mem[0] and len(flops) == 1 and "on 2 devices" in flops[0]
+    assert len(mem) == 1 and len(flops) == 1 and "on 2 devices" in flops[0]
+    assert any(ln.startswith("  program grad graph_conformer (x1): arguments ") for ln in lines)
     assert float(flops[0].split()[3]) > 0

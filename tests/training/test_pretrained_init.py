@@ -145,6 +145,14 @@ def test_weights_that_do_not_fit_name_path_and_key(tmp_path):
         train.build_model(cfg)
 
 
+def test_unreadable_file_names_it(tmp_path):
+    bad = tmp_path / "mol_pretrain.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = config_with({"conformer": str(bad)}, scratch=("text", "graph", "pocket"))
+    with pytest.raises(InitError, match=r"init.conformer=.*mol_pretrain.pt: cannot read .*weights_only=True"):
+        train.build_model(cfg)
+
+
 def test_dictionary_must_follow_the_builtin_order(files, tmp_path):
     swapped = list(MOL_SYMBOLS)
     swapped[4], swapped[5] = swapped[5], swapped[4]  # N before C
