@@ -104,6 +104,11 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
                 Feature("target", "text", doc="protein (target) name: pockets of one protein share it")),
         size_keys=("pocket",), identity="target", runtime="molbind_jax.modalities.pocket",
         doc="3D protein pocket, Uni-Mol tower (pocket dictionary)"),
+    Modality(
+        "smiles",
+        stored=(),  # the common `smiles` field, tokenised when collated
+        size_keys=("smiles",), identity="smiles", runtime="molbind_jax.modalities.smiles",
+        doc="SMILES string, atom-level tokens through a small Transformer, mean over tokens"),
 )}
 
 PAIR_TYPES: dict[str, PairType] = {p.name: p for p in (
@@ -111,7 +116,16 @@ PAIR_TYPES: dict[str, PairType] = {p.name: p for p in (
     PairType("conformer_text", "conformer", "text", "3D conformations paired with text descriptions."),
     PairType("graph_conformer", "graph", "conformer", "2D graphs paired with 3D conformations of the same molecule."),
     PairType("conformer_pocket", "conformer", "pocket", "Ligand conformations paired with the protein pocket they bind."),
+    PairType("smiles_text", "smiles", "text", "SMILES strings paired with text descriptions.",
+             records_of="graph_text"),
+    PairType("smiles_graph", "smiles", "graph", "SMILES strings paired with the 2D graph of the same molecule.",
+             records_of="graph_text"),
 )}
+
+# What the original MolBind trains: the defaults of every config, step and model. A pair type or
+# modality added to the tables above is trained only where a config names it.
+ORIGINAL_PAIRS = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
+ORIGINAL_MODALITIES = ("text", "graph", "conformer", "pocket")
 
 # ----------------------------------------------------------------------------- lookups
 

@@ -17,7 +17,7 @@ ALL_PAIRS = tuple(schema.PAIR_TYPES)
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.pairs = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")  # the original's four
+    c.pairs = schema.ORIGINAL_PAIRS  # the original's four
     # The original: loss = 0.25 * (L_gt + L_ct) + 0.25 * (L_gc + L_cp), fixed tau = 0.1.
     c.loss_weights = ml_collections.ConfigDict({p: 0.25 for p in ALL_PAIRS})
     c.temperature = 0.1

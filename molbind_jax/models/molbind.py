@@ -38,7 +38,7 @@ from molbind_jax.models.heads import POOLING_MODES, l2_normalize
 from molbind_jax.modalities import PairBatch, spec
 from molbind_jax.modalities.base import tower_config_replace, tower_config_to_dict
 
-ORIGINAL_MODALITIES = ("text", "graph", "conformer", "pocket")
+ORIGINAL_MODALITIES = schema.ORIGINAL_MODALITIES
 _TOP = ("embed_dim", "unimol_pooling", "dtype", "modalities")
 
 

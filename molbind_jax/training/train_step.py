@@ -143,8 +143,8 @@ def make_optimizer(
 class StepOptions:
     """What the step needs from the experiment config (see experiments/configs/common.py)."""
 
-    pairs: tuple[str, ...] = tuple(schema.PAIR_TYPES)
-    weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: {p: 0.25 for p in schema.PAIR_TYPES})
+    pairs: tuple[str, ...] = schema.ORIGINAL_PAIRS
+    weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: {p: 0.25 for p in schema.ORIGINAL_PAIRS})
     temperature: float = 0.1
     learn_temperature: bool = False
     gather_gradient: bool = True
