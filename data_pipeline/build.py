@@ -1,9 +1,9 @@
 """Build MolBind pair datasets (TFDS shards) and print their build reports.
 
-    python -m data_pipeline.build --source=mini --data_dir=/work/data/tfds
-    python -m data_pipeline.build --source=mini --pair=graph_text --max_records=200 --workers=2
-    python -m data_pipeline.build --source=m4 --manual_dir=/data/MolBind4M --data_dir=DIR
-    python -m data_pipeline.build --source=pairs --input=my_pairs.csv --pair=graph_text --data_dir=DIR
+    python -m molbind_data.build --source=mini --data_dir=/work/data/tfds
+    python -m molbind_data.build --source=mini --pair=graph_text --max_records=200 --workers=2
+    python -m molbind_data.build --source=m4 --manual_dir=/data/MolBind4M --data_dir=DIR
+    python -m molbind_data.build --source=pairs --input=my_pairs.csv --pair=graph_text --data_dir=DIR
 
 All four pair types are built by default (mini, m4); `pairs` needs --pair. The m4 manual
 directory must have the release's layout (data_pipeline/sources/m4_layout.py); a missing or
@@ -24,8 +24,8 @@ DATASETS = {"mini": "molbind_mini", "m4": "molbind_m4", "pairs": "molbind_pairs"
 def provided_pairs(source: str) -> tuple[str, ...]:
     """The stored pair types a source declares (`PROVIDES` of its module), checked against the
     table; importing the source module reads no data."""
-    from data_pipeline import schema
-    from data_pipeline.molbind_pairs.parallel import source_module
+    from molbind_data import schema
+    from molbind_data.molbind_pairs.parallel import source_module
 
     module = source_module(source)
     if not hasattr(module, "PROVIDES"):
@@ -40,7 +40,7 @@ def provided_pairs(source: str) -> tuple[str, ...]:
 
 
 def _builder_cls(source: str):
-    from data_pipeline.molbind_pairs import builder
+    from molbind_data.molbind_pairs import builder
 
     return {"mini": builder.MolbindMini, "m4": builder.MolbindM4, "pairs": builder.MolbindPairs}[source]
 
@@ -79,7 +79,7 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     for pair in pairs:  # every name is checked before anything is built (a build can take hours)
         if pair not in provided:
-            from data_pipeline import schema
+            from molbind_data import schema
 
             stored = schema.pair_type(pair).stored_as  # unknown names list the known ones
             raise ValueError(f"the {source} source does not provide {pair!r}"
@@ -91,7 +91,7 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
         b = _builder_cls(source)(config=pair, data_dir=data_dir, source_options=source_options, workers=workers)
         reused = b.is_prepared()
         if source == "m4" and not reused:  # a wrong manual_dir fails here, before TFDS starts
-            from data_pipeline.sources import m4_layout
+            from molbind_data.sources import m4_layout
 
             m4_layout.check_layout(m4_layout.dataset_root(
                 manual_dir or os.path.join(data_dir, "downloads", "manual")), pair)
@@ -118,7 +118,7 @@ def ensure_built(dataset: str = "molbind_mini", data_dir: str | None = None) -> 
     if source is None:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS.values())}")
     if source == "pairs":
-        raise ValueError("molbind_pairs needs a user file: use `python -m data_pipeline.build --source=pairs`")
+        raise ValueError("molbind_pairs needs a user file: use `python -m molbind_data.build --source=pairs`")
     data_dir = default_data_dir(data_dir)
     version = str(_builder_cls(source).VERSION)
     missing = [p for p in provided_pairs(source)
@@ -137,7 +137,7 @@ def main(argv):
     options = {"pocket_split": f.pocket_split} if f.pocket_split else None
     if options and f.source != "mini":
         raise ValueError("--pocket_split applies to --source=mini only")
-    from data_pipeline.sources.m4_layout import LayoutError
+    from molbind_data.sources.m4_layout import LayoutError
 
     try:
         report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,

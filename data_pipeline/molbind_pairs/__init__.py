@@ -2,7 +2,7 @@
 
 Importing this package registers the builders with TFDS (it imports builder.py, hence
 TensorFlow), except inside a multiprocessing child: the featurization workers import
-`data_pipeline.molbind_pairs.parallel` and must start without loading TensorFlow. There the
+`molbind_data.molbind_pairs.parallel` and must start without loading TensorFlow. There the
 builder names are still available lazily (module `__getattr__`).
 """
 import multiprocessing as _mp
@@ -11,14 +11,14 @@ _BUILDER_NAMES = ("MolbindBuilderBase", "MolbindMini", "MolbindM4", "MolbindPair
                   "features_for", "PAIRS", "SPLITS", "REPORT")
 
 if _mp.parent_process() is None:
-    from data_pipeline.molbind_pairs.builder import (  # noqa: F401
+    from molbind_data.molbind_pairs.builder import (  # noqa: F401
         PAIRS, REPORT, SPLITS, MolbindBuilderBase, MolbindM4, MolbindMini, MolbindPairs, PairConfig,
         features_for)
 
 
 def __getattr__(name):
     if name in _BUILDER_NAMES:
-        from data_pipeline.molbind_pairs import builder
+        from molbind_data.molbind_pairs import builder
 
         return getattr(builder, name)
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """TFDS builders for MolBind pair data: one implementation, three sources, four configs.
 
-    molbind_mini   the embedded default (data_pipeline.sources.mini), built offline
+    molbind_mini   the embedded default (molbind_data.sources.mini), built offline
     molbind_m4     the MolBind-M4 release, from a manual_dir (MANUAL_DOWNLOAD_INSTRUCTIONS)
     molbind_pairs  a user file of pairs: source_options={"input": path}
 
@@ -14,8 +14,8 @@ report) is shared.
                            source_options={"max_records": 100}, workers=2)
     builder.download_and_prepare()   # writes DIR/molbind_mini/graph_text/1.1.0/build_report.json
 
-From the shell: `tfds build molbind_mini --imports=data_pipeline.molbind_pairs.builder
---data_dir=DIR` (or `python -m data_pipeline.build`, which prints the report).
+From the shell: `tfds build molbind_mini --imports=molbind_data.molbind_pairs.builder
+--data_dir=DIR` (or `python -m molbind_data.build`, which prints the report).
 
 Featurization runs in a local process Pool (see parallel.py). For builds beyond one machine
 TFDS would run `_generate_examples` as an Apache Beam pipeline (`beam.Create(raw records) |
@@ -36,11 +36,11 @@ import numpy as np
 from etils import epath
 import tensorflow_datasets as tfds
 
-from data_pipeline import schema
-from data_pipeline.build_report import BuildStats
-from data_pipeline.featurize import text as text_mod
-from data_pipeline.molbind_pairs import parallel
-from data_pipeline.sources.m4_layout import MANUAL_DOWNLOAD_INSTRUCTIONS
+from molbind_data import schema
+from molbind_data.build_report import BuildStats
+from molbind_data.featurize import text as text_mod
+from molbind_data.molbind_pairs import parallel
+from molbind_data.sources.m4_layout import MANUAL_DOWNLOAD_INSTRUCTIONS
 
 PAIRS = schema.stored_pair_types()
 SPLITS = ("train", "validation", "test")

@@ -1,7 +1,7 @@
 """Parallel featurization for the builders: raw records -> stored examples, skips counted.
 
 This module imports no TensorFlow, so spawned worker processes start quickly: each worker only
-imports the source module (`data_pipeline.sources.<name>` or any dotted path) and calls its
+imports the source module (`molbind_data.sources.<name>` or any dotted path) and calls its
 `featurize(pair, raw, options)`. The parent keeps the order of the raw records (ordered,
 chunked `imap`), counts every outcome in a `BuildStats` and never lets one bad record stop
 the build: `SkipRecord` is counted under its reason, any other exception under
@@ -18,13 +18,13 @@ import multiprocessing
 import os
 from typing import Iterable, Iterator
 
-from data_pipeline import featurize as fz
-from data_pipeline.build_report import BuildStats
+from molbind_data import featurize as fz
+from molbind_data.build_report import BuildStats
 
 SOURCES = {
-    "mini": "data_pipeline.sources.mini",
-    "m4": "data_pipeline.sources.m4",
-    "pairs": "data_pipeline.sources.pairs",
+    "mini": "molbind_data.sources.mini",
+    "m4": "molbind_data.sources.m4",
+    "pairs": "molbind_data.sources.pairs",
 }
 _LOGGED_ERRORS = 5
 

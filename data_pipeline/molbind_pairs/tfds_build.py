@@ -5,10 +5,10 @@ at start-up, which defines Apache Beam classes, so `tfds build ...` fails here w
 "No module named 'apache_beam'" before reaching any builder. This runs the very same `build`
 command (tensorflow_datasets.scripts.cli.build.Args, same flags) without the other commands:
 
-    python -m data_pipeline.molbind_pairs.tfds_build molbind_mini --config=graph_conformer \
+    python -m molbind_data.molbind_pairs.tfds_build molbind_mini --config=graph_conformer \
         --data_dir=DIR [--max_examples_per_split=N]
 
-With apache_beam installed, `tfds build molbind_mini --imports=data_pipeline.molbind_pairs.builder`
+With apache_beam installed, `tfds build molbind_mini --imports=molbind_data.molbind_pairs.builder`
 is equivalent.
 """
 import sys
@@ -17,7 +17,7 @@ import simple_parsing
 from absl import flags
 from tensorflow_datasets.scripts.cli import build as tfds_build
 
-import data_pipeline.molbind_pairs.builder  # noqa: F401  (registers molbind_mini/_m4/_pairs)
+import molbind_data.molbind_pairs.builder  # noqa: F401  (registers molbind_mini/_m4/_pairs)
 
 
 def main(argv: list[str]) -> None:

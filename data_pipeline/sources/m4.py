@@ -25,16 +25,16 @@ from typing import Iterator
 
 import numpy as np
 
-from data_pipeline.featurize import UNREADABLE_FILE, SkipRecord
-from data_pipeline.sources import m4_layout as layout
-from data_pipeline.sources.m4_layout import (  # noqa: F401 - re-exported
+from molbind_data.featurize import UNREADABLE_FILE, SkipRecord
+from molbind_data.sources import m4_layout as layout
+from molbind_data.sources.m4_layout import (  # noqa: F401 - re-exported
     MANUAL_DOWNLOAD_INSTRUCTIONS,
     PAIR_FOLDERS,
     SPLIT_FOLDERS,
     LayoutError,
     dataset_root,
 )
-from data_pipeline.sources.pairs import (
+from molbind_data.sources.pairs import (
     SPLITS,
     capped,
     conformer_fields,
@@ -42,7 +42,7 @@ from data_pipeline.sources.pairs import (
     resolve_options,
     text_fields,
 )
-from data_pipeline.sources.pyg_files import MALFORMED_GRAPH, load_graph  # noqa: F401 - re-exported
+from molbind_data.sources.pyg_files import MALFORMED_GRAPH, load_graph  # noqa: F401 - re-exported
 
 # The stored pair types the release holds, one folder each (m4_layout.PAIR_FOLDERS).
 PROVIDES = tuple(PAIR_FOLDERS)
@@ -53,7 +53,7 @@ MISSING_PARTNER = "missing_partner"
 
 def check_dictionaries(root: str) -> None:
     """The release's dictionaries, when present, must equal ours (token ids index weights)."""
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
 
     for name, ours in (("unimol_dict_mol.txt", MOL_DICTIONARY), ("unimol_dict_pro.txt", POCKET_DICTIONARY)):
         path = os.path.join(root, name)
@@ -63,7 +63,7 @@ def check_dictionaries(root: str) -> None:
 
 
 def _open_lmdb(path: str):
-    from data_pipeline.lmdb_io import LmdbReader
+    from molbind_data.lmdb_io import LmdbReader
 
     return LmdbReader(path)
 
@@ -189,7 +189,7 @@ def _lmdb_entry(value, rid: str, what: str) -> dict:
 
 
 def _conformer_from_lmdb(value, rid: str, options: dict, seed: int) -> tuple[str, dict]:
-    from data_pipeline.featurize.graph import canonical_smiles
+    from molbind_data.featurize.graph import canonical_smiles
 
     entry = _lmdb_entry(value, rid, "conformer")
     coords = entry["coordinates"]
@@ -200,7 +200,7 @@ def _conformer_from_lmdb(value, rid: str, options: dict, seed: int) -> tuple[str
 
 
 def _pocket_from_lmdb(value, rid: str, options: dict, seed: int) -> tuple[str, dict]:
-    from data_pipeline.featurize.pocket import unimol_pocket_input
+    from molbind_data.featurize.pocket import unimol_pocket_input
 
     entry = _lmdb_entry(value, rid, "pocket")
     coords = entry["coordinates"]
@@ -215,7 +215,7 @@ def _pocket_from_lmdb(value, rid: str, options: dict, seed: int) -> tuple[str, d
 
 def featurize(pair: str, raw: dict, options=None) -> dict:
     """One raw M4 record -> the stored example of docs/DESIGN.md section 1 (raises SkipRecord)."""
-    from data_pipeline.featurize.graph import canonical_smiles
+    from molbind_data.featurize.graph import canonical_smiles
 
     options = resolve_options(options)
     rid = raw["id"]

@@ -47,7 +47,7 @@ from typing import Iterator
 
 import numpy as np
 
-from data_pipeline import featurize as fz
+from molbind_data import featurize as fz
 
 # The stored pair types this source provides (data_pipeline/schema.py).
 PROVIDES = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
@@ -543,13 +543,13 @@ def raw_records(pair: str, split: str, options: dict | None = None) -> Iterator[
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path):
-    from data_pipeline.featurize import text as text_mod
+    from molbind_data.featurize import text as text_mod
 
     return text_mod.TextTokenizer(path)
 
 
 def _text_fields(raw: dict, options: dict) -> dict:
-    from data_pipeline.featurize import text as text_mod
+    from molbind_data.featurize import text as text_mod
 
     text = text_mod.normalize(raw.get("text") or "")
     if not text:
@@ -559,8 +559,8 @@ def _text_fields(raw: dict, options: dict) -> dict:
 
 
 def _conformer_fields(raw: dict, options: dict, seed: int) -> dict:
-    from data_pipeline.featurize import conformer
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY
+    from molbind_data.featurize import conformer
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY
 
     if raw.get("qm9_xyz") is not None:
         atoms, coords = qm9_geometry(raw["qm9_elements"], raw["qm9_xyz"])
@@ -594,7 +594,7 @@ def qm9_geometry(elements: str, xyz: str) -> tuple[list[str], np.ndarray]:
 
 
 def _graph_fields(smiles: str) -> dict:
-    from data_pipeline.featurize import graph
+    from molbind_data.featurize import graph
 
     return {k: np.asarray(v, np.int32) for k, v in graph.smiles_to_graph(smiles).items()}
 
@@ -619,7 +619,7 @@ def featurize(pair: str, raw: dict, options: dict | None = None) -> dict:
 
 
 def _pocket_example(raw: dict, options: dict, seed: int) -> dict:
-    from data_pipeline.featurize import pocket
+    from molbind_data.featurize import pocket
 
     Chem = _rdkit()
     if raw.get("molblock") is None:

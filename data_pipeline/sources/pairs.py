@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from data_pipeline.featurize import (
+from molbind_data.featurize import (
     DUPLICATE,
     EMPTY_TEXT,
     INVALID_SMILES,
@@ -99,7 +99,7 @@ def record_seed(seed: int, key: str) -> int:
 # ----------------------------------------------------------------------------- shared fields
 
 def text_fields(text: str, options: dict) -> dict:
-    from data_pipeline.featurize import text as text_mod
+    from molbind_data.featurize import text as text_mod
 
     normalized = text_mod.normalize(text if isinstance(text, str) else "")
     tok = text_mod.get_tokenizer(options["tokenizer_path"])
@@ -107,7 +107,7 @@ def text_fields(text: str, options: dict) -> dict:
 
 
 def graph_fields(smiles_or_mol) -> dict:
-    from data_pipeline.featurize import graph
+    from molbind_data.featurize import graph
 
     if isinstance(smiles_or_mol, str):
         return graph.smiles_to_graph(smiles_or_mol)
@@ -115,8 +115,8 @@ def graph_fields(smiles_or_mol) -> dict:
 
 
 def conformer_fields(atoms, coords, options: dict, seed: int) -> dict:
-    from data_pipeline.featurize.conformer import unimol_input
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY
+    from molbind_data.featurize.conformer import unimol_input
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY
 
     coords = np.asarray(coords, dtype=np.float32)
     if coords.ndim == 3 and options.get("max_conformers"):
@@ -125,7 +125,7 @@ def conformer_fields(atoms, coords, options: dict, seed: int) -> dict:
 
 
 def generated_conformer_fields(smiles_or_mol, options: dict, seed: int) -> dict:
-    from data_pipeline.featurize.conformer import generate_conformers
+    from molbind_data.featurize.conformer import generate_conformers
 
     atoms, coords, _ = generate_conformers(smiles_or_mol, int(options["num_conformers"]), seed,
                                            allow_2d_fallback=bool(options["allow_2d_fallback"]))
@@ -195,8 +195,8 @@ def _row_split(row: dict, fallback: str) -> str:
 def _molecule_records(pair: str, path: str, options: dict):
     base = os.path.basename(path)
     if path.lower().endswith(".sdf"):
-        from data_pipeline.featurize.conformer import iter_sdf
-        from data_pipeline.featurize.graph import canonical_smiles
+        from molbind_data.featurize.conformer import iter_sdf
+        from molbind_data.featurize.graph import canonical_smiles
 
         for i, block, mol in iter_sdf(path):
             rid = str(i)
@@ -212,8 +212,8 @@ def _molecule_records(pair: str, path: str, options: dict):
 
 
 def _pocket_records(path: str, options: dict):
-    from data_pipeline.featurize.conformer import iter_sdf
-    from data_pipeline.featurize.graph import canonical_smiles
+    from molbind_data.featurize.conformer import iter_sdf
+    from molbind_data.featurize.graph import canonical_smiles
 
     base, root = os.path.basename(path), os.path.dirname(os.path.abspath(path))
     for i, row in _rows(path):
@@ -277,7 +277,7 @@ def _checked(records, split: str):
 # ----------------------------------------------------------------------------- featurization
 
 def _sdf_molecule(raw: dict):
-    from data_pipeline.featurize.conformer import molblock_to_mol
+    from molbind_data.featurize.conformer import molblock_to_mol
 
     mol = molblock_to_mol(raw.get("molblock") or "")
     if mol is None:
@@ -287,8 +287,8 @@ def _sdf_molecule(raw: dict):
 
 def featurize(pair: str, raw: dict, options=None) -> dict:
     """One raw record -> the stored example of docs/DESIGN.md section 1 (raises SkipRecord)."""
-    from data_pipeline.featurize.conformer import mol_conformer
-    from data_pipeline.featurize.graph import canonical_smiles, parse_smiles
+    from molbind_data.featurize.conformer import mol_conformer
+    from molbind_data.featurize.graph import canonical_smiles, parse_smiles
 
     options = resolve_options(options)
     if raw.get("error"):
@@ -299,7 +299,7 @@ def featurize(pair: str, raw: dict, options=None) -> dict:
     seed = record_seed(options["seed"], key)
 
     if pair == "conformer_pocket":
-        from data_pipeline.featurize.pocket import extract_pocket
+        from molbind_data.featurize.pocket import extract_pocket
 
         mol = _sdf_molecule(raw)
         atoms, coords = mol_conformer(mol)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.featurize import UNKNOWN_ELEMENT, UNREADABLE_FILE, SkipRecord
+from molbind_data.featurize import UNKNOWN_ELEMENT, UNREADABLE_FILE, SkipRecord
 
 MALFORMED_GRAPH = "malformed_graph"
 

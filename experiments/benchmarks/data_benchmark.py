@@ -29,7 +29,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from data_pipeline import schema  # noqa: E402  (after the path set-up)
+from molbind_data import schema  # noqa: E402  (after the path set-up)
 from molbind_jax.data import pipeline as ip  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -82,9 +82,9 @@ def real_texts() -> list[str]:
 
 
 def featurization_rates(smiles: list[str]) -> dict:
-    from data_pipeline.featurize import SkipRecord
-    from data_pipeline.featurize.conformer import generate_conformers, unimol_input
-    from data_pipeline.featurize.graph import smiles_to_graph
+    from molbind_data.featurize import SkipRecord
+    from molbind_data.featurize.conformer import generate_conformers, unimol_input
+    from molbind_data.featurize.graph import smiles_to_graph
 
     graphs, skipped = [], 0
     t = time.perf_counter()
@@ -124,8 +124,8 @@ def synthetic_records(graphs: list[dict], texts: list[str], n: int) -> list[dict
     one set serves every pair type (each reads only its own modalities' fields)."""
     if _SYNTHETIC:
         return _SYNTHETIC
-    from data_pipeline.featurize.conformer import unimol_input
-    from data_pipeline.featurize.text import get_tokenizer
+    from molbind_data.featurize.conformer import unimol_input
+    from molbind_data.featurize.text import get_tokenizer
     from rdkit import Chem
 
     rng = np.random.default_rng(0)

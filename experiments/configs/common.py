@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from data_pipeline import schema
+from molbind_data import schema
 
 # Every pair type of the table gets an entry in the per-pair tables below (a flag can set it);
 # the trained ones are `pairs`.

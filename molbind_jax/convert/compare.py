@@ -170,10 +170,10 @@ def _define_flags():
 
 def cli():
     """The `molbind-compare` console script (pyproject.toml); `python -m` runs the same."""
-    from absl import app
+    from molbind_jax.cli import run as cli_run
 
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli_run(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ _BN = re.compile(r"batch_norms\.(\d+)\.(running_mean|running_var|num_batches_tra
 # ----------------------------------------------------------------------------- inputs
 def check_dictionaries(directory: str) -> dict[str, str]:
     """{"mol": path, "pocket": path} after checking both against ours, symbol by symbol."""
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"--dictionaries: {directory} is not a directory")

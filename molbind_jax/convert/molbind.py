@@ -255,13 +255,13 @@ DICTIONARY_FILES = {
 
 def check_dictionaries(directory: str) -> dict[str, str]:
     """Checks the Uni-Mol dictionaries in `directory` against the built-in order
-    (`data_pipeline.featurize.dictionaries`), which the featurizers use for token ids.
+    (`molbind_data.featurize.dictionaries`), which the featurizers use for token ids.
 
     Returns {"mol": path, "pocket": path}. Raises FileNotFoundError when a dictionary is
     missing and CheckpointError naming the file and the first differing line when the order
     differs (the model's embedding rows would be read with the wrong ids).
     """
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY, Dictionary
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"--dictionaries {directory} is not a directory")
@@ -325,7 +325,7 @@ def load_for_inference(checkpoint: str, *, tokenizer: str | None, gin_backbone: 
                         "(data_pipeline/featurize/dictionaries.py)", checkpoint)
     model, report = load(checkpoint, gin_backbone=gin_backbone, seed=seed, **dict(config_overrides or {}))
     config = model.config
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
 
     for name, sub, d in (("conformer", config.conformer, MOL_DICTIONARY), ("pocket", config.pocket, POCKET_DICTIONARY)):
         if sub.vocab_size != len(d):
@@ -416,11 +416,13 @@ def main(argv):
 
 def cli():
     """The `molbind-convert` console script (pyproject.toml); `python -m` runs the same."""
-    from absl import app, flags
+    from absl import flags
+
+    from molbind_jax.cli import run as cli_run
 
     define_ckpt_flags(with_checkpoint=True)
     flags.DEFINE_string("output", None, "export directory to write")
-    sys.exit(app.run(main))
+    sys.exit(cli_run(main))
 
 
 if __name__ == "__main__":

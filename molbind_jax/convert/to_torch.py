@@ -139,7 +139,7 @@ _SIZE_FIELDS = {
 def check_exportable(config) -> list[str]:
     """Raises ExportError for what the original cannot hold; returns the behaviour/size
     differences worth a warning (see the module docstring)."""
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
     from molbind_jax.models.molbind import ORIGINAL_MODALITIES, MolBindConfig
 
     if set(config.modalities) != set(ORIGINAL_MODALITIES):
@@ -234,7 +234,7 @@ def write_lightning(model, output: str, *, tokenizer_dir: str | None = None, sou
     """Writes the files of the module docstring into `output` (replaced atomically); returns it."""
     import torch
 
-    from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
 
     ref = to_reference(model, seed=seed, cross_attention_freq=cross_attention_freq)
     output = os.path.abspath(output)

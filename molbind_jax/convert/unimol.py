@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipeline.featurize.dictionaries import Dictionary
+from molbind_data.featurize.dictionaries import Dictionary
 from molbind_jax.convert.common import CheckpointError, KeyReport, check_keys, load_state_dict, strip_prefix
 from molbind_jax.models.unimol import UniMolConfig, UniMolEncoder
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.modalities import PairBatch, pair_specs, spec
 from molbind_jax.modalities.base import choose_bucket, round_up
 

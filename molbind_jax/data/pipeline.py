@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.data.batching import (ATOM_MULTIPLE, PairBatch, buckets_for, collate_pair, optimal_bucket_sets,
                                        packed_keys, record_sizes, suggest_buckets)
 from molbind_jax.data.schedule import Schedule
@@ -40,7 +40,7 @@ def load_records(pair: str, split: str, *, dataset: str = "molbind_mini", data_d
     """
     import tensorflow_datasets as tfds
     try:  # registers the builder class; a built dataset also loads from its files without it
-        import data_pipeline.molbind_pairs  # noqa: F401
+        import molbind_data.molbind_pairs  # noqa: F401
     except ImportError:
         pass
     builder = tfds.builder(f"{dataset}/{schema.pair_type(pair).stored_as}", data_dir=data_dir)

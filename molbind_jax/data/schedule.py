@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.data.batching import ATOM_MULTIPLE, choose_bucket, packed_keys, suggest_buckets
 from molbind_jax.modalities.base import round_up
 

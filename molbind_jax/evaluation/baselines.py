@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data_pipeline.featurize.dictionaries import MOL_SYMBOLS
+from molbind_data.featurize.dictionaries import MOL_SYMBOLS
 
 # Elements tracked for composition vectors: the Uni-Mol molecule dictionary's elements, plus
 # one "other" bin. Hydrogens are excluded (heavy-atom graphs; Uni-Mol drops H).

@@ -25,7 +25,7 @@ Uni-Mol inputs padded as its collater, Acc and R@20 from a sort, the true partne
 
 Next to the model (ours): the analytic random expectation (per query, given its number of
 correct answers) and the non-learned baselines of baselines.py; zero-shot classification
-where the candidates are texts (data_pipeline.sources.mini.classification_tasks);
+where the candidates are texts (molbind_data.sources.mini.classification_tasks);
 optionally the emergent conformer<->text pair of a model trained without conformer_text
 pairs.
 
@@ -46,7 +46,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.evaluation import baselines, metrics, report
 from molbind_jax.evaluation import evaluate_original as eo
 
@@ -428,7 +428,7 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
         results["model"]["emergent_export"] = os.path.abspath(resolve_export(emergent))
     if classification and protocol != "original":
         try:
-            from data_pipeline.sources import mini
+            from molbind_data.sources import mini
             tasks = mini.classification_tasks(split=split)
         except (ImportError, AttributeError) as err:
             results["skipped"]["classification"] = f"unavailable: {err}"
@@ -476,8 +476,10 @@ def main(argv):
 
 def cli():
     """The `molbind-evaluate` console script (pyproject.toml); `python -m` runs the same."""
+    from molbind_jax.cli import run as cli_run
+
     define_flags()
-    sys.exit(app.run(main))
+    sys.exit(cli_run(main))
 
 
 if __name__ == "__main__":

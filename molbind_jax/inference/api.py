@@ -12,7 +12,7 @@ not the NNX module `molbind_jax.models.molbind.MolBind`.)
 Every `embed_*` returns an `Embeddings`: a float32 array [N, E] with exactly one row per
 input, in input order, L2-normalised; an input that cannot be featurized gets a NaN row and
 an entry {index (0-based), reason, detail} in `.failures`. Nothing is dropped, so row i is
-always input i. Reasons are the featurizers' SkipRecord reasons (data_pipeline.featurize).
+always input i. Reasons are the featurizers' SkipRecord reasons (molbind_data.featurize).
 
 Batches have a fixed number of rows (`batch_size`, the last one padded with copies) and
 padded lengths from a small set of buckets, so jit compiles a handful of shapes, not one per
@@ -121,7 +121,7 @@ class MolBindModel:
             path, gin_backbone=gin_backbone, dictionaries=dictionaries, tokenizer=tokenizer,
             config_overrides=ckpt_config)
         import logging
-        logging.info("%s", report.summary())
+        logging.getLogger("molbind_jax.inference.api").info("%s", report.summary())
         return cls(model, config, tok, import_report=report, **kw)
 
     @staticmethod
@@ -245,8 +245,8 @@ class MolBindModel:
 
         add_special_tokens=False gives the ids of the original's retrieval evaluation (no
         [CLS]/[SEP], spec bug 1): the text tower then pools the first word piece."""
-        from data_pipeline.featurize import EMPTY_TEXT, SkipRecord
-        from data_pipeline.featurize import text as text_feat
+        from molbind_data.featurize import EMPTY_TEXT, SkipRecord
+        from molbind_data.featurize import text as text_feat
         text = text_feat.normalize(text)  # SkipRecord(empty_text) for empty lines
         if hasattr(self.tokenizer, "encode") and hasattr(self.tokenizer, "_tok"):
             ids = self.tokenizer.encode(text, max_length=self.max_text_len,
@@ -265,8 +265,8 @@ class MolBindModel:
     def embed_smiles(self, smiles: Sequence[str], tower: str = "graph") -> Embeddings:
         """Molecules from SMILES through the 2D graph tower (default) or, with
         tower="conformer", through an RDKit ETKDG conformer (seeded) and the 3D tower."""
-        from data_pipeline.featurize import conformer as conf
-        from data_pipeline.featurize import graph as graph_feat
+        from molbind_data.featurize import conformer as conf
+        from molbind_data.featurize import graph as graph_feat
         if tower == "graph":
             featurize = graph_feat.smiles_to_graph
         elif tower == "conformer":
@@ -280,8 +280,8 @@ class MolBindModel:
     def embed_sdf(self, path: str) -> Embeddings:
         """One row per record of the SDF file (its own 3D coordinates, conformer tower); an
         unparsable record gets a NaN row. An unreadable file raises SkipRecord."""
-        from data_pipeline.featurize import SkipRecord, UNREADABLE_FILE
-        from data_pipeline.featurize import conformer as conf
+        from molbind_data.featurize import SkipRecord, UNREADABLE_FILE
+        from molbind_data.featurize import conformer as conf
         try:
             blocks = list(conf.iter_sdf(path))
         except OSError as err:
@@ -297,7 +297,7 @@ class MolBindModel:
 
     def embed_pockets(self, complexes: Sequence[tuple[str, str]]) -> Embeddings:
         """One row per (ligand_sdf, protein_pdb): the pocket cut around the ligand."""
-        from data_pipeline.featurize import pocket as pocket_feat
+        from molbind_data.featurize import pocket as pocket_feat
 
         def featurize(item):
             ligand_sdf, protein_pdb = item

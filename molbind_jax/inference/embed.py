@@ -58,7 +58,7 @@ def parse_pocket_line(line: str, base_dir: str) -> tuple[str, str]:
     fields = [f for f in re.split(r"[\s,]+", line.strip()) if f]
     if len(fields) != 2:
         # An unreadable line is a failing record, with the same reason as a missing file.
-        from data_pipeline.featurize import UNREADABLE_FILE, SkipRecord
+        from molbind_data.featurize import UNREADABLE_FILE, SkipRecord
         raise SkipRecord(UNREADABLE_FILE, f"expected 'LIGAND.sdf PROTEIN.pdb', got {line!r}")
     return tuple(f if os.path.isabs(f) else os.path.join(base_dir, f) for f in fields)
 
@@ -117,8 +117,10 @@ def main(argv):
 
 def cli():
     """The `molbind-embed` console script (pyproject.toml); `python -m` runs the same."""
+    from molbind_jax.cli import run as cli_run
+
     define_flags()
-    sys.exit(app.run(main))
+    sys.exit(cli_run(main))
 
 
 if __name__ == "__main__":

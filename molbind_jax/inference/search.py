@@ -106,8 +106,10 @@ def _dashed_flags(argv: list[str]) -> list[str]:
 
 def cli():
     """The `molbind-search` console script (pyproject.toml); `python -m` runs the same."""
+    from molbind_jax.cli import run as cli_run
+
     define_flags()
-    sys.exit(app.run(main, argv=_dashed_flags(sys.argv)))
+    sys.exit(cli_run(main, argv=_dashed_flags(sys.argv)))
 
 
 if __name__ == "__main__":

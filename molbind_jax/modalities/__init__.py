@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.modalities.base import ModalitySpec, PairBatch
 
 __all__ = ["ModalitySpec", "PairBatch", "spec", "pair_specs", "known"]

@@ -50,7 +50,7 @@ class AtomsSpec(ModalitySpec):
     # Uni-Mol checkpoints: {"model": state_dict, "args": ...} (the original's bind.py 82, 96).
     init_importer = "unimol"
     init_subkey = "model"
-    dictionary_name = ""     # data_pipeline.featurize.dictionaries attribute
+    dictionary_name = ""     # molbind_data.featurize.dictionaries attribute
     molecule = True          # the record's `smiles` describes this side (False: a pocket)
     export_dictionary = ""   # file name in an export's dictionaries/
 
@@ -109,7 +109,7 @@ class AtomsSpec(ModalitySpec):
 
     # model side
     def dictionary(self):
-        from data_pipeline.featurize import dictionaries
+        from molbind_data.featurize import dictionaries
 
         return getattr(dictionaries, self.dictionary_name)
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from data_pipeline import schema
+from molbind_data import schema
 
 Record = Mapping[str, Any]
 

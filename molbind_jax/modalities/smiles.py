@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from data_pipeline.featurize import smiles as smiles_tok
+from molbind_data.featurize import smiles as smiles_tok
 from molbind_jax.modalities.base import ModalitySpec
 from molbind_jax.modalities.text import TextBatch, ids_fit, pad_text
 

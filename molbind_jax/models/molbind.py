@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 import jax.numpy as jnp
 from flax import nnx
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.models.heads import POOLING_MODES, l2_normalize
 from molbind_jax.modalities import PairBatch, spec
 from molbind_jax.modalities.base import tower_config_replace, tower_config_to_dict

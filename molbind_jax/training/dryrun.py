@@ -80,7 +80,7 @@ def _placeholder_record(modality: str) -> dict:
     spec's `collate` turns copies of it into a batch of the padded shapes asked for."""
     import numpy as np
 
-    from data_pipeline import schema
+    from molbind_data import schema
 
     out = {"id": "dryrun", "smiles": ""}
     for f in schema.modality(modality).stored:
@@ -125,7 +125,7 @@ def batch_shapes(pair: str, global_batch: int, num_devices: int, dims: Mapping[s
 
 def flat_shapes(pair: str, batch) -> dict[str, list[int]]:
     """{"<modality>.<field>": shape, "mask": shape} of a `batch_shapes` result (the report's view)."""
-    from data_pipeline import schema
+    from molbind_data import schema
 
     out = {}
     for modality, side in zip(schema.pair_type(pair).modalities, (batch.x, batch.y)):
@@ -380,8 +380,10 @@ def main(argv):
 
 def cli():
     """The `molbind-dryrun` console script (pyproject.toml); `python -m` runs the same."""
+    from molbind_jax.cli import run as cli_run
+
     _define_flags()
-    app.run(main)
+    cli_run(main)
 
 
 if __name__ == "__main__":

@@ -142,8 +142,10 @@ def main(argv):
 
 def cli():
     """The `molbind-export` console script (pyproject.toml); `python -m` runs the same."""
+    from molbind_jax.cli import run as cli_run
+
     _define_flags()
-    app.run(main)
+    cli_run(main)
 
 
 if __name__ == "__main__":

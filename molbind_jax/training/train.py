@@ -95,7 +95,7 @@ def _deep_update(d: dict, upd: Mapping) -> None:
 def init_plan(config: ConfigDict):
     """The checked pair types and `config.init` block (pretrained.check) for the model's
     modalities: fails before anything is built."""
-    from data_pipeline import schema
+    from molbind_data import schema
     from molbind_jax.training import pretrained
 
     if config.model.get("text_init"):
@@ -152,7 +152,7 @@ def train_split_sizes(config: ConfigDict, pairs) -> dict[str, int]:
     import tensorflow_datasets as tfds
 
     try:  # registers the builder classes; a built dataset also opens from its files without them
-        import data_pipeline.molbind_pairs  # noqa: F401
+        import molbind_data.molbind_pairs  # noqa: F401
     except ImportError:
         pass
     sizes = {}
@@ -269,7 +269,7 @@ def check_batches(batches: Mapping, model_config) -> None:
     """Each side of each host batch against its tower (`ModalitySpec.check_batch`): e.g. token
     ids beyond the text tower's table would be clamped silently by the gather on device; a
     tokenizer/model mismatch must fail loudly instead."""
-    from data_pipeline import schema
+    from molbind_data import schema
     from molbind_jax.modalities import spec
 
     for pair, b in batches.items():
@@ -307,7 +307,7 @@ def pair_every_log_warning(config: ConfigDict) -> str | None:
 def _ensure_data(config: ConfigDict) -> None:
     """Builds the TFDS dataset on first use when the config allows it (idempotent)."""
     if config.data.source == "tfds" and config.data.get("build_if_missing", True):
-        from data_pipeline.build import ensure_built
+        from molbind_data.build import ensure_built
 
         config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
 
@@ -489,8 +489,10 @@ def main(argv):
 
 def cli():
     """The `molbind-train` console script (pyproject.toml); `python -m` runs the same."""
+    from molbind_jax.cli import run as cli_run
+
     _define_flags()
-    app.run(main)
+    cli_run(main)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from data_pipeline import schema
+from molbind_data import schema
 
 # ----------------------------------------------------------------------------------------------
 # Learning-rate schedule and optimizer.

@@ -105,7 +105,7 @@ def test_cli_on_minilm(tmp_path):
 @pytest.mark.slow
 def test_run_on_tiny_unimol_and_gin(tmp_path, capsys):
     """The same harness drives the other importers (their protocol: load/run_flax/run_torch)."""
-    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS
+    from molbind_data.featurize.dictionaries import MOL_SYMBOLS
     from molbind_jax.torch_reference.gin import GNN
     from molbind_jax.torch_reference.unimol import UniMolEncoder as TorchUniMol
 

@@ -7,7 +7,7 @@ original reads it (data_pipeline/sources/m4_layout.py):
 
 * graph files: PyG `Data(x, edge_index, edge_attr)` objects saved with `torch.save` by
   torch_geometric itself (graph_format="pyg"; "dict" saves plain dicts of tensors), with the
-  Hu et al. features of data_pipeline.featurize.graph (x = [atomic number - 1, chirality],
+  Hu et al. features of molbind_data.featurize.graph (x = [atomic number - 1, chirality],
   edge_attr = [bond type, bond direction], both directions of each bond);
 * LMDBs: single-file LMDBs (subdir=False) of pickled dicts under keys "0".."n-1", as Uni-Mol /
   Uni-Core write them: molecules {'atoms': [symbols with H], 'coordinates': [np.ndarray(n, 3)
@@ -130,7 +130,7 @@ def pocket_entry(ligand: dict, target: str, seed: int) -> dict:
 def save_graph(path, smiles: str, graph_format: str = "pyg") -> None:
     import torch
 
-    from data_pipeline.featurize.graph import smiles_to_graph
+    from molbind_data.featurize.graph import smiles_to_graph
 
     g = smiles_to_graph(smiles)
     tensors = {"x": torch.from_numpy(g["graph_node_feat"]).long(),
@@ -167,7 +167,7 @@ def save_malicious_graph(path, marker) -> None:
 
 def write_release(root, sizes=None, *, graph_format: str = "pyg", bad: bool = False, seed: int = 0) -> dict:
     """Write the miniature release under `root`; returns the manifest (see the module doc)."""
-    from data_pipeline.lmdb_io import write_lmdb
+    from molbind_data.lmdb_io import write_lmdb
 
     sizes = sizes or {"pretrain": 24, "valid": 16, "test": 20}
     root = str(root)

@@ -10,7 +10,7 @@ import jraph
 import numpy as np
 import pytest
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.data import batching, synthetic
 from molbind_jax.modalities import PairBatch, spec
 from molbind_jax.modalities.atoms import AtomsBatch, pad_atoms

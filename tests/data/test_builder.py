@@ -15,12 +15,12 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from data_pipeline.molbind_pairs import builder as mb  # noqa: E402
+from molbind_data.molbind_pairs import builder as mb  # noqa: E402
 
 FAKE_SOURCE = textwrap.dedent('''
     """A fake source: molecule i has the scaffold of ring size i % 3 + 4; some records are bad."""
     import numpy as np
-    from data_pipeline import featurize as fz
+    from molbind_data import featurize as fz
 
     SPLIT = {4: "train", 5: "validation", 6: "test"}
 
@@ -94,8 +94,8 @@ def test_features_follow_design_layout():
 
 def test_featurized_counts_skips_and_keeps_good_records(fake_source):
     """The parallel engine alone (no TensorFlow), in process."""
-    from data_pipeline.molbind_pairs import parallel
-    from data_pipeline.build_report import BuildStats
+    from molbind_data.molbind_pairs import parallel
+    from molbind_data.build_report import BuildStats
 
     good, bad, crash = _expected()
     stats = BuildStats()
@@ -170,7 +170,7 @@ def test_all_records_failing_is_an_error(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_tiny_molbind_mini_end_to_end(tmp_path):
     """Every pair type from the real data, a handful of records each; disjoint splits."""
-    from data_pipeline import build
+    from molbind_data import build
 
     reports = build.build("mini", str(tmp_path), max_records=10, workers=0, verbose=False)
     assert set(reports) == set(mb.PAIRS)
@@ -189,7 +189,7 @@ def test_tiny_molbind_mini_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_tfds_build_command_builds_a_config(tmp_path):
     """TFDS's own `build` command (through tfds_build: the `tfds` script needs apache_beam)."""
-    cmd = [sys.executable, "-m", "data_pipeline.molbind_pairs.tfds_build", "molbind_mini", "--config=graph_conformer",
+    cmd = [sys.executable, "-m", "molbind_data.molbind_pairs.tfds_build", "molbind_mini", "--config=graph_conformer",
            f"--data_dir={tmp_path / 'tfds'}", "--max_examples_per_split=3"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=os.path.dirname(os.path.dirname(
         os.path.dirname(os.path.abspath(__file__)))))
@@ -202,8 +202,8 @@ def test_tfds_build_command_builds_a_config(tmp_path):
 
 def test_keys_that_tfds_would_merge_count_as_duplicates(fake_source):
     """TFDS hashes keys after rewriting backslashes to "/": such a clash is a counted duplicate."""
-    from data_pipeline.molbind_pairs import parallel
-    from data_pipeline.build_report import BuildStats
+    from molbind_data.molbind_pairs import parallel
+    from molbind_data.build_report import BuildStats
 
     raw = {"i": 1, "kind": "good", "smiles": "C/C=C\\C"}
     stats = BuildStats()

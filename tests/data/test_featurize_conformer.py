@@ -4,7 +4,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from data_pipeline.featurize import (
+from molbind_data.featurize import (
     EMPTY_MOLECULE,
     INVALID_SMILES,
     NO_CONFORMER,
@@ -12,8 +12,8 @@ from data_pipeline.featurize import (
     UNREADABLE_FILE,
     SkipRecord,
 )
-from data_pipeline.featurize import conformer as conf
-from data_pipeline.featurize.dictionaries import MOL_DICTIONARY
+from molbind_data.featurize import conformer as conf
+from molbind_data.featurize.dictionaries import MOL_DICTIONARY
 
 V = len(MOL_DICTIONARY)
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from data_pipeline.featurize import EMPTY_MOLECULE, INVALID_SMILES, UNKNOWN_ELEMENT, SkipRecord
-from data_pipeline.featurize.graph import canonical_smiles, mol_to_graph, smiles_to_graph
+from molbind_data.featurize import EMPTY_MOLECULE, INVALID_SMILES, UNKNOWN_ELEMENT, SkipRecord
+from molbind_data.featurize.graph import canonical_smiles, mol_to_graph, smiles_to_graph
 
 
 def _bonds(g):

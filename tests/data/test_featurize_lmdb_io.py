@@ -6,7 +6,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from data_pipeline.lmdb_io import LmdbReader, UnsafePickleError, read_lmdb, safe_loads, write_lmdb
+from molbind_data.lmdb_io import LmdbReader, UnsafePickleError, read_lmdb, safe_loads, write_lmdb
 
 
 def _record(n=3):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from data_pipeline.featurize import NO_POCKET_ATOMS, UNREADABLE_FILE, SkipRecord
-from data_pipeline.featurize.pocket import extract_pocket, unimol_pocket_input
+from molbind_data.featurize import NO_POCKET_ATOMS, UNREADABLE_FILE, SkipRecord
+from molbind_data.featurize.pocket import extract_pocket, unimol_pocket_input
 
 SITE = os.path.dirname(os.path.dirname(importlib.util.find_spec("posebusters").origin))
 POSEBUSTERS = os.path.join(SITE, "posebusters", "datasets", "pdb")

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from data_pipeline.featurize import EMPTY_TEXT, SkipRecord
-from data_pipeline.featurize.text import TextTokenizer, default_tokenizer_dir, get_tokenizer, normalize
+from molbind_data.featurize import EMPTY_TEXT, SkipRecord
+from molbind_data.featurize.text import TextTokenizer, default_tokenizer_dir, get_tokenizer, normalize
 
 
 @pytest.fixture(scope="module")

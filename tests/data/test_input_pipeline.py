@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.data import pipeline as ip
 from molbind_jax.modalities import PairBatch
 from molbind_jax.modalities.graph import GraphBatch

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.featurize import EMPTY_TEXT, UNKNOWN_ELEMENT, UNREADABLE_FILE, SkipRecord
-from data_pipeline.featurize.conformer import unimol_input
-from data_pipeline.featurize.graph import canonical_smiles, smiles_to_graph
-from data_pipeline.featurize.pocket import unimol_pocket_input
-from data_pipeline.featurize.text import normalize
-from data_pipeline.lmdb_io import read_lmdb, write_lmdb
-from data_pipeline.sources import m4, pyg_files
-from data_pipeline.sources.pairs import record_seed
+from molbind_data.featurize import EMPTY_TEXT, UNKNOWN_ELEMENT, UNREADABLE_FILE, SkipRecord
+from molbind_data.featurize.conformer import unimol_input
+from molbind_data.featurize.graph import canonical_smiles, smiles_to_graph
+from molbind_data.featurize.pocket import unimol_pocket_input
+from molbind_data.featurize.text import normalize
+from molbind_data.lmdb_io import read_lmdb, write_lmdb
+from molbind_data.sources import m4, pyg_files
+from molbind_data.sources.pairs import record_seed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import m4_release  # noqa: E402
@@ -150,7 +150,7 @@ def test_pyg_files_read_through_the_stand_ins_without_torch_geometric(tmp_path):
     path = tmp_path / "graph_1.pt"
     m4_release.save_graph(path, "c1ccc2[nH]ccc2c1", "pyg")
     code = ("import sys, json; sys.modules['torch_geometric'] = None\n"
-            "from data_pipeline.sources import pyg_files\n"
+            "from molbind_data.sources import pyg_files\n"
             "out = {}\n"
             "for p in sys.argv[1:]:\n"
             "    obj = pyg_files.load_pt(p)\n"
@@ -311,7 +311,7 @@ def test_lmdb_record_problems_are_counted_skips(release):
 def _build(manual_dir, data_dir, pairs, **download):
     import tensorflow_datasets as tfds
 
-    from data_pipeline.molbind_pairs.builder import MolbindM4
+    from molbind_data.molbind_pairs.builder import MolbindM4
 
     reports = {}
     for pair in pairs:
@@ -336,7 +336,7 @@ def test_built_splits_read_back_in_file_order(release_master, tmp_path):
     shards = [f for f in os.listdir(tmp_path / "molbind_m4" / "graph_text" / "1.2.0") if "train.tfrecord" in f]
     assert len(shards) == 3
 
-    from data_pipeline import build  # a wrong manual_dir stops the build command before TFDS starts
+    from molbind_data import build  # a wrong manual_dir stops the build command before TFDS starts
 
     with pytest.raises(m4.LayoutError, match="holds none of"):
         build.build("m4", str(tmp_path / "other"), ["conformer_pocket"], manual_dir=str(root / "2D-Text"), verbose=False)
@@ -345,11 +345,11 @@ def test_built_splits_read_back_in_file_order(release_master, tmp_path):
 
 @pytest.mark.slow
 def test_build_train_export_evaluate(tmp_path):
-    """The miniature release through the whole chain: data_pipeline.build (m4), a few training
+    """The miniature release through the whole chain: molbind_data.build (m4), a few training
     steps of tiny towers on it, export, and the evaluation command's Python entry."""
     import importlib.util
 
-    from data_pipeline import build
+    from molbind_data import build
     from molbind_jax.evaluation import evaluate
     from molbind_jax.training import export, train
     from molbind_jax.data.pipeline import load_records

@@ -1,7 +1,7 @@
 """molbind_mini source: parsing of the packaged data, split rules, caps, zero-shot tasks."""
 import pytest
 
-from data_pipeline.sources import mini
+from molbind_data.sources import mini
 
 MESSAGE = """
 Attempt failed: F1 score of 0.5 is too low.
@@ -108,7 +108,7 @@ def test_classification_tasks_use_only_held_out_molecules():
 
 @pytest.mark.slow
 def test_featurize_each_pair_type_on_real_records():
-    from data_pipeline.molbind_pairs.builder import features_for
+    from molbind_data.molbind_pairs.builder import features_for
 
     opts = {"max_records": 6}
     for pair in mini.PROVIDES:
@@ -122,7 +122,7 @@ def test_featurize_each_pair_type_on_real_records():
 
 
 def test_qm9_geometry_parses_bare_floats_and_mathematica_exponents_and_skips_bad_rows():
-    from data_pipeline.featurize import SkipRecord
+    from molbind_data.featurize import SkipRecord
 
     atoms, coords = mini.qm9_geometry("['C','H']", "[[0.,1.5*^-6,0.0],[1.0,0.,1.]]")
     assert atoms == ["C", "H"] and coords.shape == (1, 2, 3) and abs(coords[0, 0, 1] - 1.5e-6) < 1e-12

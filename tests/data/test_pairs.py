@@ -8,10 +8,10 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from data_pipeline.featurize import EMPTY_TEXT, INVALID_SMILES, NO_POCKET_ATOMS, UNREADABLE_FILE, SkipRecord
-from data_pipeline.featurize.graph import smiles_to_graph
-from data_pipeline.featurize.pocket import extract_pocket
-from data_pipeline.sources import pairs
+from molbind_data.featurize import EMPTY_TEXT, INVALID_SMILES, NO_POCKET_ATOMS, UNREADABLE_FILE, SkipRecord
+from molbind_data.featurize.graph import smiles_to_graph
+from molbind_data.featurize.pocket import extract_pocket
+from molbind_data.sources import pairs
 
 ROWS = [
     ("CCO", "Ethanol is a primary alcohol."),

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from data_pipeline import build, schema
+from molbind_data import build, schema
 
 ORIGINAL_PAIRS = {"graph_text": ("graph", "text"), "conformer_text": ("conformer", "text"),
                   "graph_conformer": ("graph", "conformer"), "conformer_pocket": ("conformer", "pocket")}
@@ -88,7 +88,7 @@ def test_size_keys_x_then_y():
 
 def test_the_builders_features_are_the_tables():
     pytest.importorskip("tensorflow_datasets")
-    from data_pipeline.molbind_pairs import builder
+    from molbind_data.molbind_pairs import builder
 
     assert builder.PAIRS == schema.stored_pair_types()
     assert [c.name for c in builder.MolbindMini.BUILDER_CONFIGS] == list(schema.stored_pair_types())
@@ -101,7 +101,7 @@ def test_the_builders_features_are_the_tables():
 def test_provided_pairs_of_the_sources():
     for source in ("mini", "m4", "pairs"):
         assert set(build.provided_pairs(source)) == set(ORIGINAL_PAIRS), source
-    from data_pipeline.sources import m4, mini, pairs
+    from molbind_data.sources import m4, mini, pairs
 
     assert build.provided_pairs("mini") == mini.PROVIDES and build.provided_pairs("m4") == m4.PROVIDES
     assert build.provided_pairs("pairs") == pairs.PROVIDES
@@ -140,7 +140,7 @@ def test_provided_pairs_checks_the_declaration(fake_source, monkeypatch):
 
 def test_build_refuses_a_pair_its_source_does_not_provide(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
-    from data_pipeline.sources import m4
+    from molbind_data.sources import m4
 
     monkeypatch.setattr(m4, "PROVIDES", ("graph_text", "conformer_text"))
     with pytest.raises(ValueError, match=r"the m4 source does not provide 'conformer_pocket'; it provides "

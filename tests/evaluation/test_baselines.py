@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from data_pipeline.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
 from molbind_jax.evaluation import baselines, metrics
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "ClCCl", "CCN(CC)CC", "OC(=O)CS"]

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from data_pipeline.featurize import conformer as conf_feat
-from data_pipeline.featurize import graph as graph_feat
+from molbind_data.featurize import conformer as conf_feat
+from molbind_data.featurize import graph as graph_feat
 from molbind_jax.evaluation import evaluate, metrics, report
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "ClCCl", "CCN(CC)CC", "OC(=O)CS",

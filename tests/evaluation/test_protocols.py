@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipeline.featurize.conformer import collate_unimol, padded_size
-from data_pipeline.featurize.dictionaries import MOL_DICTIONARY
+from molbind_data.featurize.conformer import collate_unimol, padded_size
+from molbind_data.featurize.dictionaries import MOL_DICTIONARY
 from molbind_jax.evaluation import evaluate, original_protocol
 from molbind_jax.inference.api import MolBindModel
 from molbind_jax.training.export import write_export
@@ -180,7 +180,7 @@ def test_both_protocols_and_the_ladder(export_dir, records, tmp_path, monkeypatc
 def test_text_retokenised_with_and_without_special_tokens():
     """No model needed: the model's tokenizer re-tokenises the record's raw text, with
     [CLS]/[SEP] (ours, as in training) and without them (the original's evaluation)."""
-    from data_pipeline.featurize.text import default_tokenizer_dir
+    from molbind_data.featurize.text import default_tokenizer_dir
     from molbind_jax.convert.bert import load_tokenizer
 
     tok = load_tokenizer(default_tokenizer_dir())

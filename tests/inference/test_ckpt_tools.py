@@ -51,7 +51,7 @@ def test_missing_files_and_wrong_dictionaries_are_clear_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no mol dictionary in .*empty"):
         MolBindModel.load(ckpt, **dict(kw, dictionaries=str(empty)))
-    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS
+    from molbind_data.featurize.dictionaries import MOL_SYMBOLS
     swapped = list(MOL_SYMBOLS)
     swapped[4], swapped[5] = swapped[5], swapped[4]  # N before C
     bad = write_dictionaries(str(tmp_path / "bad"), mol_symbols=swapped)
@@ -82,7 +82,7 @@ def test_convert_cli_export_embeds_as_the_ckpt(tiny, tmp_path):
     with pytest.raises(ValueError, match="tokenizer apply to a .ckpt only"):
         MolBindModel.load(out, tokenizer=tiny.tokenizer)
     # A tokenizer larger than the text tower's table is not the model's.
-    from data_pipeline.featurize.text import default_tokenizer_dir
+    from molbind_data.featurize.text import default_tokenizer_dir
     with pytest.raises(CheckpointError, match="30522 tokens but the text tower of .* has 64 rows"):
         MolBindModel.load(tiny.ckpt, **dict(tiny.load_kwargs(), tokenizer=default_tokenizer_dir()))
     # Without the backbone: the importer's loud warning, and other graph rows.
@@ -110,7 +110,7 @@ def test_embed_search_evaluate_clis_take_a_ckpt(tiny, tmp_path):
     assert not (tmp_path / "x.npy").exists()
 
     # evaluate on a tiny built split (graph_text from a CSV, every row in test).
-    from data_pipeline.build import build
+    from molbind_data.build import build
     csv_path = tmp_path / "pairs.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)

@@ -87,7 +87,7 @@ def test_sdf_bad_record_keeps_alignment(mb, tmp_path):
     assert len(emb) == 3
     _check_rows(emb, {1})
     assert emb.failures[0]["reason"] == "unreadable_file"
-    from data_pipeline.featurize import SkipRecord
+    from molbind_data.featurize import SkipRecord
     with pytest.raises(SkipRecord):
         mb.embed_sdf(str(tmp_path / "missing.sdf"))
 

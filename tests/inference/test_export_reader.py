@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+from molbind_data.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
 from molbind_jax.inference import export_reader
 from molbind_jax.modalities import spec
 from molbind_jax.models.molbind import MolBind, MolBindConfig

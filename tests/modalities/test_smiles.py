@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from data_pipeline import schema
-from data_pipeline.featurize import SkipRecord
-from data_pipeline.featurize import smiles as tok
+from molbind_data import schema
+from molbind_data.featurize import SkipRecord
+from molbind_data.featurize import smiles as tok
 from molbind_jax.modalities import spec
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.modalities import PairBatch
 from molbind_jax.modalities.atoms import AtomsBatch
 from molbind_jax.modalities.graph import GraphBatch
@@ -446,8 +446,8 @@ def test_import_molbind_ckpt_strict_per_tower(tmp_path, write_original_ckpt):
 def test_real_molecules_through_input_pipeline_sharded_equals_single():
     """Featurizers -> data.batching.collate_pair (8 graph shards, 2 padded rows) ->
     global_batch -> MolBind -> pair_infonce: 8 devices give the one-device loss."""
-    from data_pipeline.featurize.conformer import generate_conformers, unimol_input
-    from data_pipeline.featurize.graph import smiles_to_graph
+    from molbind_data.featurize.conformer import generate_conformers, unimol_input
+    from molbind_data.featurize.graph import smiles_to_graph
     from molbind_jax.data.batching import collate_pair
 
     smiles = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "O=C=O", "CC(C)O", "C1CCCCC1", "CCCl",

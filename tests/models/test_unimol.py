@@ -9,7 +9,7 @@ import torch
 from flax import nnx
 from scipy.spatial import distance_matrix
 
-from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+from molbind_data.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
 from molbind_jax.convert import unimol as convert_unimol
 from molbind_jax.convert.common import CheckpointError
 from molbind_jax.models import layers

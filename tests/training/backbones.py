@@ -68,7 +68,7 @@ def write_dictionary(path, symbols) -> str:
 
 def write_all(folder) -> dict[str, str]:
     """Every backbone and dictionary under `folder`; returns the `config.init` values."""
-    from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+    from molbind_data.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
 
     folder = str(folder)
     return {

@@ -17,7 +17,7 @@ import torch
 from flax import nnx
 
 from backbones import HEAD_KEYS, write_all, write_dictionary, write_gin, write_unimol
-from data_pipeline.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
+from molbind_data.featurize.dictionaries import MOL_SYMBOLS, POCKET_SYMBOLS
 from molbind_jax.modalities import spec
 from molbind_jax.training import pretrained, train
 from molbind_jax.training.pretrained import InitError

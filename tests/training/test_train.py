@@ -20,7 +20,7 @@ import optax
 import pytest
 from flax import nnx
 
-from data_pipeline import schema
+from molbind_data import schema
 from molbind_jax.modalities import PairBatch
 from molbind_jax.modalities.atoms import AtomsBatch
 from molbind_jax.modalities.graph import GraphBatch
