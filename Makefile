@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py requirements.txt requirements-data.txt constra
 
 # The whole suite (fast and slow tests). CI runs exactly this.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # The fast tier, for quick iteration after every change.
 test-fast: setup

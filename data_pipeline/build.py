@@ -1,6 +1,6 @@
 """Build MolBind pair datasets (TFDS shards) and print their build reports.
 
-    python -m molbind_data.build --source=mini --data_dir=/work/data/tfds
+    python -m molbind_data.build --source=mini --data_dir=data/tfds
     python -m molbind_data.build --source=mini --pair=graph_text --max_records=200 --workers=2
     python -m molbind_data.build --source=m4 --manual_dir=/data/MolBind4M --data_dir=DIR
     python -m molbind_data.build --source=pairs --input=my_pairs.csv --pair=graph_text --data_dir=DIR

@@ -48,6 +48,7 @@ def test_data_side_imports_no_jax():
     _imports_without(mods, ("jax", "jaxlib", "flax"))
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_towers_and_specs_import_no_tensorflow_or_torch():
     mods = _modules("molbind_jax.models", "molbind_jax/models") + _modules("molbind_jax.modalities",
                                                                            "molbind_jax/modalities")
@@ -55,6 +56,7 @@ def test_towers_and_specs_import_no_tensorflow_or_torch():
     _imports_without(mods, ("tensorflow", "torch", "tensorflow_datasets"))
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_base_install_paths_import_no_torch():
     mods = (_modules("molbind_jax.training", "molbind_jax/training")
             + _modules("molbind_jax.evaluation", "molbind_jax/evaluation")

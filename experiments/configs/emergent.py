@@ -4,7 +4,7 @@ The conformer and text towers never see each other during training; they meet on
 the graph (graph_text, graph_conformer). Evaluate conformer<->text retrieval afterwards to
 measure the emergent alignment (compare with the same evaluation of the `mini` run).
 
-  TFDS_DATA_DIR=/work/data/tfds .venv/bin/python -m molbind_jax.training.train \
+  TFDS_DATA_DIR=data/tfds .venv/bin/python -m molbind_jax.training.train \
       --config=experiments/configs/emergent.py --workdir=runs/emergent
 
 `emergent.py:smoke` is the synthetic smoke variant.

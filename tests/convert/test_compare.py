@@ -60,6 +60,7 @@ def tiny_hf(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_compare_and_run_on_tiny_bert(tiny_hf, tmp_path, capsys):
     x = _inputs([5, 2], 6, 40, seed=7)
     result = compare.compare("bert", tiny_hf, x)

@@ -94,6 +94,7 @@ def test_lightning_export_loads_strictly_and_round_trips(original_ckpt, molbind_
         assert e["rel"] <= 1e-5, (name, e)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_refusals_and_warnings():
     assert to_torch.check_exportable(MolBindConfig.original()) == []  # the original's own config
     notes = to_torch.check_exportable(MolBindConfig.tiny())

@@ -94,6 +94,7 @@ def _check_efficiency(recs, pairs, global_batch_size):
             assert s["efficiency"] >= 0.8, (pair, key, s)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_padding_efficiency_correlated_pairs():
     """Graph/conformer sizes are one molecule's; the pocket is independent but not heavy-tailed."""
     _check_efficiency(_realistic_records(20000), ["graph_conformer", "conformer_pocket"], 96)

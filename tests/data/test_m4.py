@@ -145,6 +145,7 @@ def test_real_pyg_files_load_without_running_pyg_code(tmp_path):
         torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_pyg_files_read_through_the_stand_ins_without_torch_geometric(tmp_path):
     """A child process where `import torch_geometric` fails reads PyG 2.3 and 2.8 files."""
     path = tmp_path / "graph_1.pt"

@@ -55,6 +55,7 @@ def test_collate_pair_of_a_view():
     assert spec("smiles").identity(recs[0]) == "CCO" and spec("smiles").sizes(recs[1]) == {"smiles": 11}
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_model_with_five_towers_embeds_smiles():
     from flax import nnx
 

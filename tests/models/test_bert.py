@@ -62,6 +62,7 @@ def _save_hf_dir(path, cfg, state):
 
 # --- module ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_forward_shapes_dropout_and_token_types():
     enc = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(0))
     x = _inputs([5, 3], 6, 64)
@@ -130,6 +131,7 @@ def test_config_from_hf_and_presets():
 # --- importer on tiny checkpoints --------------------------------------------------------------
 
 @pytest.mark.parametrize("use_token_type", [True, False])
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_tiny_hf_dir_parity_with_prefix_and_heads(tmp_path, use_token_type):
     cfg, model = _tiny_torch_bert()
     path = _save_hf_dir(tmp_path / "hf", cfg, model.state_dict())  # bert.* + cls.* keys

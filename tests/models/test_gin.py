@@ -152,6 +152,7 @@ def tiny_module(tiny_ckpt):
     return convert_gin.load(tiny_ckpt[1])[0]
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_eval_independent_of_padding_sharding_and_order(tiny_module):
     graphs = random_graphs(np.random.default_rng(4), [3, 8, 1, 5, 6, 2])
     # Each graph alone, minimal padding, unbatched layout.

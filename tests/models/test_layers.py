@@ -130,6 +130,7 @@ class _Layer(nnx.Module):
         return jnp.tanh(self.lin(x)) + layers.dropout(x, 0.5, key)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_stack_keeps_the_initial_values_of_a_layer_list_and_scan_equals_a_loop():
     rngs_a, rngs_b = nnx.Rngs(7), nnx.Rngs(7)
     listed = [_Layer(rngs_a) for _ in range(3)]

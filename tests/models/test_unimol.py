@@ -154,6 +154,7 @@ def _padded_pair_bias(rng, b, h, n, pad_from):
     return jnp.asarray(bias)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_scanned_stack_equals_a_loop_and_carries_the_pair_bias():
     """The scan over the stacked layers == calling each layer in turn, in eval and train mode:
     x and the pair representation (each layer's pre-softmax logits, the next one's bias) are

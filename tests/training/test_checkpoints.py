@@ -68,6 +68,7 @@ def test_metrics_after_resume_drop_records_past_the_checkpoint(tmp_path):
     assert recs[-1] == {"step": 5, "loss": 0.3, "finite": True, "nan": "nan"}
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_tensorboard_events_are_written(tmp_path):
     w = MetricWriter(str(tmp_path), tensorboard=True)
     w.write(3, {"loss": 1.5, "learning_rate": 1e-4})

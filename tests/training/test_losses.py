@@ -85,6 +85,7 @@ def test_sharded_loss_and_grads_equal_single_device(mesh8, chunk_size):
         assert rel_err(g[0], ref_g[0]) <= 1e-5 and rel_err(g[1], ref_g[1]) <= 1e-5
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_no_grad_gather_matches_original_ddp_rule(mesh8):
     x, y = embeddings(32, seed=1)
     mask = np.ones(32, bool)
@@ -161,6 +162,7 @@ def test_known_values():
 
 
 @pytest.mark.parametrize("gather_gradient", [True, False])
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_chunked_equals_dense_bfloat16_inputs(mesh8, gather_gradient):
     x, y = embeddings(40, dim=16, seed=3)
     mask = np.ones(40, bool)

@@ -242,6 +242,7 @@ def test_synthetic_batches_follow_the_design_layout():
     assert all(jax.tree.all(jax.tree.map(np.array_equal, b[p], again[p])) for p in b)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_pair_batch_size_and_pair_every_reach_the_step():
     mesh = sharding.make_mesh(2)
     c = _config(8)
