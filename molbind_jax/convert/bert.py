@@ -271,4 +271,12 @@ def load_tokenizer(path: str):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
-    return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        from molbind_jax.convert.common import CheckpointError
+
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"cannot read a tokenizer from {path} ({first}); an HF tokenizer folder has tokenizer.json, "
+            "or vocab.txt with a tokenizer_config.json naming its class (e.g. BertTokenizer)") from err

@@ -33,3 +33,12 @@ def test_a_tokenizer_larger_than_the_table_warns(tmp_path, caplog):
         assert not caplog.records
         export.check_tokenizer_fits(tok, n - 1)
     assert len(caplog.records) == 1 and f"has {n} ids" in caplog.records[0].getMessage()
+
+
+def test_an_unreadable_tokenizer_folder_is_a_clear_error(tmp_path):
+    from molbind_jax.convert.bert import load_tokenizer
+    from molbind_jax.convert.common import CheckpointError
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # no tokenizer_config.json: class unknown
+    with pytest.raises(CheckpointError, match="cannot read a tokenizer from"):
+        load_tokenizer(str(tmp_path))
