@@ -263,18 +263,27 @@ class MolBindModel:
         return self.embed_features("text", self.featurize_text, list(texts))
 
     def embed_smiles(self, smiles: Sequence[str], tower: str = "graph") -> Embeddings:
-        """Molecules from SMILES through the 2D graph tower (default) or, with
-        tower="conformer", through an RDKit ETKDG conformer (seeded) and the 3D tower."""
+        """Molecules from SMILES through the 2D graph tower (default), with tower="conformer"
+        through an RDKit ETKDG conformer (seeded) and the 3D tower, or with tower="smiles"
+        through the SMILES-string tower of a model that has one (experiments/configs/smiles.py)."""
         from molbind_data.featurize import conformer as conf
         from molbind_data.featurize import graph as graph_feat
+        from molbind_data.featurize import smiles as smiles_tok
         if tower == "graph":
             featurize = graph_feat.smiles_to_graph
         elif tower == "conformer":
             def featurize(s):
                 atoms, coords, _ = conf.generate_conformers(s, num_conformers=1, seed=self.seed)
                 return conf.unimol_input(atoms, coords, seed=self.seed)
+        elif tower == "smiles":
+            if "smiles" not in self.config.modalities:
+                raise ValueError(f"this model has no SMILES tower (towers: {', '.join(self.config.modalities)})")
+
+            def featurize(s):
+                smiles_tok.tokens(s)  # refuses what is not one SMILES string (a counted failure)
+                return {"smiles": s.strip()}
         else:
-            raise ValueError(f"tower must be 'graph' or 'conformer', got {tower!r}")
+            raise ValueError(f"tower must be 'graph', 'conformer' or 'smiles', got {tower!r}")
         return self.embed_features(tower, featurize, list(smiles))
 
     def embed_sdf(self, path: str) -> Embeddings:

@@ -45,7 +45,8 @@ def define_flags():
     flags.DEFINE_enum("modality", None, ["text", "smiles", "sdf", "pocket"], "input kind")
     flags.DEFINE_string("input", None, "input file")
     flags.DEFINE_string("output", None, "output .npy path")
-    flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer"], "tower for SMILES input")
+    flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer", "smiles"],
+                      "tower for SMILES input (smiles: the SMILES-string tower of a five-tower model)")
     flags.DEFINE_integer("batch_size", 32, "rows per jitted batch (the last one is padded)")
     define_ckpt_flags()
 

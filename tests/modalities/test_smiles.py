@@ -110,6 +110,13 @@ def test_smoke_training_with_the_fifth_modality(tmp_path):
     assert meta["files"]["smiles"]["dictionary"] == "dictionaries/smiles_vocab.txt"
     mb = MolBindModel.load(out)
     assert mb.config.modalities[-1] == "smiles"
+    # SMILES through the SMILES tower: row i is input i, a bad string is a counted failure.
+    emb = mb.embed_smiles(["CCO", "C(C", "c1ccccc1O"], tower="smiles")
+    assert emb.vectors.shape == (3, mb.embed_dim) and [f["index"] for f in emb.failures] == [1]
+    assert np.isnan(emb.vectors[1]).all() and np.isfinite(emb.vectors[[0, 2]]).all()
+    np.testing.assert_allclose(np.linalg.norm(emb.vectors[[0, 2]], axis=1), 1.0, rtol=1e-5)
+    alone = mb.embed_smiles(["c1ccccc1O"], tower="smiles").vectors[0]
+    np.testing.assert_allclose(alone, emb.vectors[2], atol=1e-5)  # independent of its batch-mates
     # Swapping two tokens of the exported vocabulary is refused on load (wrong ids otherwise).
     path = f"{out}/dictionaries/smiles_vocab.txt"
     lines = open(path).read().split("\n")
