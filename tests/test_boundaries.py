@@ -42,6 +42,7 @@ def _imports_without(modules: list[str], forbidden: tuple[str, ...]) -> None:
     assert loaded == [], f"{forbidden} imported by {modules}: {loaded}"
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_data_side_imports_no_jax():
     mods = _modules("molbind_data", "data_pipeline")
     assert "molbind_data.molbind_pairs.builder" in mods and "molbind_data.schema" in mods
@@ -65,7 +66,7 @@ def test_base_install_paths_import_no_torch():
     _imports_without(mods, ("torch", "torch_geometric"))
 
 
-@pytest.mark.slow  # trains 2 smoke steps, exports, embeds (compiles the tiny towers)
+@pytest.mark.slow  # trains 2 smoke steps of one pair type, exports, embeds (compiles the tiny towers)
 def test_smoke_training_and_embedding_run_with_torch_unimportable(tmp_path):
     work = str(tmp_path / "run")
     code = f"""
@@ -78,6 +79,7 @@ mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 cfg = mod.get_config('smoke')
 cfg.total_steps, cfg.eval_every, cfg.checkpoint_every, cfg.log_every = 2, 2, 2, 1
 cfg.num_devices, cfg.progress_bar = 1, False
+cfg.pairs = ('graph_text',)  # one program to compile: the point is which modules load
 from molbind_jax.training import export, train
 train.train_and_evaluate(cfg, {work!r})
 out = export.export_run({work!r})

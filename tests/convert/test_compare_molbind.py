@@ -22,6 +22,7 @@ def _run(ns, inputs_path, **kw):
                                text_heads=ns.text_heads, **kw)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_qformer_text_path_matches_transformers_bert():
     """The reference's text forward (written from the original's bert.py) against an
     independent implementation: transformers' BertModel with a zero token-type table."""

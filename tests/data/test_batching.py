@@ -74,6 +74,7 @@ def test_suggest_buckets_is_optimal_and_covers():
         batching.suggest_buckets(sizes, max_shapes=0)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_pack_graphs_jraph_conventions_and_shard_assignment():
     recs = [make_record(i, n_atoms=n) for i, n in enumerate([3, 1, 5, 2, 4, 6])]
     out = pack_graphs(recs, num_shards=2, node_budget=16, edge_budget=24)

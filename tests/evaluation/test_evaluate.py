@@ -71,6 +71,7 @@ def test_oracle_is_perfect_and_collapsed_is_worst(records):
     assert "smiles_text_tfidf" in bad["baselines"]
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_report_files(records, tmp_path):
     res, embs = evaluate.evaluate_pair(Oracle(SMILES), "graph_text", records, block_size=4)
     log = tmp_path / "metrics.jsonl"

@@ -84,6 +84,7 @@ def test_forward_shapes_dropout_and_token_types():
         no_tt(x["input_ids"], x["attention_mask"], jnp.zeros_like(x["input_ids"]))
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_train_attention_path_matches_fused_path():
     """Train mode spells attention out (for dropout on the probabilities); with (almost) no
     dropout it must compute what jax.nn.dot_product_attention computes in eval mode."""
@@ -94,6 +95,7 @@ def test_train_attention_path_matches_fused_path():
     np.testing.assert_allclose(apply_train(enc, ids, mask), apply_eval(enc, ids, mask), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_padding_does_not_change_real_tokens():
     enc = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(1))
     short = _inputs([4, 2], 4, 64, seed=2)
@@ -104,6 +106,7 @@ def test_padding_does_not_change_real_tokens():
     np.testing.assert_allclose(b[:, :4][m], a[m], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_bf16_matmuls_stay_close_and_output_fp32():
     x = _inputs([6, 3], 6, 64, seed=3)
     f32 = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(0))
@@ -172,6 +175,7 @@ def _qformer_state(cfg, model):
     return state
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_qformer_layout_import(tmp_path):
     cfg, model = _tiny_torch_bert(seed=1)
     path = str(tmp_path / "molbind.ckpt")

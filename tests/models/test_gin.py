@@ -106,6 +106,7 @@ def tiny_ckpt(tmp_path):
 
 # ----------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("self_loop_attr", [(0, 0), (4, 0)])
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_tiny_matches_torch_reference(tiny_ckpt, self_loop_attr):
     _, path = tiny_ckpt
     inputs = to_pyg(random_graphs(np.random.default_rng(1), [4, 7, 1, 9]))
@@ -179,6 +180,7 @@ def test_eval_independent_of_padding_sharding_and_order(tiny_module):
                                        rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_unbatched_layout_equals_single_shard(tiny_module):
     graphs = random_graphs(np.random.default_rng(5), [4, 6])
     flat = pack(graphs, 12, 30)
@@ -203,6 +205,7 @@ def test_graphs_from_pyg_layout_and_errors():
 
 
 # ----------------------------------------------------------------------------- masked BN
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_masked_batchnorm_train_equals_unpadded_batch(tiny_ckpt):
     """Train mode on a padded, 2-shard batch (S sharded over 2 devices under jit) equals the
     torch reference's train mode on the same graphs as one unpadded PyG batch."""

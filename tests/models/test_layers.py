@@ -158,6 +158,7 @@ def _stream_keys(rest):
             for p, v in leaves if isinstance(v, nnx.RngKey)}
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_reseeded_dropout_is_a_function_of_the_step_key_and_distinct_per_stream():
     """What an exact resume rests on: the train step re-derives every dropout stream from the
     step key (`train_step.reseed_state`); each stream (tower) gets its own key, and the same

@@ -74,6 +74,7 @@ def mesh8():
 
 
 @pytest.mark.parametrize("chunk_size", [None, 5])
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_sharded_loss_and_grads_equal_single_device(mesh8, chunk_size):
     x, y = embeddings(32)
     mask = np.ones(32, bool)
@@ -102,6 +103,7 @@ def test_no_grad_gather_matches_original_ddp_rule(mesh8):
     assert rel_err(val1, ref_val) <= 1e-5 and rel_err(g1[0], ref_g[0]) <= 1e-5
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_no_grad_gather_with_masked_rows_is_the_per_anchor_rule(mesh8):
     """With masked rows the compat rule weighs every valid anchor equally (documented)."""
     x, y = embeddings(24, seed=6)
@@ -125,6 +127,7 @@ def test_no_grad_gather_with_masked_rows_is_the_per_anchor_rule(mesh8):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_masked_pairs_are_neither_anchors_nor_negatives(mesh8, chunk_size):
     x, y = embeddings(24, seed=2)
     mask = np.ones(24, bool)
@@ -186,6 +189,7 @@ def test_chunked_accuracy_matches_dense(mesh8):
         assert abs(float(aux_d[k]) - float(aux_c[k])) < 1e-5, k
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_learnable_temperature_clamped():
     init = losses.log_scale_init(0.1)
     assert abs(float(losses.temperature_from_log_scale(init)) - 0.1) < 1e-6
@@ -206,6 +210,7 @@ def test_learnable_temperature_clamped():
     assert float(jax.grad(loss_of)(jnp.float32(8.0))) == 0.0  # beyond the clamp: no gradient
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_molbind_loss_weights_and_missing_pairs(mesh8):
     pairs = {}
     for i, name in enumerate(("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")):

@@ -56,6 +56,7 @@ def loaded(files):
     return model, mcfg, text_dir
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_every_tower_equals_its_backbone(files, loaded):
     from molbind_jax.convert import bert, gin, unimol
 

@@ -61,6 +61,7 @@ def test_maybe_initialize_distributed_off_without_flag_or_env(monkeypatch):
     assert not jax.distributed.is_initialized()
 
 
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
 def test_maybe_initialize_distributed_flag_without_cluster_explains(tmp_path):
     """Asked by flag outside any cluster: a clear error naming the variables (fresh process,
     since jax.distributed must start before the backend)."""
