@@ -89,6 +89,29 @@ TINY = dict(
     embed_dim=12,
 )
 
+def random_atoms(batch, length, vocab, rng, dtype=np.int64):
+    """Uni-Mol inputs: [CLS] random atoms [SEP] then padding, centred random coordinates."""
+    tokens = np.zeros((batch, length), dtype)
+    coords = np.zeros((batch, length, 3), np.float32)
+    for i in range(batch):
+        n = int(rng.integers(1, length - 1))
+        tokens[i, :n + 2] = [1] + list(rng.integers(4, vocab - 1, n)) + [2]
+        c = rng.normal(size=(n, 3)).astype(np.float32) * 1.5
+        coords[i, 1:n + 1] = c - c.mean(0)
+    return tokens, coords
+
+
+def bert_inputs(lengths, length, vocab, seed=0):
+    """HF BERT inputs: rows of the given lengths of random ids, zero-padded, with their mask."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), length), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(1, vocab, size=n)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def make_inputs(seed=0, batch=5, text_len=10, conf_len=13, pocket_len=21, text_vocab=64):
     """Random molecules in the original's layout: PyG graphs (chains, both bond directions),
     padded token ids, dataset items of [CLS] atoms [SEP] with centred coordinates."""
@@ -108,18 +131,8 @@ def make_inputs(seed=0, batch=5, text_len=10, conf_len=13, pocket_len=21, text_v
     mask = (np.arange(text_len)[None] < lens[:, None]).astype(np.int64)
     ids = rng.integers(5, text_vocab, (batch, text_len)) * mask
 
-    def items(vocab, length):
-        tokens = np.zeros((batch, length), np.int64)
-        coords = np.zeros((batch, length, 3), np.float32)
-        for i in range(batch):
-            n = int(rng.integers(1, length - 1))
-            tokens[i, :n + 2] = [1] + list(rng.integers(4, vocab - 1, n)) + [2]
-            c = rng.normal(size=(n, 3)).astype(np.float32) * 1.5
-            coords[i, 1:n + 1] = c - c.mean(0)
-        return tokens, coords
-
-    ct, cc = items(31, conf_len)
-    pt, pc = items(10, pocket_len)
+    ct, cc = random_atoms(batch, conf_len, 31, rng)
+    pt, pc = random_atoms(batch, pocket_len, 10, rng)
     return dict(graph_x=x, graph_edge_index=edge_index, graph_edge_attr=edge_attr,
                 graph_batch=np.repeat(np.arange(batch), sizes), text_input_ids=ids, text_attention_mask=mask,
                 conformer_tokens=ct, conformer_coordinates=cc, pocket_tokens=pt, pocket_coordinates=pc)

@@ -392,6 +392,23 @@ def ckpt_kwargs(flag_values) -> dict:
                 ckpt_config=parse_config_overrides(flag_values.ckpt_config) or None)
 
 
+def checked_ckpt_kwargs(flag_values, path: str) -> dict:
+    """ckpt_kwargs, after checking that `path` (an export or an original .ckpt) loads with them:
+    what cannot (a missing file, a .ckpt without its tokenizer, a bad --ckpt_config) is the
+    user's input error, one line and exit status 2 from every command (molbind_jax/cli.py)."""
+    from molbind_jax.cli import InputError
+    from molbind_jax.inference.api import MolBindModel
+
+    try:
+        kwargs = ckpt_kwargs(flag_values)
+        MolBindModel.check_loadable(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # CheckpointError is a ValueError
+        raise InputError(str(err)) from err
+    return kwargs
+
+
 def main(argv):
     from absl import app, flags
 

@@ -449,20 +449,14 @@ def main(argv):
     del argv
     if not FLAGS.workdir and not FLAGS.checkpoint:
         raise app.UsageError("give --workdir or --checkpoint")
-    from molbind_jax.convert.molbind import ckpt_kwargs
+    from molbind_jax.convert.molbind import checked_ckpt_kwargs
     path = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
     out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
     logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
     if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
         raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
-    try:
-        load_kwargs = ckpt_kwargs(FLAGS)
-        from molbind_jax.inference.api import MolBindModel
-        MolBindModel.check_loadable(path, **load_kwargs)
-    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    load_kwargs = checked_ckpt_kwargs(FLAGS, path)
     results = run(path, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
                   pairs=FLAGS.pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,

@@ -97,13 +97,8 @@ def main(argv):
             raise app.UsageError(f"--{name} is required")
     import numpy as np
     from molbind_jax.inference.api import MolBindModel
-    from molbind_jax.convert.molbind import ckpt_kwargs
-    try:
-        load_kwargs = ckpt_kwargs(FLAGS)
-        MolBindModel.check_loadable(FLAGS.checkpoint, **load_kwargs)
-    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from molbind_jax.convert.molbind import checked_ckpt_kwargs
+    load_kwargs = checked_ckpt_kwargs(FLAGS, FLAGS.checkpoint)
     mb = MolBindModel.load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, progress=True,
                            **load_kwargs)
     emb = embed_file(mb, FLAGS.modality, FLAGS.input, FLAGS.smiles_tower)

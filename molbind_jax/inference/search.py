@@ -66,15 +66,10 @@ def main(argv):
     if (FLAGS.query_text is None) == (FLAGS.query_smiles is None):
         raise app.UsageError("give exactly one of --query-text / --query-smiles")
     from molbind_jax.inference.api import MolBindModel
-    from molbind_jax.convert.molbind import ckpt_kwargs
+    from molbind_jax.convert.molbind import checked_ckpt_kwargs
     index = np.load(FLAGS.index)
     labels = read_labels(FLAGS.labels, len(index))
-    try:
-        load_kwargs = ckpt_kwargs(FLAGS)
-        MolBindModel.check_loadable(FLAGS.checkpoint, **load_kwargs)
-    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    load_kwargs = checked_ckpt_kwargs(FLAGS, FLAGS.checkpoint)
     mb = MolBindModel.load(FLAGS.checkpoint, **load_kwargs)
     if FLAGS.query_text is not None:
         q = mb.embed_texts([FLAGS.query_text])

