@@ -13,7 +13,8 @@
   a flag value that does not fit) print as ONE line `error: <message>` on stderr and exit
   with status 2, no traceback: FileNotFoundError and its relatives, `InputError` (raise it,
   or a subclass, for bad input), and the project's own input errors (`CheckpointError`,
-  `InitError`, the M4 `LayoutError`). Anything else is a bug and keeps its traceback.
+  `InitError`). Anything else is a bug and keeps its traceback. (`molbind-build` is on the
+  data side, which imports nothing from molbind_jax, and keeps absl's plain app.run.)
 """
 from __future__ import annotations
 
