@@ -275,7 +275,8 @@ def check_columns(path: str, pair: str) -> None:
     names = [_column_name(c) for c in found]
     shown = [_SURROGATE.sub("\ufffd", str(c)) for c in found]
     need = required_columns(pair)
-    expected = f"expected {', '.join(need)} (optional: {', '.join(OPTIONAL_COLUMNS)})"
+    optional = OPTIONAL_COLUMNS if pair == "conformer_pocket" else OPTIONAL_COLUMNS[:2]
+    expected = f"expected {', '.join(need)} (optional: {', '.join(optional)})"
     repeated = sorted({n for n in names if n and names.count(n) > 1})
     if repeated:
         raise PairsFileError(f"{path}: the header repeats the column(s) {repeated}; columns found: {shown}; "

@@ -38,6 +38,7 @@ Writes <out>/report.md, <out>/metrics.json, <out>/recall_curves.png, <out>/loss_
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import time
@@ -67,8 +68,10 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "where to write the report (default: workdir)")
     flags.DEFINE_string("emergent_workdir", None, "workdir (or export dir) of a model trained "
                         "without conformer_text pairs; adds the emergent conformer<->text section")
-    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR)")
-    flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the one the run in --workdir trained "
+                        "on, else $TFDS_DATA_DIR or TFDS's default)")
+    flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name (default: the one the run in "
+                        "--workdir trained on, else molbind_mini)")
     flags.DEFINE_string("split", "test", "split to evaluate")
     flags.DEFINE_list("pairs", [], "pair types to evaluate (default: every pair type of the table, "
                       "data_pipeline/schema.py, whose two modalities the model has)")
@@ -445,6 +448,32 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
     return results
 
 
+def run_data(workdir: str | None, dataset: str | None, data_dir: str | None,
+             pairs: Sequence[str] = ()) -> tuple[str, str, tuple[str, ...]]:
+    """(dataset, data_dir, pairs) to evaluate on: the flags given, else what the training run in
+    `workdir` used (its config.json: dataset, the data_dir train resolved, and, for a dataset
+    other than molbind_mini, the pairs it trained), else molbind_mini in $TFDS_DATA_DIR or
+    TFDS's default. The data_dir is checked by molbind_data.build.resolve_data_dir, the rule
+    train uses: a missing molbind_mini is built, a missing user dataset is an error naming
+    --data_dir and the build command."""
+    from molbind_data.build import resolve_data_dir
+
+    saved: dict = {}
+    config_path = os.path.join(workdir, "config.json") if workdir else ""
+    if config_path and os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f).get("train", {})
+    saved_data = saved.get("data") or {}
+    same = saved_data.get("source") == "tfds" and dataset in (None, saved_data.get("dataset"))
+    dataset = dataset or (saved_data.get("dataset") if same else None) or "molbind_mini"
+    data_dir = data_dir or (saved_data.get("data_dir") if same else None) or None
+    pairs = tuple(pairs or ())
+    if not pairs and same and dataset != "molbind_mini":  # a user's build holds the trained pairs only
+        pairs = tuple(saved.get("pairs") or ())
+    data_dir = resolve_data_dir(dataset, data_dir, pairs, data_dir_flag="--data_dir")
+    return dataset, data_dir, pairs
+
+
 def main(argv):
     del argv
     if not FLAGS.workdir and not FLAGS.checkpoint:
@@ -452,13 +481,14 @@ def main(argv):
     from molbind_jax.convert.molbind import checked_ckpt_kwargs
     path = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
     out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
-    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    dataset, data_dir, pairs = run_data(FLAGS.workdir, FLAGS.dataset if FLAGS["dataset"].present else None,
+                                        FLAGS.data_dir, FLAGS.pairs)
     logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
     if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
         raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
     load_kwargs = checked_ckpt_kwargs(FLAGS, path)
-    results = run(path, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
-                  pairs=FLAGS.pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
+    results = run(path, out_dir, data_dir=data_dir, dataset=dataset, split=FLAGS.split,
+                  pairs=pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,
                   emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir,
                   protocol=FLAGS.protocol, bf16=FLAGS.bf16,
