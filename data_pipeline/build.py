@@ -191,6 +191,28 @@ def resolve_data_dir(dataset: str, data_dir: str | None = None, pairs=None, *, b
     return data_dir
 
 
+def resolve_run_data(workdir: str | None, dataset: str | None = None, data_dir: str | None = None,
+                     pairs=()) -> tuple[str, str, tuple[str, ...]]:
+    """(dataset, data_dir, pairs) to evaluate a training run on: the ones given, else what the
+    run in `workdir` used (its config.json, written by molbind_jax.training.train: the dataset,
+    the data_dir train resolved and, for a dataset other than molbind_mini, the pairs it
+    trained), else molbind_mini in $TFDS_DATA_DIR or TFDS's default. The data_dir is then
+    checked by resolve_data_dir, the rule train uses (an error names --data_dir)."""
+    saved: dict = {}
+    config_path = os.path.join(workdir, "config.json") if workdir else ""
+    if config_path and os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f).get("train", {})
+    saved_data = saved.get("data") or {}
+    same = saved_data.get("source") == "tfds" and dataset in (None, saved_data.get("dataset"))
+    dataset = dataset or (saved_data.get("dataset") if same else None) or "molbind_mini"
+    data_dir = data_dir or (saved_data.get("data_dir") if same else None) or None
+    pairs = tuple(pairs or ())
+    if not pairs and same and dataset != "molbind_mini":  # a user's build holds the trained pairs only
+        pairs = tuple(saved.get("pairs") or ())
+    return dataset, resolve_data_dir(dataset, data_dir, pairs, data_dir_flag="--data_dir"), pairs
+
+
 def main(argv):
     from absl import flags
 

@@ -38,7 +38,6 @@ Writes <out>/report.md, <out>/metrics.json, <out>/recall_curves.png, <out>/loss_
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
@@ -448,32 +447,6 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
     return results
 
 
-def run_data(workdir: str | None, dataset: str | None, data_dir: str | None,
-             pairs: Sequence[str] = ()) -> tuple[str, str, tuple[str, ...]]:
-    """(dataset, data_dir, pairs) to evaluate on: the flags given, else what the training run in
-    `workdir` used (its config.json: dataset, the data_dir train resolved, and, for a dataset
-    other than molbind_mini, the pairs it trained), else molbind_mini in $TFDS_DATA_DIR or
-    TFDS's default. The data_dir is checked by molbind_data.build.resolve_data_dir, the rule
-    train uses: a missing molbind_mini is built, a missing user dataset is an error naming
-    --data_dir and the build command."""
-    from molbind_data.build import resolve_data_dir
-
-    saved: dict = {}
-    config_path = os.path.join(workdir, "config.json") if workdir else ""
-    if config_path and os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f).get("train", {})
-    saved_data = saved.get("data") or {}
-    same = saved_data.get("source") == "tfds" and dataset in (None, saved_data.get("dataset"))
-    dataset = dataset or (saved_data.get("dataset") if same else None) or "molbind_mini"
-    data_dir = data_dir or (saved_data.get("data_dir") if same else None) or None
-    pairs = tuple(pairs or ())
-    if not pairs and same and dataset != "molbind_mini":  # a user's build holds the trained pairs only
-        pairs = tuple(saved.get("pairs") or ())
-    data_dir = resolve_data_dir(dataset, data_dir, pairs, data_dir_flag="--data_dir")
-    return dataset, data_dir, pairs
-
-
 def main(argv):
     del argv
     if not FLAGS.workdir and not FLAGS.checkpoint:
@@ -481,8 +454,9 @@ def main(argv):
     from molbind_jax.convert.molbind import checked_ckpt_kwargs
     path = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
     out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
-    dataset, data_dir, pairs = run_data(FLAGS.workdir, FLAGS.dataset if FLAGS["dataset"].present else None,
-                                        FLAGS.data_dir, FLAGS.pairs)
+    from molbind_data.build import resolve_run_data
+    dataset, data_dir, pairs = resolve_run_data(
+        FLAGS.workdir, FLAGS.dataset if FLAGS["dataset"].present else None, FLAGS.data_dir, FLAGS.pairs)
     logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
     if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
         raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")

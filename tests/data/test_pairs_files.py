@@ -6,10 +6,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from molbind_data.featurize import EMPTY_TEXT, SkipRecord
+from molbind_data.featurize import SkipRecord
 from molbind_data.sources import pairs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

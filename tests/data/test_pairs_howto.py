@@ -57,8 +57,7 @@ def test_train_finds_a_users_build_without_build_if_missing(tmp_path, monkeypatc
 
 
 def test_evaluate_reads_the_runs_data_from_its_config(tmp_path):
-    from molbind_jax.evaluation.evaluate import run_data
-
+    run_data = build.resolve_run_data
     data_dir = str(tmp_path / "tfds")
     _fake_build(data_dir, "molbind_pairs", "graph_text")
     run = tmp_path / "run"
