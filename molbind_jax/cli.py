@@ -4,6 +4,9 @@
         _define_flags()
         molbind_jax.cli.run(main)
 
+The wrapper itself is the data side's (data_pipeline/cli.py, imported as `molbind_data.cli`,
+which `molbind-build` uses too); this module adds the model side's input errors.
+
 * Logging: libraries (orbax, TensorFlow, absl) log at WARNING and above unless the user asks
   for more with `--verbosity=0` (INFO) or `--verbosity=1` (DEBUG); absl's own flag, whose
   default becomes -1 (WARNING) here. The project's loggers (`molbind_jax.*`) stay at INFO:
@@ -12,25 +15,20 @@
 * Errors that are the user's (a missing or wrong path, a file that is not what it should be,
   a flag value that does not fit) print as ONE line `error: <message>` on stderr and exit
   with status 2, no traceback: FileNotFoundError and its relatives, `InputError` (raise it,
-  or a subclass, for bad input), and the project's own input errors (`CheckpointError`,
-  `InitError`). Anything else is a bug and keeps its traceback. (`molbind-build` is on the
-  data side, which imports nothing from molbind_jax, and keeps absl's plain app.run.)
+  or a subclass, for bad input; the same class as `molbind_data.cli.InputError`, so a data
+  error met by a model command counts too), and the project's own input errors
+  (`CheckpointError`, `InitError`). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from typing import Callable, Sequence
 
-
-class InputError(ValueError):
-    """Bad input from the user (a flag value, a file's content): one line, exit status 2."""
+from molbind_data import cli as _data_cli
+from molbind_data.cli import InputError, one_line, quiet_logging  # noqa: F401  (this module's API)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                         PermissionError, UnicodeDecodeError]
+    errors: list[type[BaseException]] = list(_data_cli.USER_ERRORS)
     for module, name in (("molbind_jax.convert.common", "CheckpointError"),
                          ("molbind_jax.training.pretrained", "InitError")):
         try:
@@ -40,43 +38,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def one_line(err: BaseException) -> str:
-    """The message of an error on one line (a multi-line message keeps its first lines)."""
-    text = str(err).strip() or type(err).__name__
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines[:12]) + (" ..." if len(lines) > 12 else "")
-
-
-def quiet_logging(verbosity: int) -> None:
-    """Library logs at WARNING unless verbosity >= 0 (INFO) or >= 1 (DEBUG)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbosity < 0 else "0")
-    level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity == 0 else logging.DEBUG)
-    logging.getLogger().setLevel(level)
-    for name in ("absl", "jax", "orbax", "tensorflow", "etils", "tensorflow_datasets"):
-        logging.getLogger(name).setLevel(level)
-    # The project's own messages (a resumed run, a tower's key report) are for the user: INFO.
-    for name in ("molbind_jax", "molbind_data"):
-        logging.getLogger(name).setLevel(min(level, logging.INFO))
-
-
 def run(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
     """absl's app.run(main) with the behaviour of the module docstring."""
-    from absl import app, flags
-
-    errors = _user_errors()
-
-    def wrapped(args):
-        from absl import logging as absl_logging
-
-        # absl's own default (0, INFO) does not stick through set_default: unless the user
-        # gave --verbosity, the commands run at -1 (WARNING).
-        verbosity = flags.FLAGS.verbosity if flags.FLAGS["verbosity"].present else -1
-        quiet_logging(verbosity)
-        absl_logging.set_verbosity(max(verbosity, -1))
-        try:
-            return main(args)
-        except errors as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(wrapped, argv=list(argv) if argv is not None else None)
+    _data_cli.run(main, argv, errors=_user_errors())

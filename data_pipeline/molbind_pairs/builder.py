@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import itertools
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import tensorflow_datasets as tfds
 
 from molbind_data import schema
 from molbind_data.build_report import BuildStats
+from molbind_data.cli import InputError
 from molbind_data.featurize import text as text_mod
 from molbind_data.molbind_pairs import parallel
 from molbind_data.sources.m4_layout import MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -98,6 +98,7 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
         self._workers = workers
         self._chunksize = chunksize
         self._stats: dict[str, BuildStats] = {}
+        self._empty: dict[str, str] = {}  # split -> why it has no examples (left out)
         super().__init__(**kwargs)
 
     # -- options and metadata
@@ -141,32 +142,49 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
         options = self._options()
         if getattr(self, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
             options["manual_dir"] = os.fspath(dl_manager.manual_dir)
-        self._stats = {}
+        self._stats, self._empty = {}, {}
         source = parallel.source_module(options.get("source_module", self.SOURCE))
+        pair = self.builder_config.pair
         generators = {}
         for split in SPLITS:
-            # TFDS refuses an empty split, so a split without raw records is left out (logged).
-            records = iter(source.raw_records(self.builder_config.pair, split, options))
-            first = next(records, None)
+            # TFDS refuses a split without examples ("No examples were yielded"), so each split
+            # is featurized in this process up to its first example before TFDS starts: a split
+            # whose records are all skipped (or that has none) is left out and reported under
+            # `empty_splits`, and the others are built.
+            stats = self._stats.setdefault(split, BuildStats())
+            records = iter(source.raw_records(pair, split, options))
+            seen: set[str] = set()
+            head = parallel.featurized(options.get("source_module", self.SOURCE), pair, options, records,
+                                       stats, workers=0, seen=seen, progress=False)
+            first = next(head, None)
+            head.close()
             if first is None:
-                logging.warning("%s/%s: no raw records for split %r, left out",
-                                self.name, self.builder_config.pair, split)
+                self._empty[split] = self._empty_reason(split, stats)
+                logging.warning("%s/%s: split %r left out: %s", self.name, pair, split, self._empty[split])
                 continue
-            generators[split] = self._generate_examples(split, options, itertools.chain([first], records))
+            generators[split] = self._generate_examples(split, options, records, first=first, seen=seen)
         return generators
 
-    def _generate_examples(self, split: str, options: dict, records=None):
+    def _empty_reason(self, split: str, stats: BuildStats) -> str:
+        if not stats.read:
+            return "no records"
+        errors = sum(v for k, v in stats.skipped.items() if k.startswith("error:"))
+        if errors == stats.read:
+            # Every record failing the same unexpected way is a code or setup bug, not bad data.
+            raise RuntimeError(f"{self.name}/{self.builder_config.pair}/{split}: all {stats.read} records "
+                               f"failed: {dict(stats.skipped)}")
+        return f"all {stats.read} records skipped ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
+
+    def _generate_examples(self, split: str, options: dict, records=None, *, first=None, seen=None):
         source = options.get("source_module", self.SOURCE)
         pair = self.builder_config.pair
         stats = self._stats.setdefault(split, BuildStats())
         if records is None:
             records = parallel.source_module(source).raw_records(pair, split, options)
+        if first is not None:
+            yield first
         yield from parallel.featurized(source, pair, options, records, stats, workers=self._workers,
-                                       chunksize=self._chunksize, desc=f"{self.name}/{pair}/{split}")
-        errors = sum(v for k, v in stats.skipped.items() if k.startswith("error:"))
-        if stats.read and errors == stats.read:
-            # Every record failing the same unexpected way is a code or setup bug, not bad data.
-            raise RuntimeError(f"{self.name}/{pair}/{split}: all {stats.read} records failed: {dict(stats.skipped)}")
+                                       chunksize=self._chunksize, desc=f"{self.name}/{pair}/{split}", seen=seen)
 
     # -- build with a report
 
@@ -186,19 +204,22 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if self.is_prepared():
             report = self.read_report()
             if report is not None and report.get("options") not in (None, options):
-                raise ValueError(
+                raise InputError(
                     f"{self.data_dir} was built with options {report['options']}, not {options}; "
                     "use another --data_dir or delete that directory to rebuild")
             return super().download_and_prepare(*args, **kwargs)
         start = time.time()
+        self._stats, self._empty = {}, {}
         super().download_and_prepare(*args, **kwargs)
-        if self._stats:
-            total = BuildStats()
-            for stats in self._stats.values():
-                total.merge(stats)
-            total.write(os.fspath(self.data_dir), dataset=self.name, config=self.builder_config.name,
-                        version=str(self.version), options=options, wall_seconds=round(time.time() - start, 1),
-                        splits={s: st.as_dict() for s, st in self._stats.items()})
+        total = BuildStats()
+        for stats in self._stats.values():
+            total.merge(stats)
+        # Written for every build, an empty one included: `empty_splits` names each split left
+        # out of the dataset (TFDS stores no empty split) with the reason.
+        total.write(os.fspath(self.data_dir), dataset=self.name, config=self.builder_config.name,
+                    version=str(self.version), options=options, wall_seconds=round(time.time() - start, 1),
+                    splits={s: st.as_dict() for s, st in self._stats.items()},
+                    empty_splits=dict(self._empty))
 
     def is_prepared(self) -> bool:
         return os.path.exists(os.path.join(os.fspath(self.data_dir), "dataset_info.json"))

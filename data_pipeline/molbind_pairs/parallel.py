@@ -52,10 +52,12 @@ def featurize_one(task):
 
 def featurized(source: str, pair: str, options: dict, records: Iterable[tuple[str, dict]],
                stats: BuildStats, *, workers: int | None = None, chunksize: int = 16,
-               desc: str = "") -> Iterator[tuple[str, dict]]:
+               desc: str = "", seen: set[str] | None = None, progress: bool = True) -> Iterator[tuple[str, dict]]:
     """Yield (key, example) for every raw record that featurizes; count the rest in stats.
 
-    workers <= 1 runs in this process (tests, tiny builds); otherwise a spawned Pool.
+    workers <= 1 runs in this process (tests, tiny builds); otherwise a spawned Pool. In
+    process, records are read one at a time, so a caller may stop after any example and go
+    on with the same `records` iterator, `stats` and `seen` (the keys written so far).
     """
     workers = default_workers() if workers is None else int(workers)
     tasks = ((source, pair, options, key, raw) for key, raw in records)
@@ -67,10 +69,11 @@ def featurized(source: str, pair: str, options: dict, records: Iterable[tuple[st
         results = map(featurize_one, tasks)
     from tqdm.auto import tqdm
 
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     errors = 0
     try:
-        for key, example, reason, detail in tqdm(results, desc=desc or pair, unit="rec", mininterval=2.0):
+        for key, example, reason, detail in tqdm(results, desc=desc or pair, unit="rec", mininterval=2.0,
+                                                    disable=not progress):
             stats.read += 1
             if example is None:
                 stats.skip(reason)

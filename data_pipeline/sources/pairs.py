@@ -14,6 +14,12 @@ Optional columns everywhere: `id` (record key; default the row / molecule number
 `split` (train / validation / test; `valid`, `pretrain` also accepted). A repeated id is
 skipped as `duplicate`, an unknown split name as `invalid_split`; neither stops a build.
 
+Reading (data_pipeline/sources/pair_files.py): column names are matched case-insensitively
+and a UTF-8 BOM is dropped; a header that repeats a column or lacks one the pair type needs
+is refused before anything is built; records are decoded one by one, so a record that is
+not UTF-8 or has more fields than the header is one counted skip (`not_utf8`, `bad_row`);
+fields of any length are read.
+
 Splits without a split column are deterministic: the Bemis-Murcko scaffold of the molecule
 (its canonical SMILES when it has no ring, so acyclic molecules do not all share the empty
 scaffold) is hashed with sha1 into 1000 buckets: < 800 train, < 900 validation, else test
@@ -28,10 +34,8 @@ it comes from.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
-import json
 import os
 import zlib
 from typing import Iterator
@@ -45,6 +49,8 @@ from molbind_data.featurize import (
     UNREADABLE_FILE,
     SkipRecord,
 )
+from molbind_data.sources.pair_files import (  # noqa: F401  (part of this source's API)
+    BAD_ROW, NOT_UTF8, PairsFileError, _rows, check_columns, columns, required_columns)
 
 # The stored pair types this source reads from users' files (data_pipeline/schema.py).
 PROVIDES = ("graph_text", "conformer_text", "graph_conformer", "conformer_pocket")
@@ -158,30 +164,7 @@ def hash_split(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- reading files
-
-def _rows(path: str) -> Iterator[tuple[int, dict]]:
-    """(row number, dict of str) of a CSV/TSV or JSON-lines file."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    row = {"__error__": f"line {i + 1} is not JSON"}
-                if not isinstance(row, dict):
-                    row = {"__error__": f"line {i + 1} is not a JSON object"}
-                yield i, row
-    elif ext in (".csv", ".tsv", ".txt"):
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-            for i, row in enumerate(reader):
-                yield i, {(k or "").strip(): v for k, v in row.items()}
-    else:
-        raise ValueError(f"unsupported pairs file {path!r}: use .csv, .tsv, .jsonl or .sdf")
-
+# (data_pipeline/sources/pair_files.py)
 
 def _row_split(row: dict, fallback: str) -> str:
     """The row's own split if it names one, else the hash split; an unknown name is returned
@@ -218,6 +201,9 @@ def _pocket_records(path: str, options: dict):
     base, root = os.path.basename(path), os.path.dirname(os.path.abspath(path))
     for i, row in _rows(path):
         rid = str(row.get("id") or i)
+        if row.get("__error__"):
+            yield _row_split(row, f"row:{rid}"), f"pairs/{base}/{rid}", {"error": row["__error__"]}
+            continue
         ligand = os.path.join(root, str(row.get("ligand_sdf") or "").strip())
         protein = os.path.join(root, str(row.get("protein_pdb") or "").strip())
         target = str(row.get("target") or os.path.splitext(os.path.basename(protein))[0])
@@ -245,8 +231,7 @@ def raw_records(pair: str, split: str, options=None) -> Iterator[tuple[str, dict
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = options.get("input")
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"pairs input file not found: {path!r} (set options['input'])")
+    check_columns(path, pair)
     if options["split_by"] not in ("scaffold", "target"):
         raise ValueError(f"split_by must be 'scaffold' or 'target', got {options['split_by']!r}")
     records = _pocket_records(path, options) if pair == "conformer_pocket" else _molecule_records(pair, path, options)

@@ -67,8 +67,10 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "where to write the report (default: workdir)")
     flags.DEFINE_string("emergent_workdir", None, "workdir (or export dir) of a model trained "
                         "without conformer_text pairs; adds the emergent conformer<->text section")
-    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR)")
-    flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the one the run in --workdir trained "
+                        "on, else $TFDS_DATA_DIR or TFDS's default)")
+    flags.DEFINE_string("dataset", "molbind_mini", "TFDS dataset name (default: the one the run in "
+                        "--workdir trained on, else molbind_mini)")
     flags.DEFINE_string("split", "test", "split to evaluate")
     flags.DEFINE_list("pairs", [], "pair types to evaluate (default: every pair type of the table, "
                       "data_pipeline/schema.py, whose two modalities the model has)")
@@ -452,13 +454,15 @@ def main(argv):
     from molbind_jax.convert.molbind import checked_ckpt_kwargs
     path = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
     out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
-    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    from molbind_data.build import resolve_run_data
+    dataset, data_dir, pairs = resolve_run_data(
+        FLAGS.workdir, FLAGS.dataset if FLAGS["dataset"].present else None, FLAGS.data_dir, FLAGS.pairs)
     logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
     if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
         raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
     load_kwargs = checked_ckpt_kwargs(FLAGS, path)
-    results = run(path, out_dir, data_dir=data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
-                  pairs=FLAGS.pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
+    results = run(path, out_dir, data_dir=data_dir, dataset=dataset, split=FLAGS.split,
+                  pairs=pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,
                   emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir,
                   protocol=FLAGS.protocol, bf16=FLAGS.bf16,

@@ -305,11 +305,16 @@ def pair_every_log_warning(config: ConfigDict) -> str | None:
 
 
 def _ensure_data(config: ConfigDict) -> None:
-    """Builds the TFDS dataset on first use when the config allows it (idempotent)."""
-    if config.data.source == "tfds" and config.data.get("build_if_missing", True):
-        from molbind_data.build import ensure_built
+    """Finds the TFDS dataset (molbind_data.build.resolve_data_dir, the rule evaluation uses too):
+    molbind_mini is built on first use unless `data.build_if_missing` is False; a user's
+    dataset (molbind_pairs, molbind_m4) that is not built stops the run with the build command.
+    The resolved data_dir lands in config.json, where evaluation finds it."""
+    if config.data.source == "tfds":
+        from molbind_data.build import resolve_data_dir
 
-        config.data.data_dir = ensure_built(config.data.dataset, config.data.data_dir or None)
+        config.data.data_dir = resolve_data_dir(config.data.dataset, config.data.data_dir or None, config.pairs,
+                                                build_if_missing=config.data.get("build_if_missing", True),
+                                                data_dir_flag="--config.data.data_dir")
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
