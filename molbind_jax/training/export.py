@@ -144,11 +144,26 @@ def export_run(workdir: str, output: str | None = None, step: int | None = None,
                tokenizer: str | None = None) -> str:
     """Exports the latest (or `step`) checkpoint of a training run in `workdir`; `tokenizer`
     (an HF tokenizer folder) overrides the run's text tower directory."""
+    _check_run_tokenizer(workdir, tokenizer)  # before the (slow) restore
     trained, mcfg, run, step = _restore_trained(workdir, step)
     output = output or os.path.join(workdir, "export")
     return write_export(trained, mcfg, output, tokenizer_dir=tokenizer or run.get("text_dir") or None,
                         source={"workdir": os.path.abspath(workdir), "step": int(step),
                                 "dataset": run.get("dataset")})
+
+
+def _check_run_tokenizer(workdir: str, tokenizer: str | None) -> None:
+    """`check_tokenizer_fits` from the run's config.json alone (write_export checks again)."""
+    from molbind_jax.models.molbind import MolBindConfig
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return  # _restore_trained names the missing file
+    with open(path, encoding="utf-8") as f:
+        run = json.load(f)
+    mcfg = MolBindConfig.from_dict(run["model"])
+    if "text" in mcfg.modalities:
+        check_tokenizer_fits(tokenizer or run.get("text_dir") or default_tokenizer(), mcfg.bert.vocab_size)
 
 
 def export_run_lightning(workdir: str, output: str | None = None, step: int | None = None,

@@ -61,3 +61,26 @@ def test_an_unreadable_tokenizer_folder_is_a_clear_error(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # no tokenizer_config.json: class unknown
     with pytest.raises(CheckpointError, match="cannot read a tokenizer from"):
         load_tokenizer(str(tmp_path))
+
+
+def test_export_run_refuses_before_restoring_the_run(tmp_path):
+    """A run whose text table is smaller than the tokenizer is refused from its config.json,
+    before any checkpoint is read (this run has none) and before anything is written."""
+    import json
+
+    from molbind_jax.convert.common import CheckpointError
+    from molbind_jax.models.molbind import MolBindConfig
+
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({"model": MolBindConfig.tiny().to_dict(), "text_dir": ""}))
+    with pytest.raises(CheckpointError, match=r"has 30522 ids but the text tower's table has 64 rows"):
+        export.export_run(str(work))
+    assert os.listdir(work) == ["config.json"]
+    # a model without a text tower, or a tokenizer that fits, passes the check
+    (work / "config.json").write_text(json.dumps({"model": MolBindConfig.tiny().replace(
+        modalities=("graph", "conformer")).to_dict(), "text_dir": ""}))
+    export._check_run_tokenizer(str(work), None)
+    tok = write_tokenizer(str(tmp_path / "tok"))
+    (work / "config.json").write_text(json.dumps({"model": MolBindConfig.tiny().to_dict(), "text_dir": ""}))
+    export._check_run_tokenizer(str(work), tok)  # a 64-row table and a tokenizer of at most 64 ids
