@@ -25,3 +25,8 @@ NO_POCKET_ATOMS = "no_pocket_atoms"
 UNREADABLE_FILE = "unreadable_file"
 EMPTY_MOLECULE = "empty_molecule"
 DUPLICATE = "duplicate"
+# Geometry (featurize/checks.py): coordinates that are not a usable 3D structure.
+NONFINITE_COORDINATES = "nonfinite_coordinates"  # NaN or inf anywhere, never repaired
+ZERO_COORDINATES = "zero_coordinates"  # two or more atoms, all at one point (e.g. all zero)
+FLAT_COORDINATES = "flat_coordinates"  # a 2D depiction (all z equal, a tetrahedral atom)
+TWO_D_FALLBACK = "2d_fallback"  # ETKDG failed and the flat 2D fallback is not allowed

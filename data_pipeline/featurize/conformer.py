@@ -2,7 +2,8 @@
 
 Two halves:
   * `generate_conformers`: RDKit ETKDG (with hydrogens) + MMFF, seeded, the way Uni-Mol's
-    data scripts make conformers, with Uni-Mol's 2D fallback (z = 0) when embedding fails.
+    data scripts make conformers. Uni-Mol's 2D fallback (z = 0) when embedding fails is off
+    by default (SkipRecord "2d_fallback"); `allow_2d_fallback=True` restores it.
   * `unimol_input` / `pair_arrays` / `collate_unimol`: the original `D3Dataset` steps 3-8
     and `D3Collater`, bit-for-bit where the original is deterministic, so that parity tests
     and the comparison harness can feed PyTorch and JAX the same arrays.
@@ -19,9 +20,11 @@ from molbind_data.featurize import (
     INVALID_SMILES,
     NO_CONFORMER,
     TOO_MANY_ATOMS,
+    TWO_D_FALLBACK,
     UNREADABLE_FILE,
     SkipRecord,
 )
+from molbind_data.featurize.checks import atomic_number, check_coordinates, check_elements, check_flat
 from molbind_data.featurize.dictionaries import MOL_DICTIONARY, Dictionary
 from molbind_data.featurize.graph import canonical_smiles, parse_smiles
 
@@ -67,15 +70,18 @@ def _optimize(mol: Chem.Mol, max_iters: int = 200) -> None:
 
 
 def generate_conformers(smiles_or_mol, num_conformers: int = 10, seed: int = 42, *,
-                        allow_2d_fallback: bool = True, timeout: int = 60):
+                        allow_2d_fallback: bool = False, timeout: int = 60):
     """Seeded RDKit conformers of a molecule, hydrogens included.
 
     Returns (atoms, coords, used_2d_fallback): `atoms` element symbols (heavy atoms first,
     then the added H, RDKit's order), `coords` float32 [k, n, 3] with 1 <= k <= num_conformers.
     When ETKDG cannot embed the molecule (twice; each pass stops after `timeout` seconds,
-    0 = no limit), Uni-Mol's fallback is used: one 2D depiction
-    with z = 0 (k = 1) and `used_2d_fallback=True`, so builders can count it. With
-    `allow_2d_fallback=False` the molecule is skipped with NO_CONFORMER instead.
+    0 = no limit), the molecule is skipped with TWO_D_FALLBACK ("2d_fallback"): a flat drawing
+    is no 3D conformer. `allow_2d_fallback=True` uses Uni-Mol's fallback instead (its data
+    scripts' behaviour, kept for parity): one 2D depiction with z = 0 (k = 1) and
+    `used_2d_fallback=True`, so builders can count it. A molecule with a dummy or query atom
+    (`*`, atomic number 0) is refused with UNKNOWN_ELEMENT before any embedding, as the graph
+    featurizer refuses it (featurize/checks.py).
     """
     if isinstance(smiles_or_mol, str):
         mol = parse_smiles(smiles_or_mol)
@@ -88,6 +94,8 @@ def generate_conformers(smiles_or_mol, num_conformers: int = 10, seed: int = 42,
         raise SkipRecord(EMPTY_MOLECULE, "molecule without atoms")
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be >= 1, got {num_conformers}")
+    for atom in mol.GetAtoms():
+        atomic_number(atom, where=f"atom {atom.GetIdx()}")
 
     mol = Chem.AddHs(mol)
     atoms = [a.GetSymbol() for a in mol.GetAtoms()]
@@ -99,7 +107,8 @@ def generate_conformers(smiles_or_mol, num_conformers: int = 10, seed: int = 42,
             coords = np.stack([mol.GetConformer(i).GetPositions() for i in ids]).astype(np.float32)
             return atoms, coords, False
         if not allow_2d_fallback:
-            raise SkipRecord(NO_CONFORMER, f"ETKDG embedding failed for {canonical_smiles(mol)[:200]}")
+            raise SkipRecord(TWO_D_FALLBACK, f"ETKDG embedding failed for {canonical_smiles(mol)[:200]} and "
+                                             "the flat 2D fallback is off (allow_2d_fallback)")
         try:
             AllChem.Compute2DCoords(mol)
         except Exception as err:  # noqa: BLE001
@@ -123,6 +132,11 @@ def unimol_input(atoms, coords, dictionary: Dictionary = MOL_DICTIONARY, max_ato
       5. tokens via the dictionary, unknown symbols -> [UNK]
       6. centre each conformer (float32 mean, after cropping)
       7. [CLS] first and [SEP] last, both at the origin
+    Before these steps the inputs are checked (featurize/checks.py): every symbol an element
+    (UNKNOWN_ELEMENT for `*` and other non-elements), every coordinate finite
+    (NONFINITE_COORDINATES) and, with two or more atoms, not all atoms at one point
+    (ZERO_COORDINATES). Flat 2D depictions need the bonds to be told apart from planar
+    molecules: `mol_conformer` checks those.
     Returns conformer_tokens int32 [n'+2] and conformer_coords float32 [k, n'+2, 3].
     """
     atoms = np.asarray([str(a) for a in atoms])
@@ -133,8 +147,8 @@ def unimol_input(atoms, coords, dictionary: Dictionary = MOL_DICTIONARY, max_ato
         raise SkipRecord(EMPTY_MOLECULE, "no atoms")
     if coords.ndim != 3 or coords.shape[1:] != (len(atoms), 3) or coords.shape[0] == 0:
         raise SkipRecord(MALFORMED_CONFORMER, f"{len(atoms)} atoms but coordinates of shape {coords.shape}")
-    if not np.isfinite(coords).all():
-        raise SkipRecord(MALFORMED_CONFORMER, "non-finite coordinates")
+    check_elements(atoms)
+    check_coordinates(coords)
 
     heavy = atoms != "H"
     if heavy.any():
@@ -255,21 +269,34 @@ def iter_sdf(path: str):
         yield i, block, molblock_to_mol(block)
 
 
-def mol_conformer(mol: Chem.Mol):
-    """(atoms, coords float32 [1, n, 3]) of a molecule's first conformer, hydrogens included."""
+def mol_conformer(mol: Chem.Mol, *, allow_flat: bool = False):
+    """(atoms, coords float32 [1, n, 3]) of a molecule's first conformer, hydrogens included.
+
+    Refused (SkipRecord): NO_CONFORMER without coordinates, UNKNOWN_ELEMENT for a dummy atom,
+    NONFINITE_COORDINATES / ZERO_COORDINATES, and FLAT_COORDINATES for a 2D depiction (every z
+    equal and a tetrahedral atom, `checks.is_flat_depiction`) unless `allow_flat=True`.
+    """
     if mol.GetNumConformers() == 0:
         raise SkipRecord(NO_CONFORMER, "molecule has no coordinates")
+    for atom in mol.GetAtoms():
+        atomic_number(atom, where=f"atom {atom.GetIdx()}")
     atoms = [a.GetSymbol() for a in mol.GetAtoms()]
-    return atoms, mol.GetConformer().GetPositions().astype(np.float32)[None]
+    xyz = mol.GetConformer().GetPositions()
+    check_coordinates(xyz)
+    if not allow_flat:
+        check_flat(mol, xyz)
+    return atoms, xyz.astype(np.float32)[None]
 
 
-def sdf_to_unimol(path: str, dictionary: Dictionary = MOL_DICTIONARY, max_atoms: int = 256, seed: int = 0):
+def sdf_to_unimol(path: str, dictionary: Dictionary = MOL_DICTIONARY, max_atoms: int = 256, seed: int = 0, *,
+                  allow_flat: bool = False):
     """Every molecule of an SDF with its own 3D coordinates, as Uni-Mol inputs.
 
     Returns (records, skipped): each record is a dict with index (position in the file),
     name (the _Name line), smiles (canonical, '' if unsanitizable), props (the SDF data
     fields as strings), conformer_tokens and conformer_coords [1, n+2, 3]. A molecule RDKit
-    cannot parse is skipped and counted in `skipped` ({reason: count}); an unopenable file,
+    cannot parse, or whose coordinates `mol_conformer` refuses (a 2D depiction unless
+    `allow_flat`), is skipped and counted in `skipped` ({reason: count}); an unopenable file,
     or one in which no molecule parses, raises SkipRecord(UNREADABLE_FILE).
     """
     records, skipped, total = [], {}, 0
@@ -278,7 +305,7 @@ def sdf_to_unimol(path: str, dictionary: Dictionary = MOL_DICTIONARY, max_atoms:
         try:
             if mol is None:
                 raise SkipRecord(UNREADABLE_FILE, f"{path} record {i}: RDKit cannot parse it")
-            atoms, coords = mol_conformer(mol)
+            atoms, coords = mol_conformer(mol, allow_flat=allow_flat)
             arrays = unimol_input(atoms, coords, dictionary, max_atoms=max_atoms, seed=seed + i)
         except SkipRecord as skip:
             skipped[skip.reason] = skipped.get(skip.reason, 0) + 1

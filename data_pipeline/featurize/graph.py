@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 from rdkit import Chem, rdBase
 
-from molbind_data.featurize import EMPTY_MOLECULE, INVALID_SMILES, UNKNOWN_ELEMENT, SkipRecord
+from molbind_data.featurize import EMPTY_MOLECULE, INVALID_SMILES, SkipRecord
+from molbind_data.featurize.checks import atomic_number
 
 NUM_ATOM_TYPES = 118  # atomic numbers 1..118 -> indices 0..117
 CHIRALITY_INDEX = {
@@ -77,10 +78,8 @@ def mol_to_graph(mol: Chem.Mol) -> dict:
 
     nodes = np.zeros((n, 2), dtype=np.int32)
     for atom in mol.GetAtoms():
-        z = atom.GetAtomicNum()
-        if not 1 <= z <= NUM_ATOM_TYPES:
-            # atomic number 0: dummy / attachment point '*' or a query atom
-            raise SkipRecord(UNKNOWN_ELEMENT, f"atom {atom.GetIdx()} has atomic number {z} ({atom.GetSymbol()})")
+        # the element rule every tower shares (checks.py): atomic number 0 ('*', query atoms) is refused
+        z = atomic_number(atom, where=f"atom {atom.GetIdx()}")
         nodes[atom.GetIdx()] = (z - 1, CHIRALITY_INDEX.get(atom.GetChiralTag(), 0))
 
     e = 2 * mol.GetNumBonds()

@@ -6,7 +6,10 @@ uses "residues with any atom within 6 A of the ligand", which `extract_pocket` i
   1. read the structure with biotite (PDB, mmCIF or BinaryCIF; model 1; first altloc);
      waters are ignored, other hetero groups (metal ions, cofactors) count as residues
   2. ligand heavy atoms: from an SDF (first molecule), an RDKit molecule (first conformer)
-     or an [L, 3] coordinate array (taken as heavy atoms)
+     or an [L, 3] coordinate array (taken as heavy atoms). A complex file that still holds
+     the ligand itself: every hetero (HETATM) residue with a heavy atom within
+     `ligand_tolerance` (0.5 A) of a ligand heavy atom is that copy of the ligand and is
+     left out (`keep_ligand_atoms=True` keeps it); the count is returned
   3. a residue is in the pocket if any of its heavy atoms is within `cutoff` A (<=) of any
      ligand heavy atom; all its heavy atoms are kept, in file order. Residues missing atoms
      (no backbone, truncated side chains) simply contribute the atoms they have.
@@ -14,6 +17,10 @@ Then `unimol_pocket_input` applies the original `D3Dataset_Pro` steps, shared wi
 reader: atom name -> first character -> pocket dictionary (CA->C, OG1->O, ZN->Z->[UNK]),
 drop "H", above `max_atoms` sample without replacement with p = softmax(1/(|x - centroid| + 1))
 (seeded), centre, [CLS]/[SEP] at the origin.
+Element and coordinate rules are the ones every featurizer shares (featurize/checks.py): a
+pocket atom whose element column names no element, or a ligand with a dummy atom, is
+UNKNOWN_ELEMENT; non-finite coordinates are NONFINITE_COORDINATES; all atoms at one point is
+ZERO_COORDINATES.
 """
 from __future__ import annotations
 
@@ -24,11 +31,14 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from molbind_data.featurize import NO_CONFORMER, NO_POCKET_ATOMS, TOO_MANY_ATOMS, UNREADABLE_FILE, SkipRecord
+from molbind_data.featurize.checks import atomic_number, check_coordinates
 from molbind_data.featurize.conformer import HARD_MAX_ATOMS, MALFORMED_CONFORMER, iter_sdf
 from molbind_data.featurize.dictionaries import POCKET_DICTIONARY, Dictionary
 
 WATER_NAMES = frozenset({"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"})
 HYDROGEN_ELEMENTS = frozenset({"H", "D"})
+# Hetero atoms this close (A) to a ligand heavy atom are the ligand's own copy in the complex.
+LIGAND_TOLERANCE = 0.5
 
 
 def unimol_pocket_input(atom_names, coords, residues=None, dictionary: Dictionary = POCKET_DICTIONARY,
@@ -46,8 +56,7 @@ def unimol_pocket_input(atom_names, coords, residues=None, dictionary: Dictionar
         raise SkipRecord(NO_POCKET_ATOMS, "pocket without atoms")
     if coords.shape != (len(symbols), 3):
         raise SkipRecord(MALFORMED_CONFORMER, f"{len(symbols)} pocket atoms but coordinates of shape {coords.shape}")
-    if not np.isfinite(coords).all():
-        raise SkipRecord(MALFORMED_CONFORMER, "non-finite pocket coordinates")
+    check_coordinates(coords, what="pocket")
     if len(residues) != len(symbols):
         n = min(len(residues), len(symbols))
         symbols, coords, residues = symbols[:n], coords[:n], residues[:n]
@@ -130,6 +139,8 @@ def ligand_heavy_coords(ligand) -> np.ndarray:
     if isinstance(ligand, Chem.Mol):
         if ligand.GetNumConformers() == 0:
             raise SkipRecord(NO_CONFORMER, "ligand has no coordinates")
+        for atom in ligand.GetAtoms():
+            atomic_number(atom, where=f"ligand atom {atom.GetIdx()}")
         xyz = ligand.GetConformer().GetPositions()
         heavy = np.array([a.GetAtomicNum() != 1 for a in ligand.GetAtoms()], dtype=bool)
         xyz = xyz[heavy] if heavy.any() else xyz
@@ -137,17 +148,21 @@ def ligand_heavy_coords(ligand) -> np.ndarray:
         xyz = np.asarray(ligand, dtype=np.float64)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
         raise SkipRecord(MALFORMED_CONFORMER, f"ligand coordinates of shape {xyz.shape}")
+    check_coordinates(xyz, what="ligand")
     return xyz
 
 
 def extract_pocket(protein_path: str, ligand, cutoff: float = 6.0, max_atoms: int = 256, seed: int = 0,
-                   dictionary: Dictionary = POCKET_DICTIONARY) -> dict:
+                   dictionary: Dictionary = POCKET_DICTIONARY, *, keep_ligand_atoms: bool = False,
+                   ligand_tolerance: float = LIGAND_TOLERANCE) -> dict:
     """Pocket of `protein_path` around `ligand` as Uni-Mol inputs (see the module docstring).
 
-    Returns pocket_tokens int32 [m+2], pocket_coords float32 [m+2, 3] and residues: one label
-    "chain:resname:resid[icode]" per pocket atom (after cropping, [CLS]/[SEP] excluded).
+    Returns pocket_tokens int32 [m+2], pocket_coords float32 [m+2, 3], residues: one label
+    "chain:resname:resid[icode]" per pocket atom (after cropping, [CLS]/[SEP] excluded), and
+    excluded_ligand_atoms: how many heavy atoms of hetero residues were left out as the
+    ligand's own copy (0 with `keep_ligand_atoms=True`).
     Raises SkipRecord: UNREADABLE_FILE (protein or ligand file), NO_POCKET_ATOMS (nothing
-    within the cutoff).
+    within the cutoff), UNKNOWN_ELEMENT, NONFINITE_COORDINATES, ZERO_COORDINATES.
     """
     lig = ligand_heavy_coords(ligand)
     atoms = read_structure(protein_path)
@@ -157,14 +172,34 @@ def extract_pocket(protein_path: str, ligand, cutoff: float = 6.0, max_atoms: in
         raise SkipRecord(NO_POCKET_ATOMS, f"{protein_path}: no heavy atoms")
 
     xyz = atoms.coord.astype(np.float64)
-    near_dist, _ = cKDTree(lig).query(xyz, k=1, distance_upper_bound=cutoff + 1e-9)
-    near = near_dist <= cutoff
-    if not near.any():
-        raise SkipRecord(NO_POCKET_ATOMS, f"no protein atom within {cutoff} A of the ligand")
-
+    check_coordinates(xyz, what=protein_path)
     labels = np.array([f"{c}:{n}:{r}{i}" for c, n, r, i in
                        zip(atoms.chain_id, atoms.res_name, atoms.res_id, atoms.ins_code)], dtype=object)
+    tree = cKDTree(lig)
+    excluded = 0
+    if not keep_ligand_atoms:
+        hetero = np.asarray(atoms.hetero, dtype=bool)
+        on_ligand, _ = tree.query(xyz, k=1, distance_upper_bound=ligand_tolerance + 1e-9)
+        copies = set(labels[hetero & (on_ligand <= ligand_tolerance)])
+        if copies:
+            drop = hetero & np.array([lab in copies for lab in labels], dtype=bool)
+            excluded = int(drop.sum())
+            atoms, xyz, labels = atoms[~drop], xyz[~drop], labels[~drop]
+            if atoms.array_length() == 0:
+                raise SkipRecord(NO_POCKET_ATOMS, f"{protein_path}: only the ligand's own atoms")
+
+    near_dist, _ = tree.query(xyz, k=1, distance_upper_bound=cutoff + 1e-9)
+    near = near_dist <= cutoff
+    if not near.any():
+        raise SkipRecord(NO_POCKET_ATOMS, f"no protein atom within {cutoff} A of the ligand"
+                         + (f" ({excluded} ligand atoms of the complex left out)" if excluded else ""))
+
     selected = set(labels[near])
     in_pocket = np.array([lab in selected for lab in labels], dtype=bool)
-    return unimol_pocket_input(atoms.atom_name[in_pocket], atoms.coord[in_pocket], labels[in_pocket],
-                               dictionary, max_atoms=max_atoms, seed=seed)
+    for element, name in zip(atoms.element[in_pocket], atoms.atom_name[in_pocket]):
+        if str(element).strip():  # files without an element column are read by atom name
+            atomic_number(str(element), where=f"{protein_path} pocket atom {name}")
+    out = unimol_pocket_input(atoms.atom_name[in_pocket], atoms.coord[in_pocket], labels[in_pocket],
+                              dictionary, max_atoms=max_atoms, seed=seed)
+    out["excluded_ligand_atoms"] = excluded
+    return out

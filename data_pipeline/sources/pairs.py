@@ -67,7 +67,7 @@ DEFAULT_OPTIONS = {
     "max_atoms": 256,  # Uni-Mol crop for molecules and pockets
     "num_conformers": 10,  # RDKit conformers per molecule generated from SMILES (Uni-Mol: 10)
     "max_conformers": None,  # cap on stored conformers read from files (None: all)
-    "allow_2d_fallback": True,  # False: molecules ETKDG cannot embed are skipped (no_conformer)
+    "allow_2d_fallback": False,  # True: Uni-Mol's flat 2D fallback when ETKDG fails (default: skip, "2d_fallback")
     "pocket_cutoff": 6.0,
     "input": None,  # pairs: the user's file
     "text_property": "text",  # pairs: SDF data field holding the text

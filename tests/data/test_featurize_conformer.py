@@ -7,9 +7,12 @@ from rdkit.Chem import AllChem
 from molbind_data.featurize import (
     EMPTY_MOLECULE,
     INVALID_SMILES,
-    NO_CONFORMER,
+    NONFINITE_COORDINATES,
     TOO_MANY_ATOMS,
+    TWO_D_FALLBACK,
+    UNKNOWN_ELEMENT,
     UNREADABLE_FILE,
+    ZERO_COORDINATES,
     SkipRecord,
 )
 from molbind_data.featurize import conformer as conf
@@ -42,26 +45,33 @@ def test_generate_conformers_accepts_a_mol_and_skips_bad_smiles():
     assert err.value.reason == EMPTY_MOLECULE
 
 
-def test_embedding_failure_falls_back_to_2d(monkeypatch):
+def test_embedding_failure_is_refused_unless_the_2d_fallback_is_allowed(monkeypatch):
     monkeypatch.setattr(conf, "_embed", lambda *args, **kwargs: [])
-    atoms, coords, fallback = conf.generate_conformers("CC(=O)O", num_conformers=4, seed=0)
+    with pytest.raises(SkipRecord) as err:
+        conf.generate_conformers("CC(=O)O", num_conformers=4, seed=0)  # the default refuses
+    assert err.value.reason == TWO_D_FALLBACK == "2d_fallback"
+    atoms, coords, fallback = conf.generate_conformers("CC(=O)O", num_conformers=4, seed=0, allow_2d_fallback=True)
     assert fallback and coords.shape == (1, len(atoms), 3)
     assert (coords[..., 2] == 0).all() and np.abs(coords[..., :2]).max() > 0.5
-    with pytest.raises(SkipRecord) as err:
-        conf.generate_conformers("CC(=O)O", 4, 0, allow_2d_fallback=False)
-    assert err.value.reason == NO_CONFORMER
 
 
 def test_timed_out_embedding_is_a_failure_not_a_crash(monkeypatch):
     # RDKit returns [-1] (and no conformer) when params.timeout runs out
     monkeypatch.setattr(conf.AllChem, "EmbedMultipleConfs", lambda mol, numConfs, params: [-1])
-    atoms, coords, fallback = conf.generate_conformers("CCO", num_conformers=3, seed=0, timeout=1)
+    with pytest.raises(SkipRecord) as err:
+        conf.generate_conformers("CCO", num_conformers=3, seed=0, timeout=1)
+    assert err.value.reason == TWO_D_FALLBACK
+    atoms, coords, fallback = conf.generate_conformers("CCO", num_conformers=3, seed=0, timeout=1,
+                                                       allow_2d_fallback=True)
     assert fallback and coords.shape == (1, 9, 3)
 
 
-def test_real_unembeddable_molecule_uses_the_fallback():
+def test_real_unembeddable_molecule_is_flagged():
     # cyclobutadiyne: two triple bonds in a 4-ring have no 3D geometry ETKDG accepts
-    atoms, coords, fallback = conf.generate_conformers("C1#CC#C1", num_conformers=2, seed=0)
+    with pytest.raises(SkipRecord) as err:
+        conf.generate_conformers("C1#CC#C1", num_conformers=2, seed=0)
+    assert err.value.reason == TWO_D_FALLBACK and "C1#CC#C1" in err.value.detail
+    atoms, coords, fallback = conf.generate_conformers("C1#CC#C1", num_conformers=2, seed=0, allow_2d_fallback=True)
     assert fallback and atoms == ["C"] * 4 and coords.shape == (1, 4, 3) and (coords[..., 2] == 0).all()
 
 
@@ -87,7 +97,7 @@ def test_unimol_input_keeps_all_conformers_and_centres_each():
 def test_all_hydrogen_and_unknown_symbols():
     out = conf.unimol_input(["H", "H"], np.array([[0, 0, 0], [0.74, 0, 0]], np.float32))
     np.testing.assert_array_equal(out["conformer_tokens"], [1, 8, 8, 2])  # kept: every atom was H
-    out = conf.unimol_input(["C", "Xe", "Cl"], np.zeros((1, 3, 3), np.float32))
+    out = conf.unimol_input(["C", "Xe", "Cl"], np.arange(9, dtype=np.float32).reshape(1, 3, 3))
     np.testing.assert_array_equal(out["conformer_tokens"], [1, 4, 3, 9, 2])  # Xe -> [UNK]
 
 
@@ -115,15 +125,14 @@ def test_crop_above_max_atoms_is_seeded_and_consistent():
 
 def test_too_many_atoms_without_cropping_is_skipped():
     with pytest.raises(SkipRecord) as err:
-        conf.unimol_input(["C"] * 600, np.zeros((1, 600, 3), np.float32), max_atoms=0)
+        conf.unimol_input(["C"] * 600, np.arange(1800, dtype=np.float32).reshape(1, 600, 3), max_atoms=0)
     assert err.value.reason == TOO_MANY_ATOMS
 
 
 def test_malformed_inputs_are_skipped():
-    for atoms, coords in ((["C", "O"], np.zeros((1, 3, 3))), (["C"], np.full((1, 1, 3), np.nan))):
-        with pytest.raises(SkipRecord) as err:
-            conf.unimol_input(atoms, coords)
-        assert err.value.reason == conf.MALFORMED_CONFORMER
+    with pytest.raises(SkipRecord) as err:
+        conf.unimol_input(["C", "O"], np.zeros((1, 3, 3)))
+    assert err.value.reason == conf.MALFORMED_CONFORMER
     with pytest.raises(SkipRecord) as err:
         conf.unimol_input([], np.zeros((1, 0, 3)))
     assert err.value.reason == EMPTY_MOLECULE
