@@ -12,7 +12,7 @@ report) is shared.
 
     builder = tfds.builder("molbind_mini/graph_text", data_dir=DIR,
                            source_options={"max_records": 100}, workers=2)
-    builder.download_and_prepare()   # writes DIR/molbind_mini/graph_text/1.1.0/build_report.json
+    builder.download_and_prepare()   # writes DIR/molbind_mini/graph_text/1.3.0/build_report.json
 
 From the shell: `tfds build molbind_mini --imports=molbind_data.molbind_pairs.builder
 --data_dir=DIR` (or `python -m molbind_data.build`, which prints the report).
@@ -78,10 +78,14 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
     # shuffle_files=False goes through the shards one after the other). Otherwise TFDS stores
     # them in the order of a hash of their keys.
     ORDERED = False
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "First release: four pair types, scaffold / target splits.",
                      "1.1.0": "molbind_mini conformer_pocket: ligands split by scaffold within their "
-                              "targets (held-out targets: source option pocket_split=target)."}
+                              "targets (held-out targets: source option pocket_split=target).",
+                     "1.3.0": "Geometry and element checks: a molecule RDKit cannot embed is skipped "
+                              "(2d_fallback) instead of stored with flat coordinates; a dummy atom is "
+                              "refused by every featurizer; a pocket leaves out the HETATM copy of its "
+                              "ligand; splits left empty are reported (empty_splits)."}
     BUILDER_CONFIGS = [PairConfig(name=p, pair=p, description=schema.pair_type(p).doc) for p in PAIRS]
     DEFAULT_CONFIG_NAME = "graph_text"
 
@@ -240,7 +244,7 @@ class MolbindM4(MolbindBuilderBase):
 
     SOURCE = "m4"
     ORDERED = True
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {**MolbindBuilderBase.RELEASE_NOTES,
                      "1.2.0": "molbind_m4: records stored in the release's file order (no TFDS "
                               "shuffling); PyG Data graph files read without torch_geometric."}

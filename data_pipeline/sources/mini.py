@@ -67,7 +67,7 @@ DEFAULT_OPTIONS = {
     "num_conformers": 2,  # for RDKit-generated conformers (ChEBI part of conformer_text)
     "chebi_conformer_fraction": 0.33,  # share of conformer_text taken from ChEBI molecules
     "chebi_conformer_max_heavy_atoms": 40,  # larger ones (lipids, glycans) embed slowly
-    "conformer_timeout": 10,  # seconds per ETKDG pass before the featurizer's fallback
+    "conformer_timeout": 10,  # seconds per ETKDG pass; a molecule still without a conformer is skipped (2d_fallback)
     "pocket_cutoff": 6.0,
     "tokenizer_path": None,  # None -> the offline MiniLM vocab
     "max_text_tokens": 256,

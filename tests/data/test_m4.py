@@ -334,7 +334,7 @@ def test_built_splits_read_back_in_file_order(release_master, tmp_path):
         for split in m4.SPLITS:
             ids = [r["id"].decode() for r in load_records(pair, split, dataset="molbind_m4", data_dir=str(tmp_path))]
             assert ids == manifest["order"][pair][split], (pair, split)
-    shards = [f for f in os.listdir(tmp_path / "molbind_m4" / "graph_text" / "1.2.0") if "train.tfrecord" in f]
+    shards = [f for f in os.listdir(tmp_path / "molbind_m4" / "graph_text" / "1.3.0") if "train.tfrecord" in f]
     assert len(shards) == 3
 
     from molbind_data import build  # a wrong manual_dir stops the build command before TFDS starts

@@ -125,7 +125,7 @@ def test_paths_that_are_not_files(tmp_path):
 # ----------------------------------------------------------------------------- whole builds
 
 def _report(data_dir, pair="graph_text"):
-    with open(os.path.join(data_dir, "molbind_pairs", pair, "1.1.0", "build_report.json")) as f:
+    with open(os.path.join(data_dir, "molbind_pairs", pair, "1.3.0", "build_report.json")) as f:
         return json.load(f)
 
 

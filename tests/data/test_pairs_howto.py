@@ -110,7 +110,7 @@ def test_documented_pairs_chain_runs_as_written(tmp_path):
         res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
         assert res.returncode == 0, (cmd, res.stdout[-3000:], res.stderr[-3000:])
         outputs.append(res)
-    report = json.load(open(tmp_path / "data/my_tfds/molbind_pairs/graph_text/1.1.0/build_report.json"))
+    report = json.load(open(tmp_path / "data/my_tfds/molbind_pairs/graph_text/1.3.0/build_report.json"))
     assert report["splits"] == {"train": {"read": 16, "written": 16, "skipped": {}},
                                 "validation": {"read": 4, "written": 4, "skipped": {}},
                                 "test": {"read": 4, "written": 4, "skipped": {}}}
