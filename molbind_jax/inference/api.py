@@ -347,6 +347,8 @@ class MolBindModel:
 
         def featurize(item):
             i, x = item
+            if isinstance(x, Exception):  # a reader's failed record
+                raise x
             if tower == "text":
                 return self.featurize_text(x)
             if tower == "pocket":

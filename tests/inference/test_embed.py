@@ -98,6 +98,8 @@ def test_embed_and_search_cli(export_dir, tmp_path):
     fails = json.loads((tmp_path / "mols.failures.json").read_text())
     assert [(f["index"], f["reason"]) for f in fails] == [(1, "empty_molecule"),
                                                           (2, "invalid_smiles")]
+    assert [f["id"] for f in fails] == ["1", "2"]  # no name on those lines: the row index
+    assert (tmp_path / "mols.ids.txt").read_text().splitlines() == ["ethanol", "1", "2", "phenol"]
     res = subprocess.run([sys.executable, "-m", "molbind_jax.inference.search",
                           f"--checkpoint={export_dir}", f"--index={out}", "--query-smiles=CCO",
                           "--top-k=5", f"--labels={inp}"],
