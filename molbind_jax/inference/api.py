@@ -5,14 +5,20 @@
     t = mb.embed_texts(["a beta-lactam antibiotic", ""])      # Embeddings, row 1 is NaN
     m = mb.embed_smiles(["CC(=O)Oc1ccccc1C(=O)O", "C1=CC"])   # graph tower by default
     mb.similarity(t, m)                                       # [2, 2] cosine, NaN where failed
+    v = mb.encode("CCO", modality="graph")                    # [E]; see inference/encode.py
 
 (`MolBind` is also exported under that name for `MolBind.load(path)`; it is this wrapper,
 not the NNX module `molbind_jax.models.molbind.MolBind`.)
 
 Every `embed_*` returns an `Embeddings`: a float32 array [N, E] with exactly one row per
-input, in input order, L2-normalised; an input that cannot be featurized gets a NaN row and
-an entry {index (0-based), reason, detail} in `.failures`. Nothing is dropped, so row i is
-always input i. Reasons are the featurizers' SkipRecord reasons (molbind_data.featurize).
+input, in input order, L2-normalised, with one id per row (`.ids`, default the row index); an
+input that cannot be embedded gets a NaN row and an entry {index (0-based), id, reason,
+detail} in `.failures`. Nothing is dropped, so row i is always input i. Reasons are the
+featurizers' SkipRecord reasons (molbind_data.featurize), the readers' (inference/readers.py)
+and two of this module: out_of_vocabulary (a token id beyond the tower's table, which the
+device would clamp) and nonfinite_output (a non-finite row, set to NaN). A single string is
+one input everywhere. `encode` (inference/encode.py) takes every input form: strings, RDKit
+molecules, pandas columns, files (docs/inference.md).
 
 Batches have a fixed number of rows (`batch_size`, the last one padded with copies) and
 padded lengths from a small set of buckets, so jit compiles a handful of shapes, not one per
