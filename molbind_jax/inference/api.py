@@ -218,8 +218,9 @@ class MolBindModel:
                       padding: str = "buckets", batch_size: int | None = None,
                       progress: bool | None = None) -> np.ndarray:
         """Embeds featurized records (DESIGN §1 fields of `tower`) in fixed-size batches of
-        `batch_size` rows (default: the model's) in order -> [len, E]. Records must be valid;
-        see embed_features.
+        `batch_size` rows (default: the model's) in order -> [len, E]. Records must be valid
+        (see embed_features): a batch the tower's check refuses (token ids beyond its table)
+        raises ValueError, as in training.
 
         normalize: False gives the raw projections (the original's evaluation features).
         padding: Uni-Mol inputs padded to "buckets" (a few lengths, few compiles) or as the
@@ -227,6 +228,7 @@ class MolBindModel:
           are padded the same way either way (their padding does not change their rows).
         progress: a tqdm bar over the batches (default: the model's `progress`).
         """
+        from molbind_jax.modalities import spec
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         bs = int(batch_size or self.batch_size)
@@ -240,9 +242,9 @@ class MolBindModel:
             real = len(chunk)
             # Copies of the first row fill the last batch: they never lengthen its padding.
             chunk = chunk + [chunk[0]] * (bs - real)
-            emb = np.asarray(self._fn(tower, normalize)(self.model,
-                                                        self._collate(tower, chunk, padding)),
-                             np.float32)
+            batch = self._collate(tower, chunk, padding)
+            spec(tower).check_batch(batch, self.config.tower(tower))  # ids beyond the table: raise
+            emb = np.asarray(self._fn(tower, normalize)(self.model, batch), np.float32)
             out.append(emb[:real])
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 

@@ -92,6 +92,8 @@ def test_out_of_vocabulary_ids_fail(mb):
     assert _fails(emb) == [(1, "1", "out_of_vocabulary")]
     assert "5648" in emb.failures[0]["detail"]
     np.testing.assert_allclose(emb.vectors[[0, 2]], mb.encode(["a the", "the"], modality="text"), atol=1e-5)
+    with pytest.raises(ValueError, match="5648 >= the text tower's vocab_size 2000"):  # records: no clamping
+        narrow.embed_records("text", [mb.featurize_text("an acid")])
 
 
 def test_nonfinite_output_row_is_a_failure(mb, monkeypatch):
