@@ -221,7 +221,7 @@ def sdf_blocks(path: str) -> Iterator[tuple[str, bool]]:
     with _open_binary(path) as f:
         for raw in f:
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if line == "$$$$":
+            if line.strip() == "$$$$":
                 yield "\n".join(current) + "\n", True
                 current, ended = [], False
                 continue

@@ -119,7 +119,8 @@ def test_sdf_missing_terminator_is_one_failure(tmp_path, name):
 def test_sdf_unterminated_last_record_and_garbage(tmp_path):
     b = _sdf_blocks()
     p = tmp_path / "m.sdf"
-    p.write_text(b[0] + "$$$$\nbroken\n  nonsense\n\nnot a counts line\n$$$$\n" + b[2])  # last: no $$$$
+    # a terminator with trailing blanks, a garbage record, a last record without $$$$
+    p.write_text(b[0] + "$$$$  \nbroken\n  nonsense\n\nnot a counts line\n$$$$\n" + b[2])
     ins = readers.read_sdf(str(p))
     assert ins.ids == ["eth", "broken", "ace"]
     assert [getattr(x, "reason", "mol") for x in ins.items] == ["mol", "unreadable_file", "mol"]
