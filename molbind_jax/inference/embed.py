@@ -2,25 +2,45 @@
 
     python -m molbind_jax.inference.embed --checkpoint=runs/demo/export --modality=text \
         --input=texts.txt --output=texts.npy
+    python -m molbind_jax.inference.embed --checkpoint=runs/demo/export --modality=smiles \
+        --input=library.csv --smiles_column=SMILES --id_column=ID --output=library.npy
     python -m molbind_jax.inference.embed --checkpoint=molbind.ckpt --tokenizer=SCIBERT_DIR \
         --gin_backbone=graph_pretrain.pth --dictionaries=DICT_DIR --modality=smiles ...
 
 --checkpoint is an export directory or an original MolBind `.ckpt` (then --tokenizer is
 required; --gin_backbone, --dictionaries and --ckpt_config as in molbind_jax.convert.molbind).
 
-Input records by modality (row i of the output is record i, in input order):
-  text    one text per line (a multi-line text cannot be given this way)
-  smiles  one molecule per line: the first whitespace-separated field is the SMILES (a name
-          may follow); embedded with the 2D graph tower, or the 3D tower (RDKit conformer)
-          with --smiles_tower=conformer
-  sdf     every record of the SDF file, with its own 3D coordinates (conformer tower)
+Input records by modality (row i of the output is record i, in input order; files are read by
+molbind_jax.inference.readers, one line at a time, so a line that is not UTF-8 fails alone
+with "undecodable_line"):
+  text    one text per line (no header; a multi-line text cannot be given this way), or a
+          table (.csv/.tsv, or with --text_column / --id_column / --delimiter) with a header
+          line: --text_column (default: the column named text, description or caption, or the
+          only one)
+  smiles  one molecule per line: the first whitespace-separated field is the SMILES, the
+          second (if any) its id; a first line whose first field is smiles, smi,
+          canonical_smiles, isomeric_smiles or smiles_string (any case) is a header, not a
+          molecule. Or a table as for text, with --smiles_column (default: the column named
+          smiles etc., or the only one). Or an SDF (.sdf, .sdf.gz): its molecules as they are.
+          Embedded with the 2D graph tower, or with --smiles_tower=conformer the 3D tower
+          (RDKit conformer for SMILES, the file's coordinates for SDF), or
+          --smiles_tower=smiles the SMILES-string tower
+  sdf     every record of the SDF file (.sdf or .sdf.gz), with its own 3D coordinates
+          (conformer tower); a record missing its $$$$ line is one failure
+          ("sdf_missing_terminator") and the next record still gets its own row
   pocket  one complex per line: "LIGAND.sdf PROTEIN.pdb" (whitespace, tab or comma
-          separated; relative paths are relative to the input file)
+          separated), or a table with --ligand_column / --protein_column (default: columns
+          ligand and protein); relative paths are relative to the input file
 
-A record that fails (invalid SMILES, unreadable file, an empty line: for text the reason is
-"empty_text") gets a NaN row and an entry {index (0-based), reason, detail} in
-OUTPUT.failures.json (next to OUTPUT, ".npy" replaced); nothing is dropped. The exit status
-is 0 as long as the run itself completed; the failure count is printed.
+Outputs: OUTPUT (.npy, float32 [N, E]), OUTPUT.ids.txt (".npy" replaced; one id per row: the
+--id_column value, the name after a .smi SMILES, the SDF _Name or --id_property, else the
+0-based row index) and OUTPUT.failures.json: one entry {index (0-based row), id, reason,
+detail} per NaN row. A record that fails (invalid SMILES, unreadable file, an empty line: for
+text "empty_text"; a text whose token ids do not fit the text tower: "out_of_vocabulary"; a
+row the model made non-finite: "nonfinite_output") gets a NaN row and its entry; nothing is
+dropped. The exit status is 0 as long as the run itself completed; the printed failure count
+is the number of entries in the failures file. A wrong column name is an error naming the
+columns present (exit status 2).
 """
 from __future__ import annotations
 
@@ -31,6 +51,7 @@ import sys
 
 from absl import app, flags
 
+from molbind_jax.cli import InputError
 from molbind_jax.inference.api import read_lines  # noqa: F401  (users import it from here too)
 
 FLAGS = flags.FLAGS
@@ -48,46 +69,68 @@ def define_flags():
     flags.DEFINE_enum("smiles_tower", "graph", ["graph", "conformer", "smiles"],
                       "tower for SMILES input (smiles: the SMILES-string tower of a five-tower model)")
     flags.DEFINE_integer("batch_size", 32, "rows per jitted batch (the last one is padded)")
+    flags.DEFINE_string("smiles_column", None, "column of a SMILES table holding the SMILES")
+    flags.DEFINE_string("text_column", None, "column of a text table holding the text")
+    flags.DEFINE_string("id_column", None, "column of a table holding each row's id (OUTPUT.ids.txt)")
+    flags.DEFINE_string("id_property", None, "SDF property holding each molecule's id (default: _Name)")
+    flags.DEFINE_string("delimiter", None, "field delimiter of a table (default: by suffix, ',' for .csv and "
+                        "tab for .tsv; 'tab' or '\\t' for a tab)")
+    flags.DEFINE_string("ligand_column", None, "pocket table: the ligand SDF column (default: ligand)")
+    flags.DEFINE_string("protein_column", None, "pocket table: the protein PDB column (default: protein)")
     define_ckpt_flags()
 
 
+def output_path(output: str, suffix: str) -> str:
+    return re.sub(r"\.npy$", "", output) + suffix
+
+
 def failures_path(output: str) -> str:
-    return re.sub(r"\.npy$", "", output) + ".failures.json"
+    return output_path(output, ".failures.json")
 
 
-def parse_pocket_line(line: str, base_dir: str) -> tuple[str, str]:
-    fields = [f for f in re.split(r"[\s,]+", line.strip()) if f]
-    if len(fields) != 2:
-        # An unreadable line is a failing record, with the same reason as a missing file.
-        from molbind_data.featurize import UNREADABLE_FILE, SkipRecord
-        raise SkipRecord(UNREADABLE_FILE, f"expected 'LIGAND.sdf PROTEIN.pdb', got {line!r}")
-    return tuple(f if os.path.isabs(f) else os.path.join(base_dir, f) for f in fields)
+def ids_path(output: str) -> str:
+    return output_path(output, ".ids.txt")
 
 
-def embed_file(mb, modality: str, path: str, smiles_tower: str = "graph"):
-    """-> api.Embeddings for the records of one input file."""
-    from molbind_jax.inference.api import Embeddings
-    if modality == "sdf":
-        return mb.embed_sdf(path)
-    lines = read_lines(path)
-    if modality == "text":
-        return mb.embed_texts(lines)
-    if modality == "smiles":
-        return mb.embed_smiles([(line.split() or [""])[0] for line in lines], tower=smiles_tower)
-    # pocket: a malformed line must still fail as its own record, so featurize lazily
-    base = os.path.dirname(os.path.abspath(path))
-    items, bad = [], []
-    for i, line in enumerate(lines):
-        try:
-            items.append(parse_pocket_line(line, base))
-        except Exception as err:  # noqa: BLE001
-            from molbind_jax.inference.api import _failure
-            bad.append(_failure(i, err))
-            items.append(("", ""))
-    emb = mb.embed_pockets(items)
-    bad_idx = {f["index"] for f in bad}
-    failures = bad + [f for f in emb.failures if f["index"] not in bad_idx]
-    return Embeddings(emb.vectors, sorted(failures, key=lambda f: f["index"]))
+TOWER_OF = {"text": "text", "sdf": "conformer", "pocket": "pocket"}
+
+
+def read_input_file(modality: str, path: str, smiles_tower: str = "graph", **read_options):
+    """-> (tower, readers.Inputs) of one input file, read before any model is loaded so that
+    a wrong column fails at once; read_options: smiles_column, text_column, id_column,
+    id_property, delimiter, ligand_column, protein_column (molbind_jax.inference.readers)."""
+    from molbind_jax.inference import readers
+    from molbind_jax.inference.encode import FILE_KIND
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no input file at {path}")
+    if modality == "sdf" and not readers.is_sdf(path):
+        raise InputError(f"--modality=sdf takes an .sdf or .sdf.gz file, got {path}")
+    tower = TOWER_OF.get(modality, smiles_tower)
+    return tower, readers.read_file(path, FILE_KIND.get(tower, "molecule"), **read_options)
+
+
+def embed_file(mb, modality: str, path: str, smiles_tower: str = "graph", *, batch_size: int | None = None,
+               **read_options):
+    """-> api.Embeddings (vectors, ids, failures) for the records of one input file."""
+    tower, ins = read_input_file(modality, path, smiles_tower, **read_options)
+    return mb.encode(ins.items, tower, ids=ins.ids, batch_size=batch_size, return_failures=True)
+
+
+def write_outputs(output: str, emb) -> str:
+    """OUTPUT.npy, OUTPUT.ids.txt and OUTPUT.failures.json; -> the one-line summary."""
+    import numpy as np
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    np.save(output, emb.vectors)
+    with open(ids_path(output), "w", encoding="utf-8") as f:
+        f.write("".join(re.sub(r"[\r\n\t]+", " ", i) + "\n" for i in emb.ids))
+    with open(failures_path(output), "w", encoding="utf-8") as f:
+        json.dump(emb.failures, f, indent=1)
+    reasons = {}
+    for fl in emb.failures:
+        reasons[fl["reason"]] = reasons.get(fl["reason"], 0) + 1
+    by_reason = f" ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})" if reasons else ""
+    return (f"wrote {output}: {len(emb)} rows x {emb.vectors.shape[1]}, ids in {ids_path(output)}, "
+            f"{len(emb.failures)} failed{by_reason} (see {failures_path(output)})")
 
 
 def main(argv):
@@ -95,19 +138,18 @@ def main(argv):
     for name in ("checkpoint", "modality", "input", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    import numpy as np
     from molbind_jax.inference.api import MolBindModel
     from molbind_jax.convert.molbind import checked_ckpt_kwargs
+    delimiter = "\t" if FLAGS.delimiter in ("\\t", "tab") else FLAGS.delimiter
+    tower, ins = read_input_file(FLAGS.modality, FLAGS.input, FLAGS.smiles_tower,
+                                 smiles_column=FLAGS.smiles_column, text_column=FLAGS.text_column,
+                                 id_column=FLAGS.id_column, id_property=FLAGS.id_property, delimiter=delimiter,
+                                 ligand_column=FLAGS.ligand_column, protein_column=FLAGS.protein_column)
     load_kwargs = checked_ckpt_kwargs(FLAGS, FLAGS.checkpoint)
     mb = MolBindModel.load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, progress=True,
                            **load_kwargs)
-    emb = embed_file(mb, FLAGS.modality, FLAGS.input, FLAGS.smiles_tower)
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    np.save(FLAGS.output, emb.vectors)
-    with open(failures_path(FLAGS.output), "w", encoding="utf-8") as f:
-        json.dump(emb.failures, f, indent=1)
-    print(f"wrote {FLAGS.output}: {len(emb)} rows x {emb.vectors.shape[1]}, "
-          f"{len(emb.failures)} failed (see {failures_path(FLAGS.output)})")
+    emb = mb.encode(ins.items, tower, ids=ins.ids, return_failures=True)
+    print(write_outputs(FLAGS.output, emb))
     return 0
 
 

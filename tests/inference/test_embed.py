@@ -8,12 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from molbind_jax.inference.api import MolBindModel
-from molbind_jax.training.export import write_export
-from molbind_jax.models.bert import BertConfig
-from molbind_jax.models.molbind import MolBind, MolBindConfig
 
 # Building, exporting and loading even a tiny model takes ~15-30 s on the shared CPU.
 pytestmark = pytest.mark.slow
@@ -21,21 +16,6 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POSEBUSTERS = os.path.join(
     os.path.dirname(importlib.util.find_spec("posebusters").origin), "datasets", "pdb", "1ia1")
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    # MiniLM vocabulary (the exported tokenizer) and 128 positions; everything else tiny.
-    cfg = MolBindConfig.tiny(bert=BertConfig.tiny(vocab_size=30522, max_position_embeddings=128,
-                                                  use_token_type=False, dropout=0.0,
-                                                  attention_dropout=0.0))
-    model = MolBind(cfg, rngs=nnx.Rngs(0))
-    return write_export(model, cfg, str(tmp_path_factory.mktemp("tiny") / "export"))
-
-
-@pytest.fixture(scope="module")
-def mb(export_dir):
-    return MolBindModel.load(export_dir, batch_size=4)
 
 
 def _check_rows(emb, bad):
@@ -118,6 +98,8 @@ def test_embed_and_search_cli(export_dir, tmp_path):
     fails = json.loads((tmp_path / "mols.failures.json").read_text())
     assert [(f["index"], f["reason"]) for f in fails] == [(1, "empty_molecule"),
                                                           (2, "invalid_smiles")]
+    assert [f["id"] for f in fails] == ["1", "2"]  # no name on those lines: the row index
+    assert (tmp_path / "mols.ids.txt").read_text().splitlines() == ["ethanol", "1", "2", "phenol"]
     res = subprocess.run([sys.executable, "-m", "molbind_jax.inference.search",
                           f"--checkpoint={export_dir}", f"--index={out}", "--query-smiles=CCO",
                           "--top-k=5", f"--labels={inp}"],
