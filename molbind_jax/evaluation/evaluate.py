@@ -47,6 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from molbind_data import schema
+from molbind_jax.cli import InputError
 from molbind_jax.evaluation import baselines, metrics, report
 from molbind_jax.evaluation import evaluate_original as eo
 
@@ -160,6 +161,31 @@ def in_batch_from_sim(sim: np.ndarray, batch_size: int = 64) -> dict:
             "b2a": metrics.summarize(np.concatenate(r_ba))}
 
 
+class NonFiniteEmbeddings(InputError):
+    """The model gave NaN or infinite embeddings: metrics on them would be meaningless."""
+
+
+def check_finite(pair: str, embs: Mapping[str, np.ndarray], what: str = "embeddings") -> None:
+    """Refuses a pair whose rows are not all finite, naming the count per modality.
+
+    A NaN score sorts as the worst (metrics.retrieval_ranks), so NaN rows would yield
+    ordinary-looking recall numbers for a model that produced nothing; the evaluation stops
+    with this error before any report is written."""
+    bad = {}
+    for modality, e in embs.items():
+        e = np.asarray(e, np.float32)
+        n_bad = int((~np.isfinite(e).all(axis=1)).sum()) if e.size else 0
+        if n_bad:
+            rows = np.nonzero(~np.isfinite(e).all(axis=1))[0][:5].tolist()
+            bad[modality] = f"{n_bad} of {len(e)} {modality} rows (first: {rows})"
+    if bad:
+        raise NonFiniteEmbeddings(
+            f"{pair}: the model's {what} are not finite (NaN or inf) for "
+            + "; ".join(bad.values())
+            + "; metrics on them would be meaningless, so no report is written (check the "
+              "checkpoint: a NaN weight or a diverged training run)")
+
+
 def curve(ranks: np.ndarray, kmax: int = CURVE_K) -> list[float]:
     return [float(np.mean(ranks < k)) for k in range(1, kmax + 1)]
 
@@ -236,6 +262,7 @@ def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int 
         emb_b = mb.embed_records(tower_b, records)
     else:
         emb_a, emb_b = (np.asarray(e, np.float32) for e in embeddings)
+    check_finite(pair, {tower_a: emb_a, tower_b: emb_b})
     n = len(records)
     keys_a, keys_b = record_keys(pair, records)
     targets = pair_targets(keys_a, keys_b)
@@ -286,6 +313,7 @@ def evaluate_classification(mb, tasks: Mapping) -> dict:
         cands = list(task["candidates"])
         queries = list(task["queries"])
         c = mb.embed_texts(cands)
+        check_finite(f"classification task {name}", {"text": c.vectors}, "candidate embeddings")
         q = mb.embed_smiles([qq["smiles"] for qq in queries])
         ok = q.valid & np.array([len(qq["labels"]) > 0 for qq in queries], bool)
         labels = [list(qq["labels"]) for qq, k in zip(queries, ok) if k]
@@ -401,6 +429,9 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
         raw_ours, raw_orig = _embed_raw(mb, pair, recs, protocol=protocol, batch_size=batch_size,
                                         original_text_tokens=original_text_tokens)
         a, b = schema.pair_type(pair).modalities
+        for raw, what in ((raw_ours, "embeddings"), (raw_orig, "raw projections")):
+            if raw is not None:
+                check_finite(pair, dict(zip((a, b), raw)), what)
         if raw_ours is not None:
             res, embs = evaluate_pair(mb, pair, recs, block_size=block_size,
                                       embeddings=tuple(map(eo.l2_normalize, raw_ours)))

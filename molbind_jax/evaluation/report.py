@@ -264,8 +264,29 @@ def plot_embedding_map(embeddings: Mapping[str, np.ndarray], path: str,
 # ----------------------------------------------------------------------------- report
 
 
+def nonfinite_numbers(results, path: str = "") -> list[str]:
+    """Key paths of every NaN / infinite number in the results (nested dicts and lists)."""
+    out: list[str] = []
+    if isinstance(results, Mapping):
+        for k, v in results.items():
+            out += nonfinite_numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(results, (list, tuple)):
+        for i, v in enumerate(results):
+            out += nonfinite_numbers(v, f"{path}[{i}]")
+    elif isinstance(results, (float, np.floating)) and not np.isfinite(results):
+        out.append(path)
+    return out
+
+
 def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> str:
-    """Writes metrics.json and report.md into workdir; returns the report path."""
+    """Writes metrics.json and report.md into workdir; returns the report path.
+
+    Refuses (ValueError, nothing written) results holding a NaN or infinite number: such a
+    metric comes from embeddings that were not finite and must not read as a result."""
+    bad = nonfinite_numbers(results)
+    if bad:
+        raise ValueError(f"{len(bad)} metrics are not finite (first: {', '.join(bad[:5])}); "
+                         f"no report written")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, default=_json_default)
