@@ -30,7 +30,7 @@ def define_flags():
     flags.DEFINE_integer("hnsw_m", 32, "hnsw: neighbours per node")
     flags.DEFINE_integer("ef_construction", 80, "hnsw: candidate list while building")
     flags.DEFINE_integer("ef_search", 64, "hnsw: default candidate list while searching")
-    flags.DEFINE_integer("nlist", 0, "ivf: number of cells (0: 4 sqrt(rows))")
+    flags.DEFINE_integer("nlist", 0, "ivf: number of cells (0: about sqrt(rows))")
     flags.DEFINE_integer("nprobe", 16, "ivf: default number of cells searched")
     flags.DEFINE_integer("seed", 0, "ivf: seed of the training sample and k-means")
 

@@ -248,6 +248,42 @@ def _faiss():
     return faiss
 
 
+def build_faiss(x: np.ndarray, keep: np.ndarray, kind: str, *, hnsw_m: int = 32,
+                ef_construction: int = 80, ef_search: int = 64, nlist: int = 0,
+                nprobe: int = 16, seed: int = 0, progress: bool = True):
+    """A faiss inner-product index over the rows `keep` of x (in order) -> (index, params)."""
+    faiss = _faiss()
+    d = x.shape[1]
+    rows = np.nonzero(keep)[0]
+    params: dict = {}
+    if kind == "exact":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        params.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
+    elif kind == "ivf":
+        # about sqrt(rows) cells, each trained on >= 39 rows as faiss asks
+        nlist = nlist or max(1, min(int(round(np.sqrt(len(rows)))), len(rows) // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(rows, size=min(len(rows), 64 * nlist), replace=False))
+        index.cp.seed = seed
+        index.train(np.ascontiguousarray(x[sample]))
+        params.update(nlist=nlist, nprobe=nprobe, train_rows=len(sample))
+    else:
+        raise InputError(f"--kind must be one of {KINDS}, got {kind!r}")
+    starts = range(0, len(x), CHUNK)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc=f"indexing ({kind})", unit="chunk", file=sys.stderr)
+    for s in starts:
+        blk = x[s:s + CHUNK][keep[s:s + CHUNK]]
+        if len(blk):
+            index.add(np.ascontiguousarray(blk))
+    return index, params
+
+
 def build(embeddings: str, output: str, *, ids: str | None = None, kind: str = "exact",
           normalize: bool = False, hnsw_m: int = 32, ef_construction: int = 80,
           ef_search: int = 64, nlist: int = 0, nprobe: int = 16, seed: int = 0,
@@ -266,31 +302,11 @@ def build(embeddings: str, output: str, *, ids: str | None = None, kind: str = "
     if len(rows) == 0:
         raise InputError(f"{embeddings}: none of its {len(x)} rows can be indexed "
                          f"({len(chk.nonfinite_rows)} non-finite, {len(chk.zero_rows)} zero)")
-    d = x.shape[1]
-    meta = meta_from_check(chk, kind, d, normalize)
-    if kind == "exact":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        meta.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
-    else:
-        nlist = nlist or max(1, min(int(4 * np.sqrt(len(rows))), len(rows) // 39 or 1))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(rows, size=min(len(rows), 64 * nlist), replace=False))
-        index.cp.seed = seed
-        index.train(np.ascontiguousarray(x[sample]))
-        meta.update(nlist=nlist, nprobe=nprobe, train_rows=len(sample))
-    starts = range(0, len(x), CHUNK)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=f"indexing ({kind})", unit="chunk", file=sys.stderr)
-    for s in starts:
-        blk = x[s:s + CHUNK][keep[s:s + CHUNK]]
-        if len(blk):
-            index.add(np.ascontiguousarray(blk))
+    meta = meta_from_check(chk, kind, x.shape[1], normalize)
+    index, params = build_faiss(x, keep, kind, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                                ef_search=ef_search, nlist=nlist, nprobe=nprobe, seed=seed,
+                                progress=progress)
+    meta.update(params)
     meta.update(library="faiss-cpu", library_version=faiss.__version__,
                 embeddings=os.path.basename(embeddings))
     os.makedirs(output, exist_ok=True)
