@@ -33,22 +33,26 @@ from absl import app, flags
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rows", 1_000_000, "rows of the synthetic matrix")
-flags.DEFINE_integer("dim", 512, "embedding dimension")
-flags.DEFINE_integer("queries", 1000, "queries")
-flags.DEFINE_integer("k", 10, "top k (recall@k)")
-flags.DEFINE_enum("data", "clustered", ["clustered", "random"], "synthetic distribution")
-flags.DEFINE_integer("centers", 10_000, "clustered: number of centres")
-flags.DEFINE_float("spread", 1.0, "clustered: norm of the noise around a centre (before "
-                   "normalising)")
-flags.DEFINE_list("kinds", ["exact", "ivf", "hnsw"], "faiss indexes to build")
-flags.DEFINE_list("nprobes", ["8", "32"], "ivf: cells searched")
-flags.DEFINE_list("ef_searches", ["64", "256"], "hnsw: candidate lists")
-flags.DEFINE_integer("nlist", 0, "ivf: cells (0: about sqrt(rows))")
-flags.DEFINE_integer("hnsw_m", 32, "hnsw: neighbours per node")
-flags.DEFINE_integer("ef_construction", 80, "hnsw: candidate list while building")
-flags.DEFINE_integer("seed", 0, "seed")
-flags.DEFINE_string("output", None, "write the results as JSON here")
+
+
+def define_flags():
+    """Defined only when run as a program (importing this module defines no flags)."""
+    flags.DEFINE_integer("rows", 1_000_000, "rows of the synthetic matrix")
+    flags.DEFINE_integer("dim", 512, "embedding dimension")
+    flags.DEFINE_integer("queries", 1000, "queries")
+    flags.DEFINE_integer("k", 10, "top k (recall@k)")
+    flags.DEFINE_enum("data", "clustered", ["clustered", "random"], "synthetic distribution")
+    flags.DEFINE_integer("centers", 10_000, "clustered: number of centres")
+    flags.DEFINE_float("spread", 1.0, "clustered: norm of the noise around a centre (before "
+                       "normalising)")
+    flags.DEFINE_list("kinds", ["exact", "ivf", "hnsw"], "faiss indexes to build")
+    flags.DEFINE_list("nprobes", ["8", "32"], "ivf: cells searched")
+    flags.DEFINE_list("ef_searches", ["64", "256"], "hnsw: candidate lists")
+    flags.DEFINE_integer("nlist", 0, "ivf: cells (0: about sqrt(rows))")
+    flags.DEFINE_integer("hnsw_m", 32, "hnsw: neighbours per node")
+    flags.DEFINE_integer("ef_construction", 80, "hnsw: candidate list while building")
+    flags.DEFINE_integer("seed", 0, "seed")
+    flags.DEFINE_string("output", None, "write the results as JSON here")
 
 
 def rss_mib() -> float:
@@ -169,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
