@@ -80,6 +80,14 @@ def synthetic(n: int, d: int, rng, *, data: str, centers: np.ndarray | None, spr
     return x
 
 
+def in_blocks(fn, q: np.ndarray, desc: str, block: int = 100) -> np.ndarray:
+    """fn(queries) -> [Q, k] row numbers, called on blocks of queries with a progress bar."""
+    from tqdm import tqdm
+    return np.concatenate([fn(q[s:s + block]) for s in
+                           tqdm(range(0, len(q), block), desc=desc, unit="block",
+                                disable=len(q) <= block, file=sys.stderr)])
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(found, truth)]))
 
@@ -108,7 +116,7 @@ def run(rows: int, dim: int, n_queries: int, k: int, *, data: str = "clustered",
           f"load {res['load_start']}", file=sys.stderr)
 
     t = time.perf_counter()
-    truth, _ = top_k_batch(x, q, k)
+    truth = in_blocks(lambda b: top_k_batch(x, b, k)[0], q, "brute force")
     dt = time.perf_counter() - t
     res["methods"].append(dict(method="brute_force (numpy)", build_s=0.0, qps=n_queries / dt,
                                recall=1.0, index_mib=x.nbytes / 2**20, rss_mib=rss_mib(),
@@ -129,10 +137,10 @@ def run(rows: int, dim: int, n_queries: int, k: int, *, data: str = "clustered",
                 index.nprobe = int(value)
             elif kind == "hnsw":
                 index.hnsw.efSearch = int(value)
-            t = time.perf_counter()
-            _, found = index.search(q, k)
-            dt = time.perf_counter() - t
             name = f"faiss {kind}" + (f" {label}" if label else "")
+            t = time.perf_counter()
+            found = in_blocks(lambda b: index.search(b, k)[1], q, name)
+            dt = time.perf_counter() - t
             res["methods"].append(dict(method=name, build_s=build_s, qps=n_queries / dt,
                                        recall=recall(found, truth), index_mib=size,
                                        rss_mib=rss_mib(), peak_mib=peak_mib(), **params))
