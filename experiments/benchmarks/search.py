@@ -88,6 +88,18 @@ def in_blocks(fn, q: np.ndarray, desc: str, block: int = 100) -> np.ndarray:
                                 disable=len(q) <= block, file=sys.stderr)])
 
 
+def index_bytes(faiss, index) -> int:
+    """Size of the index as written (counted through a callback: no copy of it in memory)."""
+    n = [0]
+
+    def count(chunk):
+        n[0] += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return n[0]
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(found, truth)]))
 
@@ -128,7 +140,7 @@ def run(rows: int, dim: int, n_queries: int, k: int, *, data: str = "clustered",
         index, params = build_faiss(x, keep, kind, hnsw_m=hnsw_m, ef_construction=ef_construction,
                                     nlist=nlist, seed=seed)
         build_s = time.perf_counter() - t
-        size = len(faiss.serialize_index(index)) / 2**20
+        size = index_bytes(faiss, index) / 2**20
         settings = ([("", None)] if kind == "exact" else
                     [(f"nprobe={p}", p) for p in nprobes] if kind == "ivf" else
                     [(f"ef_search={e}", e) for e in ef_searches])
@@ -143,7 +155,10 @@ def run(rows: int, dim: int, n_queries: int, k: int, *, data: str = "clustered",
             dt = time.perf_counter() - t
             res["methods"].append(dict(method=name, build_s=build_s, qps=n_queries / dt,
                                        recall=recall(found, truth), index_mib=size,
-                                       rss_mib=rss_mib(), peak_mib=peak_mib(), **params))
+                                       rss_mib=rss_mib(), peak_mib=peak_mib(),
+                                       **dict(params, **({"nprobe": value} if kind == "ivf" else
+                                                         {"ef_search": value} if kind == "hnsw"
+                                                         else {}))))
             print(f"  {name}: {n_queries / dt:.0f} queries/s, recall@{k} "
                   f"{res['methods'][-1]['recall']:.3f}", file=sys.stderr)
         del index
