@@ -47,8 +47,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from molbind_data import schema
-from molbind_jax.cli import InputError
 from molbind_jax.evaluation import baselines, metrics, report
+from molbind_jax.evaluation.report import NonFiniteEmbeddings, check_finite  # noqa: F401
 from molbind_jax.evaluation import evaluate_original as eo
 
 CURVE_K = 50
@@ -159,31 +159,6 @@ def in_batch_from_sim(sim: np.ndarray, batch_size: int = 64) -> dict:
         r_ba.append(metrics.retrieval_ranks(blk.T, d))
     return {"a2b": metrics.summarize(np.concatenate(r_ab)),
             "b2a": metrics.summarize(np.concatenate(r_ba))}
-
-
-class NonFiniteEmbeddings(InputError):
-    """The model gave NaN or infinite embeddings: metrics on them would be meaningless."""
-
-
-def check_finite(pair: str, embs: Mapping[str, np.ndarray], what: str = "embeddings") -> None:
-    """Refuses a pair whose rows are not all finite, naming the count per modality.
-
-    A NaN score sorts as the worst (metrics.retrieval_ranks), so NaN rows would yield
-    ordinary-looking recall numbers for a model that produced nothing; the evaluation stops
-    with this error before any report is written."""
-    bad = {}
-    for modality, e in embs.items():
-        e = np.asarray(e, np.float32)
-        n_bad = int((~np.isfinite(e).all(axis=1)).sum()) if e.size else 0
-        if n_bad:
-            rows = np.nonzero(~np.isfinite(e).all(axis=1))[0][:5].tolist()
-            bad[modality] = f"{n_bad} of {len(e)} {modality} rows (first: {rows})"
-    if bad:
-        raise NonFiniteEmbeddings(
-            f"{pair}: the model's {what} are not finite (NaN or inf) for "
-            + "; ".join(bad.values())
-            + "; metrics on them would be meaningless, so no report is written (check the "
-              "checkpoint: a NaN weight or a diverged training run)")
 
 
 def curve(ranks: np.ndarray, kmax: int = CURVE_K) -> list[float]:
