@@ -48,6 +48,7 @@ from absl import app, flags, logging
 
 from molbind_data import schema
 from molbind_jax.evaluation import baselines, metrics, report
+from molbind_jax.evaluation.report import NonFiniteEmbeddings, check_finite  # noqa: F401
 from molbind_jax.evaluation import evaluate_original as eo
 
 CURVE_K = 50
@@ -238,6 +239,7 @@ def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int 
         emb_b = mb.embed_records(tower_b, records)
     else:
         emb_a, emb_b = (np.asarray(e, np.float32) for e in embeddings)
+    check_finite(pair, {tower_a: emb_a, tower_b: emb_b})
     n = len(records)
     keys_a, keys_b = record_keys(pair, records)
     targets = pair_targets(keys_a, keys_b)
@@ -288,6 +290,7 @@ def evaluate_classification(mb, tasks: Mapping) -> dict:
         cands = list(task["candidates"])
         queries = list(task["queries"])
         c = mb.embed_texts(cands)
+        check_finite(f"classification task {name}", {"text": c.vectors}, "candidate embeddings")
         q = mb.embed_smiles([qq["smiles"] for qq in queries])
         ok = q.valid & np.array([len(qq["labels"]) > 0 for qq in queries], bool)
         labels = [list(qq["labels"]) for qq, k in zip(queries, ok) if k]
@@ -403,6 +406,9 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
         raw_ours, raw_orig = _embed_raw(mb, pair, recs, protocol=protocol, batch_size=batch_size,
                                         original_text_tokens=original_text_tokens)
         a, b = schema.pair_type(pair).modalities
+        for raw, what in ((raw_ours, "embeddings"), (raw_orig, "raw projections")):
+            if raw is not None:
+                check_finite(pair, dict(zip((a, b), raw)), what)
         if raw_ours is not None:
             res, embs = evaluate_pair(mb, pair, recs, block_size=block_size,
                                       embeddings=tuple(map(eo.l2_normalize, raw_ours)))

@@ -18,6 +18,8 @@ Input is the results dict built by `evaluate.py` (also written verbatim to metri
 where a summary is metrics.summarize's dict (fractions) and `orig` the original protocol's
 dict (percentages: a2b_acc, a2b_rec20, b2a_acc, b2a_rec20, n; see original_protocol).
 Tables show percentages.
+Also the non-finite checks: `check_finite` (embeddings of a pair, before any metric) and
+`write_report` refuse NaN / infinite values with a clear error.
 Matplotlib runs headless (Agg); nothing here touches JAX.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from molbind_jax.cli import InputError
 
 KS = (1, 5, 10, 20)
 
@@ -264,8 +268,54 @@ def plot_embedding_map(embeddings: Mapping[str, np.ndarray], path: str,
 # ----------------------------------------------------------------------------- report
 
 
+class NonFiniteEmbeddings(InputError):
+    """The model gave NaN or infinite embeddings: metrics on them would be meaningless."""
+
+
+def check_finite(pair: str, embs: Mapping[str, np.ndarray], what: str = "embeddings") -> None:
+    """Refuses a pair whose rows are not all finite, naming the count per modality.
+
+    A NaN score sorts as the worst (metrics.retrieval_ranks), so NaN rows would yield
+    ordinary-looking recall numbers for a model that produced nothing; the evaluation stops
+    with this error before any report is written."""
+    bad = {}
+    for modality, e in embs.items():
+        e = np.asarray(e, np.float32)
+        n_bad = int((~np.isfinite(e).all(axis=1)).sum()) if e.size else 0
+        if n_bad:
+            rows = np.nonzero(~np.isfinite(e).all(axis=1))[0][:5].tolist()
+            bad[modality] = f"{n_bad} of {len(e)} {modality} rows (first: {rows})"
+    if bad:
+        raise NonFiniteEmbeddings(
+            f"{pair}: the model's {what} are not finite (NaN or inf) for "
+            + "; ".join(bad.values())
+            + "; metrics on them would be meaningless, so no report is written (check the "
+              "checkpoint: a NaN weight or a diverged training run)")
+
+
+def nonfinite_numbers(results, path: str = "") -> list[str]:
+    """Key paths of every NaN / infinite number in the results (nested dicts and lists)."""
+    out: list[str] = []
+    if isinstance(results, Mapping):
+        for k, v in results.items():
+            out += nonfinite_numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(results, (list, tuple)):
+        for i, v in enumerate(results):
+            out += nonfinite_numbers(v, f"{path}[{i}]")
+    elif isinstance(results, (float, np.floating)) and not np.isfinite(results):
+        out.append(path)
+    return out
+
+
 def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> str:
-    """Writes metrics.json and report.md into workdir; returns the report path."""
+    """Writes metrics.json and report.md into workdir; returns the report path.
+
+    Refuses (ValueError, nothing written) results holding a NaN or infinite number: such a
+    metric comes from embeddings that were not finite and must not read as a result."""
+    bad = nonfinite_numbers(results)
+    if bad:
+        raise ValueError(f"{len(bad)} metrics are not finite (first: {', '.join(bad[:5])}); "
+                         f"no report written")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, default=_json_default)
