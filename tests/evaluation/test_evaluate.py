@@ -20,7 +20,7 @@ def records():
     for i, s in enumerate(SMILES):
         g = graph_feat.smiles_to_graph(s)
         n = len(g["graph_node_feat"])
-        u = conf_feat.unimol_input(["C"] * n, np.zeros((1, n, 3), np.float32))
+        u = conf_feat.unimol_input(["C"] * n, np.random.default_rng(i).normal(size=(1, n, 3)).astype(np.float32))
         out.append({"id": f"r{i}", "smiles": s, "text": f"text about {s}",
                     "text_ids": np.arange(1, 5, dtype=np.int32), **g, **u})
     return out
