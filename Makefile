@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml setup.py requirements.txt requirements-data.txt constra
 	.venv/bin/python -c "import jax, flax, jraph, tensorflow_datasets, torch, rdkit, molbind_data, molbind_jax; print('setup ok: jax', jax.__version__)"
 	touch $(STAMP)
 
-# The whole suite (fast and slow tests). CI runs exactly this.
+# The whole suite (fast and slow tests). CI runs exactly this. Two workers, each test file on
+# one of them (module fixtures built once); TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
 
 # The fast tier, for quick iteration after every change.
 test-fast: setup
