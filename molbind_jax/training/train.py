@@ -362,9 +362,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     del model  # the state now owns the parameters
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
-    start = ckpt.latest_step() or 0
-    if start:
-        state, meta = ckpt.restore(state)
+    resumed = ckpt.restore_intact(state)  # a damaged newest step is reported and moved aside
+    start = 0
+    if resumed:
+        start, state, meta = resumed
         log.info("resumed from step %d (%s)", start, ckpt.directory)
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "config.json"),
