@@ -83,9 +83,10 @@ def model_config_from(config: ConfigDict, text_dir: str = ""):
             if m not in keep:
                 d.pop(spec(m).config_key, None)
     if text_dir and "bert" in d:
+        from molbind_jax.convert.common import read_hf_config  # names the file / key of a bad value
         from molbind_jax.models.bert import BertConfig
 
-        hf = dataclasses.asdict(BertConfig.from_hf_config(os.path.join(text_dir, "config.json")))
+        hf = dataclasses.asdict(BertConfig.from_hf_config(read_hf_config(text_dir)))
         d["bert"] = {**d["bert"], **{k: v for k, v in hf.items() if k in d["bert"] and k not in ("dtype", "param_dtype")},
                      "use_token_type": d["bert"].get("use_token_type", False)}
     _deep_update(d, overrides)
