@@ -23,6 +23,9 @@ import logging
 import os
 import re
 import shutil
+import sys
+import tempfile
+import time
 from typing import Any, Mapping
 
 import jax
@@ -53,6 +56,38 @@ def _reason(err: BaseException) -> str:
         detail = text.rsplit(files[-1] + '"', 1)[-1].split(" [tensorstore_spec")[0].strip(" :")[:120]
         return f"{code.group(1)} reading {files[-1]}" + (f": {detail}" if detail else "")
     return f"{type(err).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+@contextlib.contextmanager
+def _held_stderr(grace_s: float = 0.5):
+    """Holds what is written to file descriptor 2 while a possibly damaged step is read and
+    replays it when the read succeeds. When it fails, tensorstore's reads still in flight
+    complete into orbax's closed event loop and each prints a `RuntimeError: Event loop is
+    closed` traceback from its own thread (dozens for a train state): those, and orbax's
+    messages, are dropped after a short grace period; the one-line report replaces them."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if not ok:
+                time.sleep(grace_s)
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                data = held.read()
+                if data:
+                    os.write(2, data)
 
 
 @contextlib.contextmanager
@@ -159,7 +194,7 @@ class Checkpointer:
         damaged: list[tuple[int, str]] = []
         for step in reversed(steps):
             try:
-                with _quiet_orbax():
+                with _quiet_orbax(), _held_stderr():
                     state, meta = self.restore(state_template, step)
                 if int(meta.get("step", step)) != step:
                     raise ValueError(f"its record says step {meta.get('step')}")
