@@ -217,7 +217,7 @@ class Checkpointer:
             return step, state, meta
         raise NoIntactCheckpointError(
             f"no intact checkpoint in {self.directory}: " + "; ".join(f"step {s}: {why}" for s, why in damaged) +
-            f". Nothing was moved; move the step folders away (or use a new --workdir) to start from step 0.")
+            ". Nothing was moved; move the step folders away (or use a new --workdir) to start from step 0.")
 
     def _move_aside(self, step: int) -> str:
         """Moves the folder of `step` to `<directory>/damaged/<step>[.n]` and reloads the manager."""

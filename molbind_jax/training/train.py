@@ -8,7 +8,10 @@ Overrides use ml_collections syntax (`--config.total_steps=100 --config.checkpoi
 variants are selected with `file.py:smoke`. Re-running the same command resumes from the
 latest checkpoint in DIR/checkpoints (parameters, BatchNorm statistics, optimizer state and
 step; the RNG and the input position are functions of the step), so a killed run is continued
-by simply starting it again.
+by simply starting it again. A damaged newest checkpoint is reported, moved to
+DIR/checkpoints/damaged/ and the next older one resumed (checkpoints.py); a config that differs
+from DIR/config.json in more than run length and logging is refused with the changed keys
+unless `--allow_config_change` (workdir.py).
 
 What lands in DIR: `config.json` (the train config and the model config; export reads it),
 `checkpoints/` (orbax, keep-N), `metrics.jsonl` and `tensorboard/` (scalars every
@@ -32,8 +35,6 @@ from typing import Any, Mapping
 
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
-
-from molbind_jax.cli import InputError, one_line
 
 
 
@@ -433,32 +434,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
     return summary
 
 
-def load_config_flag(FLAGS):
-    """The --config flag's config; a file that is missing or fails to load is one line naming it
-    (ml_collections defers the load and then raises a generic OSError)."""
-    try:
-        config = FLAGS.config
-        if config is not None:
-            config.to_dict  # noqa: B018 - a failed load is a placeholder that raises on first use
-        return config
-    except OSError as e:
-        name = getattr(FLAGS["config"], "config_filename", "") or "the --config file"
-        path = name.split(":")[0]
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--config: no such file: {path}") from e
-        raise InputError(f"--config: cannot load {name}: {one_line(e)}") from e
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from molbind_jax.training import pretrained, sharding
+    from molbind_jax.training import workdir as run_dir
 
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed(FLAGS.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    config = load_config_flag(FLAGS)
+    config = run_dir.config_from_flag(FLAGS)
     if FLAGS.workdir is None or config is None:
         raise app.UsageError("--config and --workdir are required")
     try:

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Mapping
 
-from molbind_jax.cli import InputError
+from molbind_jax.cli import InputError, one_line
 
 CONFIG_FILE = "config.json"
 ALLOW_FLAG = "--allow_config_change"
@@ -99,3 +99,20 @@ def check_config(workdir: str, config: Mapping[str, Any], *, allow_change: bool 
             f"To start fresh, use a new --workdir; to continue this run with the new config, add {ALLOW_FLAG} "
             "(refused anyway when the saved arrays do not fit the new model)")
     return changes
+
+
+def config_from_flag(FLAGS, name: str = "config"):
+    """The config of an ml_collections config-file flag (`--config`); a file that is missing or
+    fails to load is one line naming it (ml_collections defers the load, then raises a generic
+    OSError on first use). Imports nothing heavy: dryrun calls it before JAX starts."""
+    try:
+        config = FLAGS[name].value
+        if config is not None:
+            config.to_dict  # noqa: B018 - a failed load is a placeholder that raises on first use
+        return config
+    except OSError as e:
+        given = getattr(FLAGS[name], "config_filename", "") or f"the --{name} file"
+        path = given.split(":")[0]
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--{name}: no such file: {path}") from e
+        raise InputError(f"--{name}: cannot load {given}: {one_line(e)}") from e
