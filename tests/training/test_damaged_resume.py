@@ -132,8 +132,8 @@ def test_changed_model_on_a_finished_run_is_refused_with_the_changes(base_run):
     assert len(errors) == 1, r.stderr[-3000:]
     assert "model.overrides.embed_dim: 16 -> 32" in errors[0] and "lr.peak: 0.001 -> 0.002" in errors[0]
     assert "--allow_config_change" in errors[0] and "new --workdir" in errors[0]
-    # Allowed, the changed embedding size still cannot continue: the arrays do not fit.
-    r = _run(w, "--config.model.overrides.embed_dim=32", "--allow_config_change")
+    # Allowed and extended, the changed embedding size still cannot continue: the arrays do not fit.
+    r = _run(w, "--config.model.overrides.embed_dim=32", "--config.total_steps=8", "--allow_config_change")
     assert r.returncode == 2, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "other shapes" in errors[0] and "embed_dim: 16 -> 32" in errors[0], r.stderr[-3000:]
