@@ -354,10 +354,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
                 local = next(batches)
                 check_batches(local, mcfg)
                 micro_local.append(local)
+            # Programs are compiled per pair and shape (one per step's shapes when fused).
             signature = shapes_signature(micro_local)
-            compiling = signature not in seen_shapes
+            keys = {signature} if config.fused_step else {pair for micro_sig in signature for pair in micro_sig}
+            compiling = not keys <= seen_shapes
             if compiling:  # a new program: minutes at full size, say so before it starts
-                seen_shapes.add(signature)
+                seen_shapes |= keys
                 say(f"compiling the train step ({accum} micro-batch{'es' if accum > 1 else ''}) for step "
                     f"{step + 1}, shapes {describe_shapes(micro_local)} ...")
             micro = [{p: train_inputs.to_global(b, mesh) for p, b in local.items()} for local in micro_local]
@@ -372,7 +374,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
                     "Lower the learning rate or check the input batch, then re-run the command to resume.")
             if compiling:
                 say(f"compiled and ran step {step + 1} in {time.time() - t0:.1f} s "
-                    f"({len(seen_shapes)} train-step program{'s' if len(seen_shapes) > 1 else ''} so far)")
+                    f"({len(seen_shapes)} pair/shape program{'s' if len(seen_shapes) > 1 else ''} so far)")
             step += 1
             step_times.append(time.time() - t0)
             steps_since_log += 1
