@@ -289,7 +289,9 @@ def check_inputs(checkpoint: str, *, tokenizer: str | None, gin_backbone: str | 
                  dictionaries: str | None = None) -> None:
     """What `load_for_inference` checks before reading any weights: a tokenizer is given,
     every file exists, the dictionaries are in the built-in order. Raises ValueError /
-    FileNotFoundError / CheckpointError naming the file."""
+    FileNotFoundError / CheckpointError naming the file; a missing checkpoint first."""
+    if checkpoint and not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
     if not tokenizer:
         raise ValueError(f"{checkpoint} is a MolBind .ckpt, which holds no tokenizer: pass the tokenizer "
                          "directory the model was trained with (--tokenizer=DIR, the SciBERT one for the "
