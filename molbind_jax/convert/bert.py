@@ -17,7 +17,6 @@ them): `load`, `assign`, `run_flax`, `run_torch`.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -25,7 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from flax import nnx
 
-from molbind_jax.convert.common import CheckpointError, KeyReport, check_keys, load_state_dict
+from molbind_jax.convert.common import CheckpointError, KeyReport, check_keys, load_state_dict, read_hf_config
 from molbind_jax.models.bert import BertConfig, BertEncoder
 
 # Parts of a checkpoint the text encoder does not use (reported, never an error).
@@ -148,8 +147,7 @@ def _hf_config_dict(checkpoint: str) -> dict | None:
     path = os.path.join(folder, "config.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_hf_config(path)
 
 
 def _infer_config(state: Mapping[str, np.ndarray], hf: dict | None, source: str, overrides: dict) -> BertConfig:

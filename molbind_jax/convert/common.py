@@ -1,21 +1,71 @@
 """Shared pieces of the PyTorch -> Flax importers: safe file loading and strict key checks.
 
 Loading an untrusted checkpoint must run no code: `.safetensors` files are read with
-safetensors, everything else with `torch.load(weights_only=True)`. Every importer then runs
+safetensors, everything else with `torch.load(weights_only=True)` whose unpickler accepts
+tensors, plain containers and the one class of `SAFE_GLOBALS`: `argparse.Namespace`, the
+hyper-parameters of every Lightning `.ckpt` of MolBind and the `args` of Uni-Mol's `.pt`
+files (a Namespace is rebuilt from its attribute dict; nothing is executed). Every importer
+(BERT, GIN, Uni-Mol, the whole MolBind) loads through `load_state_dict` and then runs
 `check_keys`, which is strict about what the encoder needs and lists what it ignores.
+HF `config.json` files are read by `read_hf_config`, which names the file when it does not
+parse and the key when a value has the wrong type.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be imported; the message names every offending key."""
+
+
+# The only classes torch.load(weights_only=True) may rebuild besides tensors and containers.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+# Types of the HF BERT config.json keys the importers read (a float key accepts an integer).
+HF_CONFIG_TYPES: dict[str, type] = {
+    "vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "intermediate_size": int, "max_position_embeddings": int, "type_vocab_size": int,
+    "layer_norm_eps": float, "hidden_dropout_prob": float, "attention_probs_dropout_prob": float,
+    "hidden_act": str, "position_embedding_type": str,
+}
+
+
+def read_hf_config(path: str) -> dict[str, Any]:
+    """An HF `config.json` (the file, or the directory holding it) as a dict, with the types
+    of the keys in HF_CONFIG_TYPES checked. A file that does not parse (truncated) or a value
+    of the wrong type (a string where a number belongs) is a CheckpointError naming the file
+    and the key."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no HF config at {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); is it truncated?") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    bad = []
+    for key, kind in HF_CONFIG_TYPES.items():
+        if key not in config:
+            continue
+        v = config[key]
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float
+              else isinstance(v, kind) and not isinstance(v, bool))
+        if not ok:
+            bad.append(f"{key}={v!r} (expected {kind.__name__})")
+    if bad:
+        raise CheckpointError(f"{path}: wrong value type for " + ", ".join(bad))
+    return config
 
 
 @dataclasses.dataclass
@@ -57,7 +107,8 @@ def load_state_dict(path: str, *, subkey: str | None = None, extras: dict | None
     import torch  # only importers touch torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
             f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: {e}); "

@@ -26,7 +26,7 @@ warned about loudly and recorded in the report (`bn_stats`). Statistics present 
 itself win over the backbone's (as the original's load order implies).
 
 Lightning checkpoints carry `hyper_parameters` (an argparse Namespace in MolBind); loading uses
-`torch.load(weights_only=True)` with only `argparse.Namespace` allowed besides tensors.
+`torch.load(weights_only=True)` with only `argparse.Namespace` allowed besides tensors (convert/common.py).
 
 For the tools (`evaluate`, `embed`, `search`, `api.MolBindModel.load`), `load_for_inference`
 adds what a `.ckpt` does not hold: the tokenizer (required), the GIN backbone and a check of
@@ -38,7 +38,6 @@ the Uni-Mol dictionaries. Converting once into a standalone export:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -94,10 +93,7 @@ class MolBindImportReport:
 def read_checkpoint(path: str, extras: dict | None = None) -> dict[str, np.ndarray]:
     """The `state_dict` of a Lightning `.ckpt` (or a plain state dict file) as numpy arrays;
     `extras` (a dict) receives the checkpoint's other top-level entries."""
-    import torch
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return load_state_dict(path, subkey="state_dict", extras=extras)
+    return load_state_dict(path, subkey="state_dict", extras=extras)  # Namespace allowed: common.SAFE_GLOBALS
 
 
 def embedded_config(extras: Mapping) -> MolBindConfig | None:
@@ -293,7 +289,9 @@ def check_inputs(checkpoint: str, *, tokenizer: str | None, gin_backbone: str | 
                  dictionaries: str | None = None) -> None:
     """What `load_for_inference` checks before reading any weights: a tokenizer is given,
     every file exists, the dictionaries are in the built-in order. Raises ValueError /
-    FileNotFoundError / CheckpointError naming the file."""
+    FileNotFoundError / CheckpointError naming the file; a missing checkpoint first."""
+    if checkpoint and not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
     if not tokenizer:
         raise ValueError(f"{checkpoint} is a MolBind .ckpt, which holds no tokenizer: pass the tokenizer "
                          "directory the model was trained with (--tokenizer=DIR, the SciBERT one for the "
@@ -399,6 +397,8 @@ def checked_ckpt_kwargs(flag_values, path: str) -> dict:
     from molbind_jax.cli import InputError
     from molbind_jax.inference.api import MolBindModel
 
+    if path and not os.path.exists(path):  # named before what else it would need (a tokenizer)
+        raise FileNotFoundError(f"--checkpoint {path}: no such file or directory")
     try:
         kwargs = ckpt_kwargs(flag_values)
         MolBindModel.check_loadable(path, **kwargs)

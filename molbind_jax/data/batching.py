@@ -6,9 +6,18 @@ section 2 (static-shape batches) out. A pair type's batch is `PairBatch(x, y, ma
 only asks the table which modalities a pair has and which size keys they pad. Bucket sizes
 (`suggest_buckets`) are chosen here from size distributions; no TF, no JAX, so evaluation and
 the API call the same functions on users' own featurized records.
+
+Non-finite input never reaches a model: a record whose float fields (conformer or pocket
+coordinates) hold NaN or inf is taken out of the training batch it arrives in by
+`collate_pair` (its row becomes a masked copy of a good row, as the padding rows are) and
+counted per (pair, field) in `skipped_records()`, which the launcher logs and writes into its
+metrics and summary; a batch with no finite record left is an error naming the field.
+`collate_modality` (embedding users' records, where rows must stay aligned) raises instead.
 """
 from __future__ import annotations
 
+import collections
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,7 +30,7 @@ ATOM_MULTIPLE = 8  # the original collater pads atoms to a multiple of 8
 
 Record = Mapping[str, Any]
 
-__all__ = ["PairBatch", "collate_pair", "record_sizes", "num_choices", "packed_keys", "choose_bucket",
+__all__ = ["PairBatch", "collate_pair", "nonfinite_fields", "skipped_records", "NonFiniteInputError", "record_sizes", "num_choices", "packed_keys", "choose_bucket",
            "suggest_buckets", "optimal_bucket_sets", "buckets_for", "ATOM_MULTIPLE"]
 
 
@@ -116,6 +125,68 @@ def packed_keys(pair: str) -> dict[str, int]:
     return out
 
 
+# ----------------------------------------------------------------------------- non-finite input
+
+class NonFiniteInputError(ValueError):
+    """A record's float field holds NaN or inf where it cannot be skipped."""
+
+
+_SKIPPED: collections.Counter = collections.Counter()
+_SKIPPED_LOCK = threading.Lock()  # the input pipeline collates on a prefetch thread
+
+
+def skipped_records() -> dict[str, int]:
+    """{"<pair>/<field>": records skipped} by `collate_pair` in this process so far (the
+    prefetch thread runs a few batches ahead of the step that is trained)."""
+    with _SKIPPED_LOCK:
+        return dict(_SKIPPED)
+
+
+def reset_skipped_records() -> None:
+    with _SKIPPED_LOCK:
+        _SKIPPED.clear()
+
+
+def _float_fields(modality: str) -> tuple[str, ...]:
+    return tuple(f.name for f in schema.MODALITIES[modality].stored if f.dtype == "float32")
+
+
+def nonfinite_fields(modality: str, record: Record) -> list[str]:
+    """The float fields of `modality` in `record` that hold NaN or inf (every stored variant
+    is checked: a conformer list with one bad conformer is a bad record)."""
+    bad = []
+    for name in _float_fields(modality):
+        value = record.get(name)
+        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            bad.append(name)
+    return bad
+
+
+def _drop_nonfinite(pair: str, examples: list, mask: np.ndarray, choices: dict) -> None:
+    """In place: rows with non-finite float fields become masked copies of the first good row
+    (counted in `skipped_records`); no good row at all is an error naming the fields."""
+    bad_rows: dict[int, list[str]] = {}
+    for i, ex in enumerate(examples):
+        fields = [f for m in schema.pair_type(pair).modalities for f in nonfinite_fields(m, ex)]
+        if fields:
+            bad_rows[i] = fields
+    if not bad_rows:
+        return
+    good = [i for i in range(len(examples)) if i not in bad_rows]
+    if not good:
+        fields = sorted({f for fs in bad_rows.values() for f in fs})
+        raise NonFiniteInputError(f"{pair}: every record of the batch has NaN/inf in {fields} "
+                                  f"(ids {[str(ex.get('id', '?')) for ex in examples[:4]]}...)")
+    with _SKIPPED_LOCK:
+        for i, fields in bad_rows.items():
+            for f in fields:
+                _SKIPPED[f"{pair}/{f}"] += 1
+            examples[i] = examples[good[0]]
+            mask[i] = False
+            for c in choices.values():
+                c[i] = c[good[0]]
+
+
 # ----------------------------------------------------------------------------- collation
 
 def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | None = None,
@@ -126,6 +197,8 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
     """Stored records of one pair type -> its `PairBatch` (DESIGN.md section 2).
 
     batch_size: rows of the batch; missing rows are copies of examples[0] with mask False.
+      A record with NaN/inf in a float field is skipped the same way (masked copy of a good
+      row) and counted in `skipped_records()`.
     shapes: padded size per size key (e.g. "text", "graph_nodes"); missing keys come from
       `buckets`, else the need rounded up to the modality's multiple (8 for atoms).
     choices: {modality: which stored variant each example uses} (conformers; default: first).
@@ -145,8 +218,10 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
                              f"{pair} has {x_spec.name}, {y_spec.name}")
     if len(mask) != n_real or any(len(c) != n_real for c in choices.values()):
         raise ValueError(f"{n_real} examples but pair_mask / choices of another length")
+    examples, mask = list(examples), mask.copy()
+    _drop_nonfinite(pair, examples, mask, choices)  # never repaired, never trained on: counted
     fill = batch_size - n_real
-    examples = list(examples) + [examples[0]] * fill
+    examples = examples + [examples[0]] * fill
     mask = np.concatenate([mask, np.zeros(fill, bool)])
     choices = {m: c + [c[0]] * fill for m, c in choices.items()}
     shapes = dict(shapes or {})
@@ -166,6 +241,10 @@ def collate_modality(modality: str, records: Sequence[Record], *, shapes: Mappin
                      choices: Sequence[int] | None = None):
     """One modality's typed batch of `records` (the API and evaluation embed one side)."""
     s = spec(modality)
+    for i, r in enumerate(records):
+        bad = nonfinite_fields(modality, r)
+        if bad:
+            raise NonFiniteInputError(f"{modality} record {i} (id {r.get('id', '?')!r}) has NaN/inf in {bad}")
     shapes = dict(shapes or {})
     need = None
     for k in s.size_keys:

@@ -9,17 +9,106 @@ of (seed, step), so restoring the step restores them.
 Orbax writes each step into a temporary directory and renames it when complete, so a run that
 is killed mid-save leaves the previous checkpoint as the latest one. Saves are asynchronous;
 `close()` (or `wait_until_finished()`) must run before the process exits.
+
+A checkpoint damaged on disk after it was written (a truncated or garbled file, zeroed bytes, a
+lost metadata file) is found when a resumed run reads it: `restore_intact` reports it on one
+line, moves it aside to `<checkpoints>/damaged/<step>` (kept for inspection, never read again)
+and falls back to the next older checkpoint. A checkpoint whose arrays do not fit the model
+(another model config) is not damage: it raises `CheckpointMismatchError` and stays in place.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import shutil
+import sys
+import tempfile
+import time
 from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 
+from molbind_jax.cli import InputError
+
 log = logging.getLogger(__name__)
+
+DAMAGED_DIR = "damaged"
+
+
+class CheckpointMismatchError(InputError):
+    """The saved state's arrays do not fit the model being resumed (another model config)."""
+
+
+class NoIntactCheckpointError(InputError):
+    """Every checkpoint of a run directory is damaged; nothing was moved."""
+
+
+def _reason(err: BaseException) -> str:
+    """A short, one-line description of why a checkpoint could not be read: tensorstore's
+    status code and the file it failed on, or the error's own first words."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    files = re.findall(r'local file "([^"]+)"', text)
+    code = re.match(r"([A-Z_]{4,}):", text)
+    if files and code:
+        detail = text.rsplit(files[-1] + '"', 1)[-1].split(" [tensorstore_spec")[0].strip(" :")[:120]
+        return f"{code.group(1)} reading {files[-1]}" + (f": {detail}" if detail else "")
+    return f"{type(err).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+@contextlib.contextmanager
+def _held_stderr(grace_s: float = 0.5):
+    """Holds what is written to file descriptor 2 while a possibly damaged step is read and
+    replays it when the read succeeds. When it fails, tensorstore's reads still in flight
+    complete into orbax's closed event loop and each prints a `RuntimeError: Event loop is
+    closed` traceback from its own thread (dozens for a train state): those, and orbax's
+    messages, are dropped after a short grace period; the one-line report replaces them."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if not ok:
+                time.sleep(grace_s)
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                data = held.read()
+                if data:
+                    os.write(2, data)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silences orbax's own log lines (absl logger) while a possibly damaged step is probed:
+    the one-line report says what is wrong."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _layout(tree) -> list[tuple[tuple[int, ...], str]]:
+    """The sorted (shape, dtype) list of a tree's arrays (path-free: orbax's metadata tree
+    spells containers differently from the live state)."""
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return sorted((tuple(int(d) for d in x.shape), str(jax.numpy.dtype(x.dtype))) for x in leaves
+                  if hasattr(x, "shape"))
 
 
 class Checkpointer:
@@ -34,7 +123,8 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_orbax():  # a damaged step's metadata is reported by restore_intact
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -74,6 +164,72 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored.meta)
+
+    def saved_layout(self, step: int) -> list[tuple[tuple[int, ...], str]] | None:
+        """The (shape, dtype) list of the arrays saved at `step`, or None when orbax's
+        metadata of the state cannot be read."""
+        try:
+            md = self.manager.item_metadata(step)
+            tree = md["state"]
+            tree = getattr(tree, "tree", tree)
+            return _layout(tree) if tree is not None else None
+        except Exception:  # noqa: BLE001 - unreadable metadata is reported by the restore
+            return None
+
+    def restore_intact(self, state_template: Any) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest checkpoint that reads back whole, or None when the
+        directory holds no checkpoint.
+
+        Each newer checkpoint that fails to read is reported on one line (step, directory,
+        what is wrong) and moved to `<directory>/damaged/<step>`. Raises
+        `CheckpointMismatchError` when a checkpoint's arrays do not fit `state_template` (a
+        changed model, not damage: nothing is moved) and `NoIntactCheckpointError` when every
+        checkpoint is damaged (then nothing is moved either: the run must not silently start
+        again from step 0).
+        """
+        steps = self.all_steps()
+        if not steps:
+            return None
+        want = _layout(jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template))
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(steps):
+            try:
+                with _quiet_orbax(), _held_stderr():
+                    state, meta = self.restore(state_template, step)
+                if int(meta.get("step", step)) != step:
+                    raise ValueError(f"its record says step {meta.get('step')}")
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
+                with _quiet_orbax():
+                    saved = self.saved_layout(step)
+                if saved is not None and saved != want:
+                    diff = sorted(set(saved) ^ set(want))[:4]
+                    raise CheckpointMismatchError(
+                        f"checkpoint step {step} in {self.directory} holds arrays of other shapes than the "
+                        f"model being resumed ({len(saved)} saved vs {len(want)} expected; e.g. {diff}): the "
+                        "model config changed. Start fresh with a new --workdir.") from e
+                damaged.append((step, _reason(e)))
+                continue
+            for bad, why in damaged:
+                moved = self._move_aside(bad)
+                log.warning("checkpoint step %d in %s is damaged (%s); moved to %s", bad, self.directory, why, moved)
+            if damaged:
+                log.warning("resuming from step %d, the newest intact checkpoint", step)
+            return step, state, meta
+        raise NoIntactCheckpointError(
+            f"no intact checkpoint in {self.directory}: " + "; ".join(f"step {s}: {why}" for s, why in damaged) +
+            ". Nothing was moved; move the step folders away (or use a new --workdir) to start from step 0.")
+
+    def _move_aside(self, step: int) -> str:
+        """Moves the folder of `step` to `<directory>/damaged/<step>[.n]` and reloads the manager."""
+        src = os.path.join(self.directory, str(step))
+        dst_dir = os.path.join(self.directory, DAMAGED_DIR)
+        os.makedirs(dst_dir, exist_ok=True)
+        dst, n = os.path.join(dst_dir, str(step)), 1
+        while os.path.exists(dst):
+            dst, n = os.path.join(dst_dir, f"{step}.{n}"), n + 1
+        shutil.move(src, dst)
+        self.manager.reload()
+        return dst
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()

@@ -367,11 +367,14 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from molbind_jax.training.workdir import config_from_flag
+
     FLAGS = flags.FLAGS
-    if FLAGS.config is None:
+    config = config_from_flag(FLAGS)  # a missing file: one error line, exit 2
+    if config is None:
         raise app.UsageError("--config is required")
     simulate_devices(FLAGS.devices)  # before the first JAX import
-    result = dry_run(FLAGS.config, FLAGS.devices)
+    result = dry_run(config, FLAGS.devices)
     print(format_report(result), flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w", encoding="utf-8") as f:

@@ -5,12 +5,21 @@ learning rate, temperatures, throughput); evaluation records carry `"eval": true
 `r1/<pair>` keys. Only process 0 writes, so multi-host runs produce one file. When a run
 resumes from step s, records after s (written by the killed run past its last checkpoint) are
 dropped so the file reads as one consistent run.
+
+TensorBoard (`<workdir>/tensorboard`, the `tensorboard` extra): every float metric is a scalar
+summary (`simple_value`), which TensorBoard's scalar dashboard and its
+`EventAccumulator(...).Scalars(tag)` read; evaluation metrics are tagged `eval/<name>`. Counts
+(integer metrics: examples per evaluation, skipped records) and flags are left to
+metrics.jsonl. Without the package installed, a warning says so and only metrics.jsonl is
+written.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from typing import Any, Mapping
 
 import jax
@@ -47,17 +56,19 @@ class MetricWriter:
             self._truncate_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
-            import tensorflow as tf  # lazy: TF is heavy and only needed for the event files
-
-            tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory
-            from tensorflow.core.framework import summary_pb2
-
-            self._tf = tf
-            # tf.summary.scalar needs the `tensorboard` package, which is not installed; the
-            # core `tf.summary.write` with the scalars plugin's metadata writes the same events.
-            self._scalar_meta = summary_pb2.SummaryMetadata(
-                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            try:  # lazy: only runs that log to TensorBoard need the package
+                from tensorboard.compat.proto import event_pb2, summary_pb2
+                from tensorboard.summary.writer.event_file_writer import EventFileWriter
+            except ImportError:
+                logging.getLogger(__name__).warning(
+                    "tensorboard is not installed (pip install 'molbind-jax[tensorboard]'): "
+                    "writing metrics.jsonl only")
+            else:
+                self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+                self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+                if resume_step:  # TensorBoard drops the killed run's events past the resumed step
+                    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(resume_step) + 1,
+                                                       session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     def _truncate_after(self, step: int) -> None:
         kept = []
@@ -85,13 +96,12 @@ class MetricWriter:
         self._file.flush()
         if self._tb is not None:
             prefix = "eval/" if extra.get("eval") else ""
-            with self._tb.as_default(step=int(step)):
-                for k, v in rec.items():
-                    if k in ("step", "eval") or not isinstance(v, (int, float)) or isinstance(v, bool):
-                        continue
-                    self._tf.summary.write(prefix + k, self._tf.constant(float(v), self._tf.float32),
-                                           metadata=self._scalar_meta)
-            self._tb.flush()
+            values = [self._summary.Value(tag=prefix + k, simple_value=v) for k, v in rec.items()
+                      if isinstance(v, float) and k not in ("step", "eval")]  # counts stay in the JSON
+            if values:
+                self._tb.add_event(self._event(wall_time=time.time(), step=int(step),
+                                               summary=self._summary(value=values)))
+                self._tb.flush()
         return rec
 
     def close(self) -> None:

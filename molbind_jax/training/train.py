@@ -8,7 +8,10 @@ Overrides use ml_collections syntax (`--config.total_steps=100 --config.checkpoi
 variants are selected with `file.py:smoke`. Re-running the same command resumes from the
 latest checkpoint in DIR/checkpoints (parameters, BatchNorm statistics, optimizer state and
 step; the RNG and the input position are functions of the step), so a killed run is continued
-by simply starting it again.
+by simply starting it again. A damaged newest checkpoint is reported, moved to
+DIR/checkpoints/damaged/ and the next older one resumed (checkpoints.py); a config that differs
+from DIR/config.json in more than run length and logging is refused with the changed keys
+unless `--allow_config_change` (workdir.py).
 
 What lands in DIR: `config.json` (the train config and the model config; export reads it),
 `checkpoints/` (orbax, keep-N), `metrics.jsonl` and `tensorboard/` (scalars every
@@ -24,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -43,7 +45,14 @@ def _define_flags() -> None:
                                     lock_config=False)
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
     flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host runs).")
+    flags.DEFINE_bool("allow_config_change", False, "Continue a run whose config.json differs from --config in "
+                      "keys other than run length, logging and checkpointing (refused anyway when the saved "
+                      "arrays do not fit the model).")
 
+
+from molbind_jax.training.loop_parts import (  # noqa: E402,F401 - the loop's pieces, re-exported
+    check_batches, describe_shapes, evaluate, pair_every_log_warning, shapes_signature, step_options,
+    train_step_temperatures)
 
 log = logging.getLogger("molbind_jax.training.train")
 
@@ -75,9 +84,10 @@ def model_config_from(config: ConfigDict, text_dir: str = ""):
             if m not in keep:
                 d.pop(spec(m).config_key, None)
     if text_dir and "bert" in d:
+        from molbind_jax.convert.common import read_hf_config  # names the file / key of a bad value
         from molbind_jax.models.bert import BertConfig
 
-        hf = dataclasses.asdict(BertConfig.from_hf_config(os.path.join(text_dir, "config.json")))
+        hf = dataclasses.asdict(BertConfig.from_hf_config(read_hf_config(text_dir)))
         d["bert"] = {**d["bert"], **{k: v for k, v in hf.items() if k in d["bert"] and k not in ("dtype", "param_dtype")},
                      "use_token_type": d["bert"].get("use_token_type", False)}
     _deep_update(d, overrides)
@@ -205,22 +215,6 @@ def resolve_epochs(config: ConfigDict) -> dict[str, int] | None:
 # Pieces of the loop.
 
 
-def step_options(config: ConfigDict):
-    from molbind_jax.training.train_step import StepOptions
-
-    return StepOptions(
-        pairs=tuple(config.pairs),
-        weights={p: float(config.loss_weights[p]) for p in config.pairs},
-        temperature=float(config.temperature),
-        learn_temperature=bool(config.learn_temperature),
-        gather_gradient=bool(config.gather_gradient),
-        loss_chunk_size=int(config.loss_chunk_size) or None,
-        seed=int(config.seed),
-        fused=bool(config.fused_step),
-        frozen=tuple(config.frozen),
-    )
-
-
 def make_schedule(config: ConfigDict):
     from molbind_jax.training.train_step import lr_schedule
 
@@ -237,49 +231,6 @@ def make_schedule(config: ConfigDict):
                        cosine_per_epoch=bool(config.lr.cosine_per_epoch))
 
 
-def evaluate(train_step, state, eval_sets: Mapping[str, list], mesh) -> dict[str, float]:
-    """Validation in-batch R@1 (x->y and y->x averaged) per pair type, eval-mode model."""
-    import numpy as np
-
-    from molbind_jax.evaluation import metrics
-    from molbind_jax.training.train_inputs import to_global
-
-    out = {}
-    for pair, batches in eval_sets.items():
-        r_xy, r_yx = [], []
-        for b in batches:
-            x, y, mask = train_step.eval_embeddings(state, pair, to_global(b, mesh))
-            x, y, mask = np.asarray(x), np.asarray(y), np.asarray(mask).astype(bool)
-            x, y = x[mask], y[mask]
-            if len(x) < 2:
-                continue
-            sim = x @ y.T
-            targets = np.arange(len(x))
-            r_xy.append(metrics.retrieval_ranks(sim, targets))
-            r_yx.append(metrics.retrieval_ranks(sim.T, targets))
-        if r_xy:
-            a = metrics.recall_at_k(np.concatenate(r_xy), (1,))[1]
-            b = metrics.recall_at_k(np.concatenate(r_yx), (1,))[1]
-            out[f"r1/{pair}"] = 0.5 * (a + b)
-            out[f"n/{pair}"] = int(sum(len(r) for r in r_xy))
-    return out
-
-
-def check_batches(batches: Mapping, model_config) -> None:
-    """Each side of each host batch against its tower (`ModalitySpec.check_batch`): e.g. token
-    ids beyond the text tower's table would be clamped silently by the gather on device; a
-    tokenizer/model mismatch must fail loudly instead."""
-    from molbind_data import schema
-    from molbind_jax.modalities import spec
-
-    for pair, b in batches.items():
-        for side, m in zip((b.x, b.y), schema.pair_type(pair).modalities):
-            try:
-                spec(m).check_batch(side, model_config.tower(m))
-            except ValueError as e:
-                raise ValueError(f"{pair}: {e} (set config.init.{m} or the tower's size overrides)") from e
-
-
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -289,19 +240,6 @@ def _write_json(path: str, obj: Any) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # The run.
-
-
-def pair_every_log_warning(config: ConfigDict) -> str | None:
-    """A message when some logged steps will lack a pair trained on every k-th step only."""
-    from molbind_jax.training import train_inputs
-
-    sparse = {p: k for p, k in train_inputs.pair_every(config).items() if k > 1}
-    if not sparse or (int(config.log_every) * int(config.accumulate_steps)) % math.lcm(*sparse.values()) == 0:
-        return None
-    return (f"pair_every {sparse} with log_every x accumulate_steps = {config.log_every} x "
-            f"{config.accumulate_steps}: some logged steps hold no batch of those pairs, so their "
-            "loss/<pair> is missing there and the logged total `loss` covers the other pairs only. "
-            "Make log_every x accumulate_steps a multiple of every k for comparable totals.")
 
 
 def _ensure_data(config: ConfigDict) -> None:
@@ -317,18 +255,23 @@ def _ensure_data(config: ConfigDict) -> None:
                                                 data_dir_flag="--config.data.data_dir")
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns the summary written to train_summary.json."""
+def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the summary written to train_summary.json.
+    A changed config on a run with checkpoints is refused unless its changes are safe or
+    `allow_config_change` (molbind_jax/training/workdir.py)."""
     import jax
     import numpy as np
     from tqdm import tqdm
 
+    from molbind_jax.data import batching
     from molbind_jax.training import sharding, train_inputs
-    from molbind_jax.training.checkpoints import Checkpointer
+    from molbind_jax.training import workdir as run_dir
+    from molbind_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
     from molbind_jax.training.metric_writer import MetricWriter
     from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels, init_trainable
 
     t_start = time.time()
+    batching.reset_skipped_records()  # counts this run's input records with NaN/inf (batching.py)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     summary_path = os.path.join(workdir, "train_summary.json")
@@ -341,6 +284,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     probe = Checkpointer(os.path.join(workdir, "checkpoints"))
     done = probe.latest_step()
     probe.close()
+    # The config of this start against the one the run was trained with: safe changes (a
+    # longer total_steps extends a finished run) continue, others stop here (workdir.py).
+    changes = run_dir.check_config(workdir, config.to_dict(), allow_change=allow_config_change,
+                                   has_checkpoint=done is not None)
+    if changes:
+        log.warning("config changes on %s: %s", workdir, run_dir.describe(changes))
     if done is not None and done >= int(config.total_steps):
         # A finished run: re-running the command is a no-op (and keeps the measured summary).
         log.info("run in %s is complete (step %d of %d); nothing to do", workdir, done, config.total_steps)
@@ -367,9 +316,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     del model  # the state now owns the parameters
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
-    start = ckpt.latest_step() or 0
-    if start:
-        state, meta = ckpt.restore(state)
+    try:
+        resumed = ckpt.restore_intact(state)  # a damaged newest step is reported and moved aside
+    except CheckpointMismatchError as e:
+        ckpt.close()
+        raise CheckpointMismatchError(f"{e} Config changes: {run_dir.describe(changes) or 'none recorded'}") from e
+    start = 0
+    if resumed:
+        start, state, meta = resumed
         log.info("resumed from step %d (%s)", start, ckpt.directory)
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "config.json"),
@@ -391,19 +345,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     pairs_per_step = sum(accum * sizes[p] / every[p] for p in config.pairs)  # on average
     meta = {"seed": int(config.seed), "accumulate_steps": accum, "model": mcfg.to_dict()}
 
-    last_eval, step_times, last = {}, [], None
+    last_eval, step_times, last, skipped_total = {}, [], None, 0
     t_log, steps_since_log = time.time(), 0
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0 or not config.progress_bar)
+    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if jax.process_index() == 0 else (lambda msg: None)
+    seen_shapes: set = set()
+    bar = None  # made after the first step: its rate and ETA leave the first compile out
     step = start
     try:
         while step < total:
             t0 = time.time()
-            micro = []
+            micro_local = []
             for _ in range(accum):
                 local = next(batches)
                 check_batches(local, mcfg)
-                micro.append({p: train_inputs.to_global(b, mesh) for p, b in local.items()})
+                micro_local.append(local)
+            # Programs are compiled per pair and shape (one per step's shapes when fused).
+            signature = shapes_signature(micro_local)
+            keys = {signature} if config.fused_step else {pair for micro_sig in signature for pair in micro_sig}
+            compiling = not keys <= seen_shapes
+            if compiling:  # a new program: minutes at full size, say so before it starts
+                seen_shapes |= keys
+                say(f"compiling the train step ({accum} micro-batch{'es' if accum > 1 else ''}) for step "
+                    f"{step + 1}, shapes {describe_shapes(micro_local)} ...")
+            micro = [{p: train_inputs.to_global(b, mesh) for p, b in local.items()} for local in micro_local]
             state, m = train_step(state, micro)
             # One scalar per step crosses to the host: a non-finite step left the state unchanged
             # (finite guard in the update) and must stop the run before anything is saved.
@@ -413,10 +377,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                     f"non-finite loss at step {step + 1}: {losses}. The update was not applied and nothing "
                     f"was saved; the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. "
                     "Lower the learning rate or check the input batch, then re-run the command to resume.")
+            if compiling:
+                say(f"compiled and ran step {step + 1} in {time.time() - t0:.1f} s "
+                    f"({len(seen_shapes)} pair/shape program{'s' if len(seen_shapes) > 1 else ''} so far)")
             step += 1
             step_times.append(time.time() - t0)
             steps_since_log += 1
-            bar.update(1)
+            if bar is None:
+                bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                           disable=jax.process_index() != 0 or not config.progress_bar)
+            else:
+                bar.update(1)
             if step % config.log_every == 0 or step == total:
                 dt = time.time() - t_log
                 scalars = {k: v for k, v in m.items() if k != "finite"}
@@ -425,6 +396,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                     scalars[f"temperature/{p}"] = t
                 scalars["steps_per_sec"] = steps_since_log / dt
                 scalars["pairs_per_sec"] = steps_since_log * pairs_per_step / dt
+                skipped = batching.skipped_records()
+                if sum(skipped.values()) > skipped_total:  # records with NaN/inf inputs, never trained on
+                    skipped_total = sum(skipped.values())
+                    log.warning("skipped %d records with non-finite inputs so far: %s", skipped_total, skipped)
+                scalars["skipped_records"] = skipped_total  # an int: metrics.jsonl, not a TensorBoard scalar
                 last = writer.write(step, scalars)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
                 t_log, steps_since_log = time.time(), 0
@@ -441,7 +417,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         if ckpt.latest_step() != total:
             ckpt.save(total, state, {**meta, "step": total, "input_position": total * accum}, force=True)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         ckpt.close()  # waits for pending async saves
         writer.close()
 
@@ -455,6 +432,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         "first_step_time_s": step_times[0] if step_times else None,
         "final": last,
         "final_eval": last_eval,
+        "skipped_records": batching.skipped_records(),  # {pair/field: count}, non-finite inputs
         "devices": jax.device_count(),
         "platform": jax.devices()[0].platform,
     }
@@ -463,25 +441,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def train_step_temperatures(train_step, state) -> dict[str, float]:
-    from molbind_jax.training.train_step import temperatures
-
-    return {p: float(t) for p, t in temperatures(state["trainable"], train_step.opts).items()}
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from molbind_jax.training import pretrained, sharding
+    from molbind_jax.training import workdir as run_dir
 
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed(FLAGS.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    if FLAGS.workdir is None or FLAGS.config is None:
+    config = run_dir.config_from_flag(FLAGS)
+    if FLAGS.workdir is None or config is None:
         raise app.UsageError("--config and --workdir are required")
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        summary = train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     except NonFiniteLossError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(3)

@@ -68,22 +68,41 @@ def test_metrics_after_resume_drop_records_past_the_checkpoint(tmp_path):
     assert recs[-1] == {"step": 5, "loss": 0.3, "finite": True, "nan": "nan"}
 
 
-@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
-def test_tensorboard_events_are_written(tmp_path):
-    w = MetricWriter(str(tmp_path), tensorboard=True)
-    w.write(3, {"loss": 1.5, "learning_rate": 1e-4})
-    w.write(3, {"r1/graph_text": 0.25}, eval=True)
-    w.close()
-    import tensorflow as tf
+@pytest.mark.slow  # EventAccumulator imports TensorFlow
+def test_tensorboard_scalars_read_back_as_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    files = os.listdir(tmp_path / "tensorboard")
-    assert len(files) == 1
-    tags = {}
-    for ev in tf.compat.v1.train.summary_iterator(str(tmp_path / "tensorboard" / files[0])):
-        for v in ev.summary.value:
-            tags[v.tag] = (ev.step, float(tf.make_ndarray(v.tensor)), v.metadata.plugin_data.plugin_name)
-    assert tags["loss"] == (3, 1.5, "scalars")
-    assert tags["eval/r1/graph_text"] == (3, 0.25, "scalars")
+    w = MetricWriter(str(tmp_path), tensorboard=True)
+    w.write(3, {"loss": 1.5, "learning_rate": 1e-4, "skipped_records": 2})
+    w.write(3, {"r1/graph_text": 0.25, "n/graph_text": 64}, eval=True)
+    w.write(4, {"loss": 1.25, "skipped_records": 2})
+    w.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(3, 1.5), (4, 1.25)]
+    assert [(e.step, e.value) for e in acc.Scalars("eval/r1/graph_text")] == [(3, 0.25)]
+    assert acc.Scalars("learning_rate")[0].value == pytest.approx(1e-4)
+    # Counts are left to metrics.jsonl: no scalar, no tensor.
+    tags = acc.Tags()
+    assert "skipped_records" not in tags["scalars"] and "eval/n/graph_text" not in tags["scalars"]
+    assert not tags["tensors"]
+    assert read_metrics(str(tmp_path))[0]["skipped_records"] == 2
+
+
+@pytest.mark.slow  # EventAccumulator imports TensorFlow
+def test_tensorboard_after_resume_drops_the_killed_runs_later_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    w = MetricWriter(str(tmp_path), tensorboard=True)
+    for s in range(1, 6):
+        w.write(s, {"loss": float(s)})
+    w.close()
+    w = MetricWriter(str(tmp_path), tensorboard=True, resume_step=3)
+    w.write(4, {"loss": 40.0})
+    w.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
 @pytest.mark.slow
