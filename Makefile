@@ -24,7 +24,7 @@ test: setup
 
 # The fast tier, for quick iteration after every change.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile tests
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests
