@@ -59,7 +59,7 @@ def _reason(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _held_stderr(grace_s: float = 0.5):
+def _held_stderr(grace_s: float = 1.0, replay: bool = True):
     """Holds what is written to file descriptor 2 while a possibly damaged step is read and
     replays it when the read succeeds. When it fails, tensorstore's reads still in flight
     complete into orbax's closed event loop and each prints a `RuntimeError: Event loop is
@@ -78,12 +78,12 @@ def _held_stderr(grace_s: float = 0.5):
             yield
             ok = True
         finally:
-            if not ok:
+            if not ok or not replay:
                 time.sleep(grace_s)
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if ok:
+            if ok and replay:
                 held.seek(0)
                 data = held.read()
                 if data:
@@ -199,7 +199,7 @@ class Checkpointer:
                 if int(meta.get("step", step)) != step:
                     raise ValueError(f"its record says step {meta.get('step')}")
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
-                with _quiet_orbax():
+                with _quiet_orbax(), _held_stderr(replay=False):  # the failed read's stragglers
                     saved = self.saved_layout(step)
                 if saved is not None and saved != want:
                     diff = sorted(set(saved) ^ set(want))[:4]
