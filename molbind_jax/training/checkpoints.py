@@ -19,6 +19,7 @@ and falls back to the next older checkpoint. A checkpoint whose arrays do not fi
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -101,6 +102,22 @@ def _quiet_orbax():
         yield
     finally:
         logger.setLevel(level)
+
+
+class _FailedReadTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports. A failed read of a
+    damaged step leaves orbax's deserialisation tasks with their exceptions unread; asyncio
+    reports each when the task is garbage-collected, at any later moment of the run. Installed
+    only once a damaged step was found, whose one-line report already says what is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+def _drop_failed_read_reports() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _FailedReadTasks) for f in logger.filters):
+        logger.addFilter(_FailedReadTasks())
 
 
 def _layout(tree) -> list[tuple[tuple[int, ...], str]]:
@@ -199,8 +216,10 @@ class Checkpointer:
                 if int(meta.get("step", step)) != step:
                     raise ValueError(f"its record says step {meta.get('step')}")
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
+                _drop_failed_read_reports()
                 with _quiet_orbax(), _held_stderr(replay=False):  # the failed read's stragglers
                     saved = self.saved_layout(step)
+                    gc.collect()  # the failed read's tasks report now, while fd 2 is held
                 if saved is not None and saved != want:
                     diff = sorted(set(saved) ^ set(want))[:4]
                     raise CheckpointMismatchError(

@@ -138,3 +138,20 @@ def test_changed_model_on_a_finished_run_is_refused_with_the_changes(base_run):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "other shapes" in errors[0] and "embed_dim: 16 -> 32" in errors[0], r.stderr[-3000:]
     assert _steps(w) == [2, 4, 6] and not os.path.exists(os.path.join(w, "checkpoints", "damaged"))
+
+
+@pytest.mark.slow
+def test_export_of_a_damaged_step_is_one_error_naming_it(base_run):
+    import subprocess
+    import sys
+    w = _copy(base_run, "export_damaged")
+    truncate(os.path.join(w, "checkpoints", "6"))
+    out = os.path.join(w, "export")
+    r = subprocess.run([sys.executable, "-m", "molbind_jax.training.export", f"--workdir={w}", f"--output={out}"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "checkpoint step 6 in" in errors[0] and "OUT_OF_RANGE" in errors[0], r.stderr[-3000:]
+    assert "--step" in errors[0] and "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr
+    assert not os.path.exists(out) and not os.path.exists(out + ".tmp")
+    assert _steps(w) == [2, 4, 6]  # an export moves nothing
