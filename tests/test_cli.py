@@ -68,3 +68,48 @@ def test_the_projects_own_messages_stay_visible():
             "cli.run(lambda argv: logging.getLogger('molbind_jax.training.train').info('resumed from step 7'))")
     res = subprocess.run([sys.executable, "-c", prog], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "resumed from step 7" in res.stderr
+
+
+def _console_modules() -> dict[str, str]:
+    """console script name -> module, from pyproject.toml's [project.scripts]."""
+    import re
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")).read()
+    block = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return {name: target.split(":")[0] for name, target in re.findall(r'^([\w-]+) = "([\w.:]+)"', block, flags=re.M)}
+
+
+# A missing path given to every command: (script, arguments, the path its error must name).
+MISSING = "/nonexistent/molbind"
+MISSING_PATH_CASES = [
+    ("molbind-build", ["--source=pairs", "--pair=graph_text", f"--input={MISSING}/pairs.csv"], f"{MISSING}/pairs.csv"),
+    ("molbind-train", [f"--config={MISSING}/cfg.py"], f"{MISSING}/cfg.py"),
+    ("molbind-dryrun", [f"--config={MISSING}/cfg.py"], f"{MISSING}/cfg.py"),
+    ("molbind-export", [f"--workdir={MISSING}/run"], f"{MISSING}/run"),
+    ("molbind-evaluate", [f"--checkpoint={MISSING}/export"], f"{MISSING}/export"),
+    ("molbind-embed", [f"--checkpoint={MISSING}/export", "--modality=text", f"--input={MISSING}/in.txt"],
+     f"{MISSING}/in.txt"),
+    ("molbind-search", [f"--checkpoint={MISSING}/export", f"--index={MISSING}/x.npy", "--query-text=a"], MISSING),
+    ("molbind-index", ["build", f"--embeddings={MISSING}/x.npy"], f"{MISSING}/x.npy"),
+    ("molbind-compare", ["--encoder=gin", f"--checkpoint={MISSING}/g.pth", f"--inputs={MISSING}/in.npz"], MISSING),
+    ("molbind-convert", [f"--checkpoint={MISSING}/m.ckpt", "--tokenizer=x"], f"{MISSING}/m.ckpt"),
+]
+
+
+def test_every_console_script_has_a_missing_path_case():
+    assert sorted(_console_modules()) == sorted(c[0] for c in MISSING_PATH_CASES)
+
+
+@pytest.mark.slow  # fast tier < 90 s: one interpreter start per command
+@pytest.mark.parametrize("script, args, needle", MISSING_PATH_CASES, ids=[c[0] for c in MISSING_PATH_CASES])
+def test_every_command_names_a_missing_path_in_one_line(tmp_path, script, args, needle):
+    module = _console_modules()[script]
+    out = [f"--output={tmp_path / 'out.npy'}"] if script in ("molbind-embed", "molbind-index", "molbind-convert") else []
+    work = [f"--workdir={tmp_path / 'run'}"] if script == "molbind-train" else []
+    data = [f"--data_dir={tmp_path / 'tfds'}"] if script == "molbind-build" else []
+    r = subprocess.run([sys.executable, "-m", module, *args, *out, *work, *data], capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0"))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert len(errors) == 1 and needle in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "run" / "checkpoints").exists()
