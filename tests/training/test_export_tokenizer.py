@@ -47,11 +47,17 @@ def test_the_smoke_text_table_fits_the_minilm_tokenizer():
 
     n = len(load_tokenizer(minilm_dir()))
     assert n == 30522
-    for name in ("mini", "m4", "smiles", "emergent"):
+    for name in ("mini", "smiles", "emergent"):
         mcfg = model_config_from(load_config(name, "smoke"), "")
         assert mcfg.bert.vocab_size == n, name
         assert (mcfg.bert.hidden_size, mcfg.bert.num_layers) == (32, 2), name  # still the tiny tower
         export.check_tokenizer_fits(minilm_dir(), mcfg.bert.vocab_size)
+    # m4:smoke keeps the tiny 64-row table (recipe checks only): exporting it with the MiniLM
+    # is refused, not written with clamped ids.
+    m4 = model_config_from(load_config("m4", "smoke"), "")
+    assert m4.bert.vocab_size == 64
+    with pytest.raises(Exception, match="vocab|ids|table"):
+        export.check_tokenizer_fits(minilm_dir(), m4.bert.vocab_size)
 
 
 def test_an_unreadable_tokenizer_folder_is_a_clear_error(tmp_path):

@@ -33,6 +33,9 @@ def files(tmp_path_factory):
 
 def config_with(init: dict, scratch=()):
     cfg = smoke_config()
+    # The smoke variant widens its text table to the MiniLM's ids; a text backbone brings its
+    # own size (config.json), which an explicit override would contradict.
+    cfg.model.overrides = dict(embed_dim=16)
     for k, v in init.items():
         setattr(cfg.init, k, v)
     cfg.init.scratch = tuple(scratch)
