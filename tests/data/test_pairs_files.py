@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from molbind_data.featurize import SkipRecord
 from molbind_data.sources import pairs
+from test_pairs import _every_split as _records_of_every_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROWS = [("CCO", "Ethanol is a primary alcohol."), ("c1ccccc1", "Benzene is an aromatic hydrocarbon."),
@@ -17,16 +17,7 @@ ROWS = [("CCO", "Ethanol is a primary alcohol."), ("c1ccccc1", "Benzene is an ar
 
 
 def _every_split(pair, path, **options):
-    out, skipped, where = {}, {}, {}
-    options = {"input": str(path), **options}
-    for split in pairs.SPLITS:
-        for key, raw in pairs.raw_records(pair, split, options):
-            where[key] = split
-            try:
-                out[key] = pairs.featurize(pair, raw, options)
-            except SkipRecord as skip:
-                skipped[key] = skip.reason
-    return out, skipped, where
+    return _records_of_every_split(pair, {"input": str(path), **options})
 
 
 def _csv(path, header, rows, encoding="utf-8"):
