@@ -97,13 +97,26 @@ def restore_state(state_dir: str, model) -> None:
     stats = nnx.state(model, nnx.BatchStat)
     template = {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
-    ckptr = ocp.StandardCheckpointer()
+    # A damaged state fails while TensorStore's reads are still in flight: they print "Event
+    # loop is closed" tracebacks from their threads. fd 2 is held during the read (replayed when
+    # it succeeds), as for a damaged training checkpoint; the one-line error replaces them.
+    from molbind_jax.training.checkpoints import _drop_failed_read_reports, _held_stderr, _quiet_orbax
+    error = None
     try:
-        tree = ckptr.restore(state_dir, template)
+        with _quiet_orbax(), _held_stderr():
+            ckptr = ocp.StandardCheckpointer()
+            try:
+                tree = ckptr.restore(state_dir, template)
+            finally:
+                ckptr.close()
     except Exception as err:  # noqa: BLE001 - orbax/TensorStore raise many types for one cause
-        raise CheckpointError(_state_error(state_dir, err)) from None
-    finally:
-        ckptr.close()
+        error = _state_error(state_dir, err)
+        _drop_failed_read_reports()
+        import gc
+        with _held_stderr(replay=False):  # the failed read's stragglers
+            gc.collect()
+    if error is not None:
+        raise CheckpointError(error)
     nnx.replace_by_pure_dict(params, tree["params"])
     nnx.replace_by_pure_dict(stats, tree["batch_stats"])
     nnx.update(model, params, stats)
