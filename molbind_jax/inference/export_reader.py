@@ -100,10 +100,10 @@ def restore_state(state_dir: str, model) -> None:
     # A damaged state fails while TensorStore's reads are still in flight: they print "Event
     # loop is closed" tracebacks from their threads. fd 2 is held during the read (replayed when
     # it succeeds), as for a damaged training checkpoint; the one-line error replaces them.
-    from molbind_jax.training.checkpoints import _drop_failed_read_reports, _held_stderr, _quiet_orbax
+    from molbind_jax.training.checkpoints import drop_failed_read_reports, held_stderr, quiet_orbax
     error = None
     try:
-        with _quiet_orbax(), _held_stderr():
+        with quiet_orbax(), held_stderr():
             ckptr = ocp.StandardCheckpointer()
             try:
                 tree = ckptr.restore(state_dir, template)
@@ -111,9 +111,9 @@ def restore_state(state_dir: str, model) -> None:
                 ckptr.close()
     except Exception as err:  # noqa: BLE001 - orbax/TensorStore raise many types for one cause
         error = _state_error(state_dir, err)
-        _drop_failed_read_reports()
+        drop_failed_read_reports()
         import gc
-        with _held_stderr(replay=False):  # the failed read's stragglers
+        with held_stderr(replay=False):  # the failed read's stragglers
             gc.collect()
     if error is not None:
         raise CheckpointError(error)

@@ -47,7 +47,7 @@ class NoIntactCheckpointError(InputError):
     """Every checkpoint of a run directory is damaged; nothing was moved."""
 
 
-def _reason(err: BaseException) -> str:
+def read_failure_reason(err: BaseException) -> str:
     """A short, one-line description of why a checkpoint could not be read: tensorstore's
     status code and the file it failed on, or the error's own first words."""
     text = " ".join(str(err).split()) or type(err).__name__
@@ -60,7 +60,7 @@ def _reason(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _held_stderr(grace_s: float = 1.0, replay: bool = True):
+def held_stderr(grace_s: float = 1.0, replay: bool = True):
     """Holds what is written to file descriptor 2 while a possibly damaged step is read and
     replays it when the read succeeds. When it fails, tensorstore's reads still in flight
     complete into orbax's closed event loop and each prints a `RuntimeError: Event loop is
@@ -92,7 +92,7 @@ def _held_stderr(grace_s: float = 1.0, replay: bool = True):
 
 
 @contextlib.contextmanager
-def _quiet_orbax():
+def quiet_orbax():
     """Silences orbax's own log lines (absl logger) while a possibly damaged step is probed:
     the one-line report says what is wrong."""
     logger = logging.getLogger("absl")
@@ -114,7 +114,7 @@ class _FailedReadTasks(logging.Filter):
         return not str(record.msg).startswith("Task exception was never retrieved")
 
 
-def _drop_failed_read_reports() -> None:
+def drop_failed_read_reports() -> None:
     logger = logging.getLogger("asyncio")
     if not any(isinstance(f, _FailedReadTasks) for f in logger.filters):
         logger.addFilter(_FailedReadTasks())
@@ -140,7 +140,7 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
         )
-        with _quiet_orbax():  # a damaged step's metadata is reported by restore_intact
+        with quiet_orbax():  # a damaged step's metadata is reported by restore_intact
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -211,13 +211,13 @@ class Checkpointer:
         damaged: list[tuple[int, str]] = []
         for step in reversed(steps):
             try:
-                with _quiet_orbax(), _held_stderr():
+                with quiet_orbax(), held_stderr():
                     state, meta = self.restore(state_template, step)
                 if int(meta.get("step", step)) != step:
                     raise ValueError(f"its record says step {meta.get('step')}")
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
-                _drop_failed_read_reports()
-                with _quiet_orbax(), _held_stderr(replay=False):  # the failed read's stragglers
+                drop_failed_read_reports()
+                with quiet_orbax(), held_stderr(replay=False):  # the failed read's stragglers
                     saved = self.saved_layout(step)
                     gc.collect()  # the failed read's tasks report now, while fd 2 is held
                 if saved is not None and saved != want:
@@ -226,7 +226,7 @@ class Checkpointer:
                         f"checkpoint step {step} in {self.directory} holds arrays of other shapes than the "
                         f"model being resumed ({len(saved)} saved vs {len(want)} expected; e.g. {diff}): the "
                         "model config changed. Start fresh with a new --workdir.") from e
-                damaged.append((step, _reason(e)))
+                damaged.append((step, read_failure_reason(e)))
                 continue
             for bad, why in damaged:
                 moved = self._move_aside(bad)

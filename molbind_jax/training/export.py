@@ -82,8 +82,8 @@ def _restore_trained(workdir: str, step: int | None):
     from ml_collections import ConfigDict
 
     from molbind_jax.training import sharding, train
-    from molbind_jax.training.checkpoints import (Checkpointer, _drop_failed_read_reports, _held_stderr,
-                                                  _quiet_orbax, _reason)
+    from molbind_jax.training.checkpoints import (Checkpointer, drop_failed_read_reports, held_stderr,
+                                                  quiet_orbax, read_failure_reason)
     from molbind_jax.training.train_step import TrainStep, init_trainable, make_optimizer, param_labels
 
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -107,13 +107,13 @@ def _restore_trained(workdir: str, step: int | None):
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
         try:
-            with _quiet_orbax(), _held_stderr():
+            with quiet_orbax(), held_stderr():
                 state, meta = ckpt.restore(ts.init_state(model), step)
         except Exception as err:  # noqa: BLE001 - orbax/tensorstore/json raise many types
             from molbind_jax.convert.common import CheckpointError
-            _drop_failed_read_reports()
+            drop_failed_read_reports()
             raise CheckpointError(
-                f"checkpoint step {step} in {workdir}/checkpoints cannot be read ({_reason(err)}); "
+                f"checkpoint step {step} in {workdir}/checkpoints cannot be read ({read_failure_reason(err)}); "
                 "export another step with --step, or resume the run (train moves a damaged step "
                 "aside and goes on from the newest intact one)") from None
     finally:
