@@ -118,7 +118,7 @@ def summarize(ranks, ks: Iterable[int] = DEFAULT_KS, *, ci: bool = False
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
-_CHUNK_ELEMENTS = 4_000_000  # resample indices drawn this many at a time (memory bound)
+_CHUNK_ELEMENTS = 4_000_000  # resample indices drawn at a time (memory bound, ~32 MB)
 
 
 def bootstrap_means(values, n_resamples: int = BOOTSTRAP_RESAMPLES,
@@ -140,7 +140,10 @@ def bootstrap_means(values, n_resamples: int = BOOTSTRAP_RESAMPLES,
     step = max(1, _CHUNK_ELEMENTS // n)
     for b0 in range(0, int(n_resamples), step):
         idx = rng.integers(0, n, size=(min(step, int(n_resamples) - b0), n))
-        out[b0:b0 + idx.shape[0]] = v[idx].mean(axis=1)
+        # How often each unit was drawn, per resample; the mean is then one product.
+        flat = (idx + n * np.arange(idx.shape[0])[:, None]).ravel()
+        counts = np.bincount(flat, minlength=idx.size).reshape(idx.shape)
+        out[b0:b0 + idx.shape[0]] = counts @ v / n
     return out
 
 

@@ -41,7 +41,7 @@ def test_vectorised_equals_a_plain_loop(monkeypatch):
         stats["MRR"].append(metrics.mrr(r))
     want = {k: np.percentile(v, [2.5, 97.5]) for k, v in stats.items()}
     # Small chunks: the resamples are drawn in several pieces and must be the same stream.
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 37 * 3)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 37 * 3)  # 3 resamples at a time
     got = metrics.rank_intervals(ranks, n_resamples=b, seed=seed)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-12)
