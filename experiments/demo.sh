@@ -8,6 +8,10 @@
 # when the checkpoints changed, and the evaluation is rerun (it is the output).
 # DEMO_EMERGENT=1 also trains experiments/configs/emergent.py in WORKDIR/emergent and adds
 # the emergent conformer<->text section to the report.
+# DEMO_SEEDS=N (default 1) trains the config N times: WORKDIR is seed 0 (the config as it is;
+# its `seed` is 0 in mini.py), WORKDIR/seed_K for K = 1..N-1 with --config.seed=K; each is exported and
+# evaluated into its own directory, and molbind_jax.evaluation.seeds writes the spread over
+# the runs to WORKDIR/seeds.md and WORKDIR/seeds.json.
 # TFDS_DATA_DIR defaults to data/tfds in the repository (gitignored). Every step shows
 # progress; the log of each step is kept in WORKDIR/logs/.
 set -euo pipefail
@@ -20,6 +24,11 @@ export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$ROOT/data/tfds}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 CONFIG="${DEMO_CONFIG:-experiments/configs/mini.py}"
+SEEDS="${DEMO_SEEDS:-1}"
+if ! [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "DEMO_SEEDS must be a positive integer, got '$SEEDS'" >&2
+  exit 2
+fi
 mkdir -p "$WORKDIR/logs" "$TFDS_DATA_DIR"
 
 START=$(date +%s)
@@ -44,14 +53,18 @@ step build "$PY" -m molbind_data.build --source=mini --data_dir="$TFDS_DATA_DIR"
 step train "$PY" -m molbind_jax.training.train --config="$CONFIG" --workdir="$WORKDIR"
 
 # 3. Export, unless the export was made from the checkpoints that exist now.
-ckpts="$(ls "$WORKDIR/checkpoints" 2>/dev/null | sort -n | tr '\n' ' ')"
-if [ ! -f "$WORKDIR/export/.demo-exported" ] || [ "$(cat "$WORKDIR/export/.demo-exported")" != "$ckpts" ]; then
-  rm -rf "$WORKDIR/export"
-  step export "$PY" -m molbind_jax.training.export --workdir="$WORKDIR" --output="$WORKDIR/export"
-  printf '%s' "$ckpts" > "$WORKDIR/export/.demo-exported"
-else
-  stamp "export: up to date ($WORKDIR/export, checkpoints: $ckpts)"
-fi
+export_run() {  # export_run STEP_NAME RUN_DIR
+  local name="$1" dir="$2" ckpts
+  ckpts="$(ls "$dir/checkpoints" 2>/dev/null | sort -n | tr '\n' ' ')"
+  if [ ! -f "$dir/export/.demo-exported" ] || [ "$(cat "$dir/export/.demo-exported")" != "$ckpts" ]; then
+    rm -rf "$dir/export"
+    step "$name" "$PY" -m molbind_jax.training.export --workdir="$dir" --output="$dir/export"
+    printf '%s' "$ckpts" > "$dir/export/.demo-exported"
+  else
+    stamp "$name: up to date ($dir/export, checkpoints: $ckpts)"
+  fi
+}
+export_run export "$WORKDIR"
 
 # 4. Optional (DEMO_EMERGENT=1): the emergent run, mini without conformer_text pairs.
 EVAL_EXTRA=()
@@ -67,9 +80,28 @@ fi
 # 5. Evaluation: tables on stdout, report.md / metrics.json / plots in WORKDIR.
 step evaluate "$PY" -m molbind_jax.evaluation.evaluate --workdir="$WORKDIR" --data_dir="$TFDS_DATA_DIR" "${EVAL_EXTRA[@]}"
 
+# 6. Optional (DEMO_SEEDS=N > 1): the same config with seeds 1..N-1, then the spread.
+RUNS="$WORKDIR"
+for (( K = 1; K < SEEDS; K++ )); do
+  SWORK="$WORKDIR/seed_$K"
+  step "train_seed$K" "$PY" -m molbind_jax.training.train --config="$CONFIG" --workdir="$SWORK" --config.seed="$K"
+  export_run "export_seed$K" "$SWORK"
+  step "evaluate_seed$K" "$PY" -m molbind_jax.evaluation.evaluate --workdir="$SWORK" --data_dir="$TFDS_DATA_DIR"
+  RUNS="$RUNS,$SWORK"
+done
+if [ "$SEEDS" -gt 1 ]; then
+  step seeds "$PY" -m molbind_jax.evaluation.seeds --workdirs="$RUNS" --output="$WORKDIR"
+fi
+
 stamp "finished in $(( $(date +%s) - START ))s"
 echo
 echo "Retrieval against the whole test split (%), from $WORKDIR/report.md:"
 sed -n '/^## Retrieval against the whole test split/,/^## In-batch/p' "$WORKDIR/report.md" | grep '^|'
 echo
 echo "Report: $WORKDIR/report.md (metrics.json, recall_curves.png, loss_curves.png, embedding_map.png)"
+if [ "$SEEDS" -gt 1 ]; then
+  echo
+  echo "Spread over $SEEDS seeds, full-split retrieval (fractions), from $WORKDIR/seeds.md:"
+  grep -E '^\| (number|---|retrieval/[^ ]*/full/)' "$WORKDIR/seeds.md" || true
+  echo "Every number: $WORKDIR/seeds.md ($WORKDIR/seeds.json)"
+fi

@@ -23,6 +23,11 @@ The original's protocol (evaluate_original module docstring): raw projections, b
 (`--bf16`, default on), text without [CLS]/[SEP] (`--original_text_tokens`, default on),
 Uni-Mol inputs padded as its collater, Acc and R@20 from a sort, the true partner only.
 
+Every model and baseline number of ours comes with a bootstrap 95% interval over the
+queries (`ci95` next to the numbers in metrics.json; metrics.bootstrap_ci). conformer<->pocket
+also gets virtual-screening metrics (each pocket ranks every test ligand: AUROC, EF at 1% and
+5%, mean over targets; screening.py).
+
 Next to the model (ours): the analytic random expectation (per query, given its number of
 correct answers) and the non-learned baselines of baselines.py; zero-shot classification
 where the candidates are texts (molbind_data.sources.mini.classification_tasks);
@@ -47,7 +52,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from molbind_data import schema
-from molbind_jax.evaluation import baselines, metrics, report
+from molbind_jax.evaluation import baselines, metrics, report, screening
 from molbind_jax.evaluation.report import NonFiniteEmbeddings, check_finite  # noqa: F401
 from molbind_jax.evaluation import evaluate_original as eo
 
@@ -159,8 +164,8 @@ def in_batch_from_sim(sim: np.ndarray, batch_size: int = 64) -> dict:
         d = np.arange(blk.shape[0])
         r_ab.append(metrics.retrieval_ranks(blk, d))
         r_ba.append(metrics.retrieval_ranks(blk.T, d))
-    return {"a2b": metrics.summarize(np.concatenate(r_ab)),
-            "b2a": metrics.summarize(np.concatenate(r_ba))}
+    return {"a2b": metrics.summarize(np.concatenate(r_ab), ci=True),
+            "b2a": metrics.summarize(np.concatenate(r_ba), ci=True)}
 
 
 def curve(ranks: np.ndarray, kmax: int = CURVE_K) -> list[float]:
@@ -249,9 +254,10 @@ def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int 
     res = {
         "a": tower_a, "b": tower_b, "n": n,
         "mean_correct_per_query": float(n_targets.mean()),
-        "full": {"a2b": metrics.summarize(ranks_ab), "b2a": metrics.summarize(ranks_ba)},
+        "full": {"a2b": metrics.summarize(ranks_ab, ci=True),
+                 "b2a": metrics.summarize(ranks_ba, ci=True)},
         "in_batch": {k.replace("x2y", "a2b").replace("y2x", "b2a"): v for k, v in
-                     metrics.in_batch_metrics(emb_a, emb_b, batch_size=64).items()},
+                     metrics.in_batch_metrics(emb_a, emb_b, batch_size=64, ci=True).items()},
         "curve": {"a2b": curve(ranks_ab), "b2a": curve(ranks_ba)},
         "random": {"full": {d: random_expected(n, n_targets) for d in ("a2b", "b2a")},
                    "in_batch": {d: random_in_batch(n) for d in ("a2b", "b2a")}},
@@ -266,20 +272,25 @@ def evaluate_pair(mb, pair: str, records: Sequence[Mapping], *, block_size: int 
         s_ab = metrics.blocked_ranks(emb_a, emb_b, strict, block_size)
         s_ba = metrics.blocked_ranks(emb_b, emb_a, strict, block_size)
         n_strict = (strict >= 0).sum(axis=1)
-        res["strict"] = {"a2b": metrics.summarize(s_ab), "b2a": metrics.summarize(s_ba)}
+        res["strict"] = {"a2b": metrics.summarize(s_ab, ci=True),
+                         "b2a": metrics.summarize(s_ba, ci=True)}
         res["random"]["strict"] = {d: random_expected(n, n_strict) for d in ("a2b", "b2a")}
-    if with_baselines:
+    base_sims = baselines.pair_baselines(pair, records) if with_baselines else {}
+    if base_sims:
         mask = targets_mask(targets, n)
-        for name, sim in baselines.pair_baselines(pair, records).items():
+        for name, sim in base_sims.items():
             res["baselines"][name] = {
-                "full": {"a2b": metrics.summarize(metrics.retrieval_ranks(sim, mask)),
-                         "b2a": metrics.summarize(metrics.retrieval_ranks(sim.T, mask))},
+                "full": {"a2b": metrics.summarize(metrics.retrieval_ranks(sim, mask), ci=True),
+                         "b2a": metrics.summarize(metrics.retrieval_ranks(sim.T, mask), ci=True)},
                 "in_batch": in_batch_from_sim(sim)}
             if "strict" in res:
                 smask = targets_mask(strict, n)
                 res["baselines"][name]["strict"] = {
-                    "a2b": metrics.summarize(metrics.retrieval_ranks(sim, smask)),
-                    "b2a": metrics.summarize(metrics.retrieval_ranks(sim.T, smask))}
+                    "a2b": metrics.summarize(metrics.retrieval_ranks(sim, smask), ci=True),
+                    "b2a": metrics.summarize(metrics.retrieval_ranks(sim.T, smask), ci=True)}
+    if pair == "conformer_pocket":
+        # Virtual screening (screening.py): each pocket ranks every test ligand.
+        res["screening"] = screening.screening_section(emb_b @ emb_a.T, keys_a, keys_b, base_sims)
     return res, {tower_a: emb_a, tower_b: emb_b}
 
 
@@ -311,8 +322,8 @@ def evaluate_classification(mb, tasks: Mapping) -> dict:
             rnd["MRR"] += r["MRR"] / len(labels)
         out[name] = {
             "num_classes": len(cands),
-            "model": metrics.classification_metrics(sim, mask),
-            "baselines": {"smiles_text_tfidf": metrics.classification_metrics(tfidf, mask)},
+            "model": metrics.classification_metrics(sim, mask, ci=True),
+            "baselines": {"smiles_text_tfidf": metrics.classification_metrics(tfidf, mask, ci=True)},
             "random": dict(rnd, n=len(labels)),
             "skipped_queries": int((~ok).sum()),
             "failed_candidates": len(c.failures),

@@ -17,6 +17,11 @@ Conventions used everywhere in this module:
   mask ``[Q, C]`` (unblocked) or a padded int array ``[Q, T]`` with ``-1`` for "no more
   targets" (blocked). Every query must have at least one target.
 * Recall@K = mean(rank < K); MRR = mean(1 / (rank + 1)).
+* **Intervals** (``ci=True``): a percentile bootstrap over the queries (``bootstrap_ci``):
+  the queries are resampled with replacement ``BOOTSTRAP_RESAMPLES`` times with a fixed
+  seed, each metric recomputed on every resample, and the 2.5th / 97.5th percentiles kept
+  as ``summary["ci95"][metric] = [lo, hi]``. They cover the sampling of the test queries,
+  not the randomness of training (evaluation/seeds.py reports that spread).
 
 ``blocked_ranks`` never materialises the full ``[Q, C]`` similarity matrix: it walks row
 blocks x column blocks of a fixed shape (the last blocks are zero-padded and masked), so one
@@ -96,21 +101,93 @@ def mrr(ranks) -> float:
     return float(np.mean(1.0 / (ranks + 1.0)))
 
 
-def summarize(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """{'R@1': .., 'R@5': .., 'R@10': .., 'R@20': .., 'MRR': .., 'n': ..} (fractions)."""
+def summarize(ranks, ks: Iterable[int] = DEFAULT_KS, *, ci: bool = False
+              ) -> dict[str, float]:
+    """{'R@1': .., 'R@5': .., 'R@10': .., 'R@20': .., 'MRR': .., 'n': ..} (fractions);
+    with ``ci``, also 'ci95': {metric: [lo, hi]} (bootstrap over the queries)."""
+    ks = tuple(ks)
     out = {f"R@{k}": v for k, v in recall_at_k(ranks, ks).items()}
     out["MRR"] = mrr(ranks)
     out["n"] = int(np.asarray(ranks).size)
+    if ci:
+        out["ci95"] = rank_intervals(ranks, ks)
     return out
 
 
-def in_batch_metrics(x, y, batch_size: int = 64, ks: Iterable[int] = DEFAULT_KS,
-                     ) -> dict[str, dict[str, float]]:
+# ----------------------------------------------------------------------------- bootstrap
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+_CHUNK_ELEMENTS = 4_000_000  # resample indices drawn at a time (memory bound, ~32 MB)
+
+
+def bootstrap_means(values, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Column means of ``values`` [n, m] (one row per resampling unit, e.g. per query) on
+    ``n_resamples`` resamples of the rows with replacement -> [n_resamples, m].
+
+    Resample b draws its n row indices as ``rng.integers(0, n, size=n)``, the b-th such draw
+    of ``np.random.default_rng(seed)``; the draws are made in chunks of whole resamples
+    (same stream, bounded memory), so every metric of one call sees the same resamples."""
+    v = np.asarray(values, np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    n = v.shape[0]
+    if n == 0:
+        raise ValueError("no values to resample")
+    rng = np.random.default_rng(seed)
+    out = np.empty((int(n_resamples), v.shape[1]))
+    step = max(1, _CHUNK_ELEMENTS // n)
+    for b0 in range(0, int(n_resamples), step):
+        idx = rng.integers(0, n, size=(min(step, int(n_resamples) - b0), n))
+        # How often each unit was drawn, per resample; the mean is then one product.
+        flat = (idx + n * np.arange(idx.shape[0])[:, None]).ravel()
+        counts = np.bincount(flat, minlength=idx.size).reshape(idx.shape)
+        out[b0:b0 + idx.shape[0]] = counts @ v / n
+    return out
+
+
+def bootstrap_ci(values, level: float = 0.95, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Percentile bootstrap interval of the mean of each column of ``values`` [n, m]
+    (or [n]) -> [m, 2] (or [2]): the (1-level)/2 and (1+level)/2 quantiles of the
+    resampled means (`bootstrap_means`)."""
+    v = np.asarray(values, np.float64)
+    means = bootstrap_means(v, n_resamples, seed)
+    alpha = 100 * (1 - level) / 2
+    lo_hi = np.percentile(means, [alpha, 100 - alpha], axis=0).T
+    return lo_hi[0] if v.ndim == 1 else lo_hi
+
+
+def per_query_rank_values(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """{metric: its per-query value} whose means are `summarize`'s numbers (hit at K,
+    reciprocal rank)."""
+    r = np.asarray(ranks)
+    out = {f"R@{k}": (r < k).astype(np.float64) for k in ks}
+    out["MRR"] = 1.0 / (r.astype(np.float64) + 1.0)
+    return out
+
+
+def intervals(per_unit: Mapping[str, np.ndarray], **kw) -> dict[str, list[float]]:
+    """{metric: [lo, hi]} from {metric: per-unit values}, all metrics on the same resamples."""
+    names = list(per_unit)
+    ci = bootstrap_ci(np.stack([np.asarray(per_unit[k], np.float64) for k in names], 1), **kw)
+    return {k: [float(lo), float(hi)] for k, (lo, hi) in zip(names, ci)}
+
+
+def rank_intervals(ranks, ks: Iterable[int] = DEFAULT_KS, **kw) -> dict[str, list[float]]:
+    """Bootstrap 95% intervals (resampling the queries) of R@K and MRR from the ranks."""
+    return intervals(per_query_rank_values(ranks, ks), **kw)
+
+
+def in_batch_metrics(x, y, batch_size: int = 64, ks: Iterable[int] = DEFAULT_KS, *,
+                     ci: bool = False) -> dict[str, dict[str, float]]:
     """The original's in-batch retrieval: consecutive batches of ``batch_size`` pairs
     (last partial batch kept, as in spec §4), row i of x pairs with row i of y.
 
     Returns {'x2y': summary, 'y2x': summary}. Note that in a batch smaller than K,
-    Recall@K is 1 by construction (as in the original).
+    Recall@K is 1 by construction (as in the original). ``ci``: intervals from resampling
+    the queries, each keeping the rank it got in its batch.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float32)
@@ -125,8 +202,8 @@ def in_batch_metrics(x, y, batch_size: int = 64, ks: Iterable[int] = DEFAULT_KS,
         diag = np.arange(xb.shape[0])
         x2y.append(retrieval_ranks(sim, diag))
         y2x.append(retrieval_ranks(sim.T, diag))
-    return {"x2y": summarize(np.concatenate(x2y), ks),
-            "y2x": summarize(np.concatenate(y2x), ks)}
+    return {"x2y": summarize(np.concatenate(x2y), ks, ci=ci),
+            "y2x": summarize(np.concatenate(y2x), ks, ci=ci)}
 
 
 # ----------------------------------------------------------------------------- blocked
@@ -285,11 +362,13 @@ def duplicate_targets(keys: Sequence) -> np.ndarray:
 # ----------------------------------------------------------------------- classification
 
 
-def classification_metrics(sim, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+def classification_metrics(sim, labels, ks: Sequence[int] = (1, 5), *, ci: bool = False
+                           ) -> dict[str, float]:
     """Zero-shot classification: ``sim`` [Q, n_classes]; ``labels`` a [Q, n_classes] bool
     mask or a list of label-index lists (any listed class is correct).
 
-    Returns accuracy (= top-1), top-K for each K, MRR and n.
+    Returns accuracy (= top-1), top-K for each K, MRR and n; with ``ci`` also
+    'ci95': {metric: [lo, hi]} (bootstrap over the queries).
     """
     sim = np.asarray(sim, np.float32)
     if not isinstance(labels, np.ndarray):
@@ -302,6 +381,11 @@ def classification_metrics(sim, labels, ks: Sequence[int] = (1, 5)) -> dict[str,
     out.update({f"top{k}": float(np.mean(ranks < k)) for k in ks})
     out["MRR"] = mrr(ranks)
     out["n"] = int(ranks.size)
+    if ci:
+        per_query = {"accuracy": (ranks < 1).astype(np.float64)}
+        per_query.update({f"top{k}": (ranks < k).astype(np.float64) for k in ks})
+        per_query["MRR"] = 1.0 / (ranks + 1.0)
+        out["ci95"] = intervals(per_query)
     return out
 
 

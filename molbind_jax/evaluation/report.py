@@ -15,7 +15,9 @@ Input is the results dict built by `evaluate.py` (also written verbatim to metri
                                                  "full": orig}]}},          (protocol both)
      "skipped": {...}}
 
-where a summary is metrics.summarize's dict (fractions) and `orig` the original protocol's
+where a summary is metrics.summarize's dict (fractions; with "ci95": {metric: [lo, hi]}, the
+bootstrap interval, shown as "12.3 (10.1-14.5)"), the conformer_pocket entry also has
+"screening" (screening.screening_section) and `orig` the original protocol's
 dict (percentages: a2b_acc, a2b_rec20, b2a_acc, b2a_rec20, n; see original_protocol).
 Tables show percentages.
 Also the non-finite checks: `check_finite` (embeddings of a pair, before any metric) and
@@ -40,10 +42,19 @@ def _arrow(pair_res: Mapping, direction: str) -> str:
     return f"{a}→{b}" if direction == "a2b" else f"{b}→{a}"
 
 
+def cell(s: Mapping, key: str, scale: float = 100.0) -> str:
+    """One number of a summary: "12.34" without an interval, "12.3 (10.1-14.5)" with its
+    bootstrap interval (summary["ci95"][key], metrics.bootstrap_ci)."""
+    ci = (s.get("ci95") or {}).get(key)
+    if ci is None:
+        return f"{scale * s[key]:.2f}"
+    return f"{scale * s[key]:.1f} ({scale * ci[0]:.1f}-{scale * ci[1]:.1f})"
+
+
 def _row(name: str, s: Mapping | None) -> str:
     if not s:
         return f"| {name} |" + " – |" * (len(KS) + 2)
-    vals = [f"{100 * s[f'R@{k}']:.2f}" for k in KS] + [f"{100 * s['MRR']:.2f}"]
+    vals = [cell(s, f"R@{k}") for k in KS] + [cell(s, "MRR")]
     return f"| {name} | " + " | ".join(vals) + f" | {s.get('n') or ''} |"
 
 
@@ -74,13 +85,35 @@ def classification_table(classification: Mapping) -> str:
              "|---|---|---|---|---|---|"]
     for task, res in classification.items():
         def fmt(name, s):
-            return (f"| {name} | {100 * s['accuracy']:.2f} | {100 * s['top5']:.2f} | "
-                    f"{100 * s['MRR']:.2f} | {s.get('n', '')} | {res.get('num_classes', '')} |")
+            return (f"| {name} | {cell(s, 'accuracy')} | {cell(s, 'top5')} | "
+                    f"{cell(s, 'MRR')} | {s.get('n', '')} | {res.get('num_classes', '')} |")
         lines.append(fmt(f"**{task}** MolBind", res["model"]))
         for name, s in res.get("baselines", {}).items():
             lines.append(fmt(f"{task} {name}", s))
         if res.get("random"):
             lines.append(fmt(f"{task} random (expected)", res["random"]))
+    return "\n".join(lines)
+
+
+def screening_table(retrieval: Mapping) -> str:
+    """Virtual screening (screening.py) of every pair that has it: AUROC (%), EF1%, EF5%
+    (means over targets, bootstrap interval over targets), targets used, skipped."""
+    lines = ["| pair / scorer | AUROC | EF1% | EF5% | targets | skipped targets |",
+             "|---|---|---|---|---|---|"]
+    for pair, res in retrieval.items():
+        sc = res.get("screening")
+        if not sc:
+            continue
+        rows = [(f"**{pair}** MolBind", sc["model"])]
+        rows += [(f"{pair} {name}", b) for name, b in sc.get("baselines", {}).items()]
+        rows += [(f"{pair} random (expected)", sc["random"])]
+        for name, s in rows:
+            if "AUROC" not in s:
+                lines.append(f"| {name} | – | – | – | 0 | {len(s.get('skipped', {}))} |")
+                continue
+            vals = [cell(s, "AUROC")] + [cell(s, k, 1.0) for k in ("EF1%", "EF5%")]
+            lines.append(f"| {name} | " + " | ".join(vals)
+                         + f" | {s.get('n', '')} | {len(s.get('skipped', {}))} |")
     return "\n".join(lines)
 
 
@@ -143,6 +176,8 @@ def text_summary(results: Mapping) -> str:
                     protocols_table(results["retrieval"], results["original"]), ""]
     for pair, entry in results.get("ladder", {}).items():
         out += [f"From the original protocol to ours, {pair} (%):", ladder_table(entry), ""]
+    if any("screening" in r for r in results.get("retrieval", {}).values()):
+        out += ["Virtual screening (AUROC %, EF):", screening_table(results["retrieval"]), ""]
     if results.get("emergent"):
         out += ["Emergent conformer<->text (%):",
                 retrieval_table(results["emergent"], "full", with_baselines=False), ""]
@@ -328,7 +363,9 @@ def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> s
                "target (a collapsed model gets the worst rank). Full-split: each query against "
                "every candidate of the test split; rows holding the same molecule / text / "
                "protein are all correct answers. In-batch: consecutive batches of 64 pairs as in "
-               "the original (last partial batch kept). Numbers are percentages.", ""]
+               "the original (last partial batch kept). Numbers are percentages; in brackets a "
+               "95% bootstrap interval over the test queries (1000 resamples; it does not cover "
+               "training randomness: see evaluation/seeds.py).", ""]
         md += ["## Retrieval against the whole test split", "",
                retrieval_table(results["retrieval"], "full"), "",
                "## In-batch retrieval (batches of 64)", "",
@@ -337,6 +374,15 @@ def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> s
     if strict:
         md += ["## Ligand-specific pockets (strict: only the pocket cut around this ligand "
                "is correct)", "", retrieval_table(strict, "strict"), ""]
+    if any("screening" in r for r in results.get("retrieval", {}).values()):
+        md += ["## Virtual screening (conformer<->pocket)", "",
+               "Each test pocket ranks every test ligand; actives: the ligands paired with its "
+               "protein target, decoys: the other test ligands (ligands of other proteins). "
+               "AUROC (%, ties count one half) and enrichment factors EF1% / EF5% (hit rate of "
+               "the top max(1, ceil(x% of N)) ligands over the overall hit rate; ties share the "
+               "cut-off places); averaged over the pockets of a target, then over targets, with "
+               "a bootstrap 95% interval over targets. Skipped targets (no decoy or no active) "
+               "are listed in metrics.json.", "", screening_table(results["retrieval"]), ""]
     if results.get("original"):
         st = results.get("original_settings", {})
         md += ["## Original protocol", "",

@@ -86,7 +86,8 @@ def test_report_files(records, tmp_path):
     path = report.write_report(str(tmp_path), {"retrieval": {"graph_text": res},
                                                "classification": cls}, plots)
     text = open(path).read()
-    assert "| **graph→text** MolBind | 100.00 |" in text
+    # Numbers with their bootstrap interval (perfect retrieval: a degenerate one).
+    assert "| **graph→text** MolBind | 100.0 (100.0-100.0) |" in text
     assert "text→graph smiles_text_tfidf" in text and "random (expected)" in text
     assert "| **chebi_class** MolBind | 100.00 |" in text
     for p in plots:
@@ -104,3 +105,39 @@ def test_model_pairs_are_the_table_pairs_the_model_has_towers_for():
     assert evaluate.model_pairs(tiny.replace(modalities=("graph", "conformer", "pocket"))) == (
         "graph_conformer", "conformer_pocket")
     assert evaluate.model_pairs(tiny.replace(modalities=("text",))) == ()
+
+
+class TargetOracle:
+    """Ligand and pocket embedded as the one-hot of the pair's protein target."""
+
+    def embed_records(self, tower, recs):
+        names = sorted({r["target"] for r in recs})
+        e = np.zeros((len(recs), len(names)), np.float32)
+        for i, r in enumerate(recs):
+            e[i, names.index(r["target"])] = 1.0
+        return e
+
+
+def test_conformer_pocket_gets_intervals_and_virtual_screening():
+    from molbind_data.featurize.dictionaries import MOL_DICTIONARY, POCKET_DICTIONARY
+
+    pocket = lambda n: np.array([1] + [POCKET_DICTIONARY.index("C")] * n + [2], np.int32)  # noqa: E731
+    lig = lambda n: np.array([1] + [MOL_DICTIONARY.index("C")] * n + [2], np.int32)  # noqa: E731
+    targets = ["A"] * 3 + ["B"] * 2 + ["C"] * 3
+    recs = [{"id": f"p{i}", "smiles": f"C{'C' * i}", "target": t, "conformer_tokens": lig(3 + i),
+             "pocket_tokens": pocket(20 + 5 * i)} for i, t in enumerate(targets)]
+    res, _ = evaluate.evaluate_pair(TargetOracle(), "conformer_pocket", recs, block_size=4)
+    for scope in ("full", "in_batch", "strict"):
+        s = res[scope]["a2b"]
+        assert s["ci95"]["R@1"][0] <= s["R@1"] <= s["ci95"]["R@1"][1]
+    sc = res["screening"]
+    # Each pocket scores its target's ligands 1 and every other ligand 0: perfect screens.
+    assert sc["model"]["AUROC"] == 1.0 and sc["model"]["n"] == 3
+    assert sc["model"]["ci95"]["AUROC"] == [1.0, 1.0]
+    # EF5% of 8 ligands = top 1: always an active, (1/1) / (A/8).
+    assert sc["model"]["EF5%"] == pytest.approx(np.mean([8 / 3, 8 / 2, 8 / 3]))
+    assert set(sc["baselines"]) == set(res["baselines"]) == {"size", "composition"}
+    assert sc["random"]["AUROC"] == 0.5
+    text = report.screening_table({"conformer_pocket": res})
+    assert "| **conformer_pocket** MolBind | 100.0 (100.0-100.0) |" in text
+    assert "conformer_pocket random (expected) | 50.00 |" in text
