@@ -86,6 +86,7 @@ MISSING_PATH_CASES = [
     ("molbind-dryrun", [f"--config={MISSING}/cfg.py"], f"{MISSING}/cfg.py"),
     ("molbind-export", [f"--workdir={MISSING}/run"], f"{MISSING}/run"),
     ("molbind-evaluate", [f"--checkpoint={MISSING}/export"], f"{MISSING}/export"),
+    ("molbind-seeds", [f"--workdirs={MISSING}/run", f"--output={MISSING}/seeds"], f"{MISSING}/run"),
     ("molbind-embed", [f"--checkpoint={MISSING}/export", "--modality=text", f"--input={MISSING}/in.txt"],
      f"{MISSING}/in.txt"),
     ("molbind-search", [f"--checkpoint={MISSING}/export", f"--index={MISSING}/x.npy", "--query-text=a"], MISSING),
