@@ -399,5 +399,9 @@ def test_build_train_export_evaluate(tmp_path):
             for direction in ("a2b", "b2a"):
                 summary = res[scope][direction]
                 assert summary["n"] == 20 and set(summary) >= {"R@1", "R@20", "MRR"}, (pair, scope)
-                assert np.isfinite(list(summary.values())).all(), (pair, scope, direction)
+                # point values and their bootstrap intervals (ci95: {metric: [lo, hi]})
+                points = [v for k, v in summary.items() if k != "ci95"]
+                assert np.isfinite(points).all(), (pair, scope, direction)
+                assert set(summary["ci95"]) >= {"R@1", "R@20", "MRR"}, (pair, scope)
+                assert all(lo <= summary[k] <= hi for k, (lo, hi) in summary["ci95"].items()), (pair, scope)
     assert os.path.exists(os.path.join(str(tmp_path / "eval"), "metrics.json"))

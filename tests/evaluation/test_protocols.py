@@ -120,7 +120,20 @@ def test_original_protocol_is_the_direct_computation(export_dir, records, tmp_pa
     for pair, recs in records.items():
         got = res["original"][pair]
         want = original_protocol.evaluate(*_direct_raw(mb, pair, recs), bf16=False)
-        assert got["in_batch"] == want["in_batch"] and got["full"] == want["full"], pair
+        for scope in ("in_batch", "full"):
+            if pair == "conformer_pocket":  # no duplicated rows: every number, ties included, exact
+                assert got[scope] == want[scope], (pair, scope)
+                continue
+            # Rows 10 and 11 repeat rows 0 and 1: whether their scores tie exactly depends on
+            # whether the CPU's matmul kernel gives bitwise-equal rows at different positions
+            # and batch shapes, which varies by machine (4 vs 6 tied queries seen in CI). The
+            # ties (at most 2 directions x 4 rows) and the hits of those 4 queries may differ,
+            # so each percentage may move by at most 4 queries.
+            g, w = dict(got[scope]), dict(want[scope])
+            assert 0 <= g.pop("tied_queries") <= 8 and 0 <= w.pop("tied_queries") <= 8, (pair, scope)
+            assert g.keys() == w.keys() and g["n"] == w["n"], (pair, scope)
+            for k in g:
+                assert abs(g[k] - w[k]) <= 4 * 100 / len(recs) + 1e-9, (pair, scope, k)
         assert got["n"] == len(recs) and got["in_batch"]["n"] == len(recs)
     # Uni-Mol padding of every batch = the original collater's (batch max rounded up to 8),
     # which is not our bucket rule here (40 vs 64, 40 vs 64).
