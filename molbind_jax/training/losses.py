@@ -217,6 +217,15 @@ def _finish(ce_xy, ce_yx, hit_xy, hit_yx, count):
 
 
 # ------------------------------------------------------------------------------ public API
+def batch_keys(batch, duplicate_aware: bool) -> tuple:
+    """(x_key, y_key) of a PairBatch for the loss: its identity keys when `duplicate_aware`
+    and the batch has them (collate_pair always fills them), else (None, None): plain loss."""
+    if not duplicate_aware:
+        return None, None
+    x_key, y_key = getattr(batch, "x_key", None), getattr(batch, "y_key", None)
+    return (None, None) if x_key is None or y_key is None else (x_key, y_key)
+
+
 def pair_infonce(
     x,
     y,
