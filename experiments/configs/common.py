@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
     # no-grad gather (see losses.py).
     c.gather_gradient = True
     c.loss_chunk_size = 0  # 0 = dense logits; N = chunked logsumexp over N columns
+    # True: another row of the batch holding the same molecule, text or protein (equal identity
+    # key on either side) is not a negative of the row (losses.py). False: the original's
+    # plain InfoNCE, which pushes such true pairs apart.
+    c.duplicate_aware = True
 
     # Global batch size of EACH pair type (fixed whatever the device count; divisible by 8).
     c.batch_size = 32

@@ -24,11 +24,14 @@ Check the memory and FLOPs of a pod recipe first, on a CPU, without data or back
   .venv/bin/python -m molbind_jax.training.dryrun --config=experiments/configs/m4.py --devices=4
 
 Variants (comma-separated, e.g. `m4.py:readme,parity`):
-  parity  the original's no-gradient all-gather (`gather_gradient=False`)
+  parity  the original's loss exactly: no-gradient all-gather (`gather_gradient=False`) and
+          no duplicate masking (`duplicate_aware=False`)
   readme  the README's command: 16 per GPU instead of 96
   smoke   tiny towers, synthetic pairs, 6 steps (no backbones, no data)
 Where we differ from the original on purpose (defaults): the gradient flows through the gather
-(see `parity`), a global batch fixed whatever the device count (384 = 96 x 4 GPUs).
+(see `parity`), rows holding the same molecule, text or protein are not negatives of each other
+(`duplicate_aware`, see `parity`), a global batch fixed whatever the device count (384 = 96 x 4
+GPUs).
 """
 from __future__ import annotations
 
@@ -64,6 +67,10 @@ def get_config(arg: str | None = None):
     c.learn_temperature = False
     c.loss_weights = {p: 0.25 for p in c.pairs}
     c.gather_gradient = True
+    # The original treats every other row as a negative, also one holding the same molecule,
+    # text or protein (plain cross-entropy over the gathered batch, model/contrastive.py);
+    # `parity` turns the duplicate masking off.
+    c.duplicate_aware = True
 
     # Batch: 96 per GPU (loader/dataloader.py 195) x 4 GPUs = 384 per pair type per micro-step,
     # gradient accumulation 4 (pretrain.py 78): 1536 pairs of each type per update.
@@ -105,6 +112,7 @@ def get_config(arg: str | None = None):
     for variant in [v for v in (arg or "").split(",") if v]:
         if variant == "parity":
             c.gather_gradient = False
+            c.duplicate_aware = False
         elif variant == "readme":
             c.batch_size = 16 * GPUS  # README.md 30: --batch_size 16 on 4 devices
         elif variant == "smoke":

@@ -24,13 +24,13 @@ import numpy as np
 
 from molbind_data import schema
 from molbind_jax.modalities import PairBatch, pair_specs, spec
-from molbind_jax.modalities.base import choose_bucket, round_up
+from molbind_jax.modalities.base import NO_KEY, choose_bucket, round_up
 
 ATOM_MULTIPLE = 8  # the original collater pads atoms to a multiple of 8
 
 Record = Mapping[str, Any]
 
-__all__ = ["PairBatch", "collate_pair", "nonfinite_fields", "skipped_records", "NonFiniteInputError", "record_sizes", "num_choices", "packed_keys", "choose_bucket",
+__all__ = ["PairBatch", "collate_pair", "row_keys", "nonfinite_fields", "skipped_records", "NonFiniteInputError", "record_sizes", "num_choices", "packed_keys", "choose_bucket",
            "suggest_buckets", "optimal_bucket_sets", "buckets_for", "ATOM_MULTIPLE"]
 
 
@@ -202,6 +202,8 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
     shapes: padded size per size key (e.g. "text", "graph_nodes"); missing keys come from
       `buckets`, else the need rounded up to the modality's multiple (8 for atoms).
     choices: {modality: which stored variant each example uses} (conformers; default: first).
+    The batch's `x_key`/`y_key` are the rows' identity keys (`row_keys`) for the
+    duplicate-aware loss.
     """
     x_spec, y_spec = pair_specs(pair)
     if not examples:
@@ -233,7 +235,18 @@ def collate_pair(pair: str, examples: Sequence[Record], *, batch_size: int | Non
             for k in missing:
                 shapes[k] = s.default_shape(k, need[k], buckets)
         sides.append(s.collate(examples, shapes, num_shards=num_shards, choices=choices.get(s.name)))
-    return PairBatch(sides[0], sides[1], mask)
+    keys = [row_keys(s, examples, mask) for s in (x_spec, y_spec)]
+    return PairBatch(sides[0], sides[1], mask, keys[0], keys[1])
+
+
+def row_keys(modality_spec, examples: Sequence[Record], mask) -> np.ndarray:
+    """[B] int32 identity keys of one side (`ModalitySpec.identity_key`); masked rows (padding,
+    skipped records) get NO_KEY, which matches nothing."""
+    keys = np.full(len(examples), NO_KEY, np.int32)
+    for i, (ex, m) in enumerate(zip(examples, mask)):
+        if m:
+            keys[i] = modality_spec.identity_key(ex)
+    return keys
 
 
 def collate_modality(modality: str, records: Sequence[Record], *, shapes: Mapping[str, int] | None = None,

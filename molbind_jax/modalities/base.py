@@ -10,11 +10,12 @@ initialisation from the original's files (`init_from`) and the files an export c
 (`export_files`).
 
 Batches are NamedTuples (JAX treats them as pytrees without registration, and their fields
-are the documented contract). A pair type's batch is `PairBatch(x, y, mask)`.
+are the documented contract). A pair type's batch is `PairBatch(x, y, mask, x_key, y_key)`.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -27,11 +28,33 @@ Record = Mapping[str, Any]
 class PairBatch(NamedTuple):
     """One pair type's batch. `x`, `y`: the two modalities' typed batches in the pair's
     orientation, each holding the same B examples in the same order (a graph batch holds them
-    in shards of B/S); `mask` [B] bool: False on rows that only pad the batch."""
+    in shards of B/S); `mask` [B] bool: False on rows that only pad the batch.
+
+    `x_key`, `y_key` [B] int32: what each row's x and y side IS (`identity_key`: a 31-bit hash
+    of the modality's identity, e.g. the canonical SMILES, the normalised text, the protein
+    target), so that the duplicate-aware loss does not treat another row holding the same
+    molecule, text or protein as a negative. A negative key (padding rows, records with no
+    identity) matches nothing. `collate_pair` always fills them; None (a batch built by hand)
+    means no identities: the loss masks no duplicates."""
 
     x: Any
     y: Any
     mask: np.ndarray
+    x_key: Any = None
+    y_key: Any = None
+
+
+NO_KEY = -1  # identity key of a row that matches no other row (padding, unknown identity)
+
+
+def identity_key(identity: str) -> int:
+    """An identity string -> a stable non-negative 31-bit int (blake2b: the same on every host
+    and run); "" gives NO_KEY. Two different identities share a key with probability 2^-31 per
+    pair of rows: at worst one extra negative is left out of a softmax."""
+    if not identity:
+        return NO_KEY
+    digest = hashlib.blake2b(identity.encode("utf-8"), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
 def round_up(x, multiple: int):
@@ -89,6 +112,21 @@ class ModalitySpec:
             return value
         rid = record.get("id", "")
         return "id:" + (rid.decode("utf-8") if isinstance(rid, bytes) else str(rid))
+
+    def identity_key(self, record: Record) -> int:
+        """The row's key for the duplicate-aware loss (`PairBatch.x_key`): `identity_key` of
+        the identity field, text lowercased as well as whitespace-collapsed (the same words in
+        another case are the same description); without it, of the record id (unique: the row
+        matches only itself); with neither, NO_KEY (matches nothing)."""
+        value = record.get(self.schema.identity, "")
+        value = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        if self.schema.identity == "text":
+            value = " ".join(value.lower().split())
+        if value:
+            return identity_key(value)
+        rid = record.get("id", "")
+        rid = rid.decode("utf-8") if isinstance(rid, bytes) else str(rid)
+        return identity_key("id:" + rid) if rid else NO_KEY
 
     # ------------------------------------------------------------------ host side (numpy)
     def sizes(self, record: Record) -> dict[str, int]:

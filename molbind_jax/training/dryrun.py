@@ -119,7 +119,8 @@ def batch_shapes(pair: str, global_batch: int, num_devices: int, dims: Mapping[s
     shapes = size_shapes(pair, global_batch, num_devices, dims)
     sides = [s.collate([_placeholder_record(s.name)] * global_batch, shapes, num_shards=num_devices)
              for s in pair_specs(pair)]
-    batch = PairBatch(sides[0], sides[1], np.ones(global_batch, bool))
+    keys = np.arange(global_batch, dtype=np.int32)  # identity keys, as collate_pair fills them
+    batch = PairBatch(sides[0], sides[1], np.ones(global_batch, bool), keys, keys)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), batch)
 
 
@@ -131,6 +132,8 @@ def flat_shapes(pair: str, batch) -> dict[str, list[int]]:
     for modality, side in zip(schema.pair_type(pair).modalities, (batch.x, batch.y)):
         out.update({f"{modality}.{k}": list(v.shape) for k, v in side._asdict().items()})
     out["mask"] = list(batch.mask.shape)
+    if batch.x_key is not None:
+        out["x_key"], out["y_key"] = list(batch.x_key.shape), list(batch.y_key.shape)
     return out
 
 

@@ -22,6 +22,7 @@ def step_options(config: ConfigDict):
         learn_temperature=bool(config.learn_temperature),
         gather_gradient=bool(config.gather_gradient),
         loss_chunk_size=int(config.loss_chunk_size) or None,
+        duplicate_aware=bool(config.get("duplicate_aware", True)),
         seed=int(config.seed),
         fused=bool(config.fused_step),
         frozen=tuple(config.frozen),

@@ -21,6 +21,20 @@ anchor (its loss is not counted) nor a negative (its column gets a logit of -1e3
 probability). The loss is the mean over valid anchors of the global batch, so a padded short
 last batch gives the same loss as the unpadded batch.
 
+Duplicates (`x_key`, `y_key` given; the train step passes a `PairBatch`'s keys when
+`duplicate_aware` is on, the default): two rows of a batch may hold the same molecule, text
+or protein (the conformer_pocket pairs of one protein target, a molecule with two
+descriptions). The plain loss would push such a row's true partner away as a negative. With
+integer identity keys [B] per side (`PairBatch.x_key`/`y_key`), for anchor row i the column
+j != i is left out of the softmax denominator (its logit set to -1e30, whose exp is exactly 0
+in float32; finite, so no inf - inf NaN) when x_key[j] == x_key[i] or y_key[j] == y_key[i];
+the positive j == i is never left out, so every valid anchor keeps a finite loss. The rule is
+the same in both directions (x anchors against y columns, y anchors against x columns). A
+negative key matches nothing (padding rows, unknown identities). Keys are gathered across
+"data" like the mask, so the masked set, the loss and its gradients do not depend on the
+device count. Without keys (None) nothing is masked: the original's loss exactly. The
+in-batch accuracy then counts a hit against the columns that are left.
+
 Gradients (`gather_gradient=True`, the default): the gather is differentiated (its transpose
 is a reduce-scatter), so the loss and every gradient equal the single-device loss over the
 whole global batch, whatever the device count: each embedding receives the gradient of its
@@ -90,17 +104,32 @@ def temperature_from_log_scale(log_scale, *, max_scale: float = 100.0, min_scale
 
 
 # ------------------------------------------------------------------------- per-device math
-def _direction_dense(anchors, columns_all, col_mask_all, labels, inv_t):
+def _allowed(col_mask, col_index, anchor_keys, col_keys, labels):
+    """[b, n] bool: column j enters anchor i's softmax. Without keys (None): the column mask.
+    With keys ((kx, ky) of the anchors, (kx, ky) of the columns): also leave out every other
+    column whose x key or y key equals the anchor's (a duplicate); the positive stays."""
+    allowed = col_mask[None, :]
+    if anchor_keys is None:
+        return allowed
+    dup = jnp.zeros((labels.shape[0], col_index.shape[0]), bool)
+    for a, c in zip(anchor_keys, col_keys):
+        dup = dup | ((a[:, None] == c[None, :]) & (a[:, None] >= 0))
+    return allowed & (~dup | (col_index[None, :] == labels[:, None]))
+
+
+def _direction_dense(anchors, columns_all, col_mask_all, labels, inv_t, anchor_keys=None, col_keys=None):
     """Per-anchor cross-entropy and top-1 hit against all columns, dense [b, B] logits."""
     logits = jnp.dot(anchors, columns_all.T, precision=jax.lax.Precision.HIGHEST) * inv_t
-    logits = jnp.where(col_mask_all[None, :], logits, _MASKED_LOGIT)
+    col_index = jnp.arange(columns_all.shape[0])
+    logits = jnp.where(_allowed(col_mask_all, col_index, anchor_keys, col_keys, labels), logits, _MASKED_LOGIT)
     lse = jax.nn.logsumexp(logits, axis=-1)
     pos = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
     hit = pos >= jnp.max(logits, axis=-1)
     return lse - pos, hit
 
 
-def _direction_chunked(anchors, positives, columns_all, col_mask_all, inv_t, chunk_size):
+def _direction_chunked(anchors, positives, columns_all, col_mask_all, inv_t, chunk_size, labels=None,
+                       anchor_keys=None, col_keys=None):
     """Same as `_direction_dense`, visiting the columns in chunks with an online logsumexp.
 
     The positive logit is computed from the anchor's own partner row (`positives`), which is
@@ -109,18 +138,24 @@ def _direction_chunked(anchors, positives, columns_all, col_mask_all, inv_t, chu
     n, e = columns_all.shape
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n
+    col_index = jnp.arange(n)
     if pad:
         columns_all = jnp.pad(columns_all, ((0, pad), (0, 0)))
         col_mask_all = jnp.pad(col_mask_all, (0, pad))  # padding columns are masked
+        col_index = jnp.pad(col_index, (0, pad), constant_values=-1)
+        if col_keys is not None:
+            col_keys = tuple(jnp.pad(k, (0, pad), constant_values=-1) for k in col_keys)
     cols = columns_all.reshape(num_chunks, chunk_size, e)
     cmask = col_mask_all.reshape(num_chunks, chunk_size)
+    cindex = col_index.reshape(num_chunks, chunk_size)
+    ckeys = None if col_keys is None else tuple(k.reshape(num_chunks, chunk_size) for k in col_keys)
 
     @jax.checkpoint  # recompute each chunk's logits in the backward pass: O(b*chunk) memory
     def body(carry, chunk):
         run_max, run_sum = carry
-        c, m = chunk
+        c, m, idx, k = chunk
         logits = jnp.dot(anchors, c.T, precision=jax.lax.Precision.HIGHEST) * inv_t
-        logits = jnp.where(m[None, :], logits, _MASKED_LOGIT)
+        logits = jnp.where(_allowed(m, idx, anchor_keys, k, labels), logits, _MASKED_LOGIT)
         new_max = jnp.maximum(run_max, jnp.max(logits, axis=-1))
         run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=-1)
         return (new_max, run_sum), None
@@ -129,7 +164,7 @@ def _direction_chunked(anchors, positives, columns_all, col_mask_all, inv_t, chu
     # per-device ("varying") type as the body's output.
     zeros = jnp.zeros_like(anchors[:, 0])
     init = (zeros + _MASKED_LOGIT, zeros)
-    (run_max, run_sum), _ = jax.lax.scan(body, init, (cols, cmask))
+    (run_max, run_sum), _ = jax.lax.scan(body, init, (cols, cmask, cindex, ckeys))
     lse = run_max + jnp.log(run_sum)
     pos = jnp.sum(anchors * positives, axis=-1) * inv_t
     # pos is not bit-identical to its matmul twin inside the chunks: allow round-off.
@@ -137,24 +172,27 @@ def _direction_chunked(anchors, positives, columns_all, col_mask_all, inv_t, chu
     return lse - pos, hit
 
 
-def _local_loss_terms(x, y, mask, x_all, y_all, mask_all, offset, inv_t, gather_gradient, chunk_size):
-    """Sums over this device's valid anchors: (ce_xy, ce_yx, hits_xy, hits_yx, count)."""
+def _local_loss_terms(x, y, mask, x_all, y_all, mask_all, offset, inv_t, gather_gradient, chunk_size,
+                      keys=None, keys_all=None):
+    """Sums over this device's valid anchors: (ce_xy, ce_yx, hits_xy, hits_yx, count).
+    keys / keys_all: (x_key, y_key) of the local rows and of all gathered rows, or None."""
     if not gather_gradient:
         # The original's no-grad gather: every gathered column is a constant.
         x_all = jax.lax.stop_gradient(x_all)
         y_all = jax.lax.stop_gradient(y_all)
     valid = mask.astype(jnp.float32)
+    labels = offset + jnp.arange(x.shape[0])
     if chunk_size is None:
-        labels = offset + jnp.arange(x.shape[0])
-        ce_xy, hit_xy = _direction_dense(x, y_all, mask_all, labels, inv_t)
-        ce_yx, hit_yx = _direction_dense(y, x_all, mask_all, labels, inv_t)
+        # The duplicate rule is symmetric in x and y: one mask serves both directions.
+        ce_xy, hit_xy = _direction_dense(x, y_all, mask_all, labels, inv_t, keys, keys_all)
+        ce_yx, hit_yx = _direction_dense(y, x_all, mask_all, labels, inv_t, keys, keys_all)
     else:
         # The positive partner is this device's own row; in the original it comes from the
         # no-grad gathered tensor, so it is a constant too under gather_gradient=False.
         y_pos = y if gather_gradient else jax.lax.stop_gradient(y)
         x_pos = x if gather_gradient else jax.lax.stop_gradient(x)
-        ce_xy, hit_xy = _direction_chunked(x, y_pos, y_all, mask_all, inv_t, chunk_size)
-        ce_yx, hit_yx = _direction_chunked(y, x_pos, x_all, mask_all, inv_t, chunk_size)
+        ce_xy, hit_xy = _direction_chunked(x, y_pos, y_all, mask_all, inv_t, chunk_size, labels, keys, keys_all)
+        ce_yx, hit_yx = _direction_chunked(y, x_pos, x_all, mask_all, inv_t, chunk_size, labels, keys, keys_all)
     return (
         jnp.sum(ce_xy * valid),
         jnp.sum(ce_yx * valid),
@@ -179,6 +217,15 @@ def _finish(ce_xy, ce_yx, hit_xy, hit_yx, count):
 
 
 # ------------------------------------------------------------------------------ public API
+def batch_keys(batch, duplicate_aware: bool) -> tuple:
+    """(x_key, y_key) of a PairBatch for the loss: its identity keys when `duplicate_aware`
+    and the batch has them (collate_pair always fills them), else (None, None): plain loss."""
+    if not duplicate_aware:
+        return None, None
+    x_key, y_key = getattr(batch, "x_key", None), getattr(batch, "y_key", None)
+    return (None, None) if x_key is None or y_key is None else (x_key, y_key)
+
+
 def pair_infonce(
     x,
     y,
@@ -188,6 +235,8 @@ def pair_infonce(
     temperature=DEFAULT_TEMPERATURE,
     gather_gradient: bool = True,
     chunk_size: int | None = None,
+    x_key=None,
+    y_key=None,
     axis_name: str = DATA_AXIS,
 ):
     """Symmetric InfoNCE of one pair type over the global batch (see the module docstring).
@@ -204,6 +253,9 @@ def pair_infonce(
         False = the original's no-grad gather (anchor-only gradient, see module docstring).
       chunk_size: None = dense [b, B] logits per device; an int = online logsumexp over
         column chunks of that size with rematerialisation (memory linear in B).
+      x_key, y_key: [B] int identity keys of the rows' x and y sides (`PairBatch.x_key`,
+        `y_key`), both or neither: the duplicate-aware loss (module docstring). None = the
+        plain loss, every other row a negative.
 
     Returns:
       (loss, aux): the scalar float32 loss (replicated) and a dict with loss_xy, loss_yx,
@@ -222,9 +274,16 @@ def pair_infonce(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
     inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
+    if (x_key is None) != (y_key is None):
+        raise ValueError("pair_infonce takes both identity keys (x_key, y_key) or neither")
+    keys = None
+    if x_key is not None:
+        keys = tuple(jnp.asarray(k).astype(jnp.int32) for k in (x_key, y_key))
+        if any(k.shape != x.shape[:1] for k in keys):
+            raise ValueError(f"x_key and y_key must have shape {x.shape[:1]}, got {keys[0].shape} and {keys[1].shape}")
 
     if mesh is None:
-        terms = _local_loss_terms(x, y, mask, x, y, mask, 0, inv_t, gather_gradient, chunk_size)
+        terms = _local_loss_terms(x, y, mask, x, y, mask, 0, inv_t, gather_gradient, chunk_size, keys, keys)
         return _finish(*terms)
 
     n_dev = mesh.shape[axis_name]
@@ -233,21 +292,24 @@ def pair_infonce(
             f"global batch {x.shape[0]} is not divisible by the {n_dev} devices of mesh axis '{axis_name}'"
         )
 
-    def per_device(xl, yl, ml, inv_t):
+    def per_device(xl, yl, ml, inv_t, kl):
         x_all = jax.lax.all_gather(xl, axis_name, tiled=True)
         y_all = jax.lax.all_gather(yl, axis_name, tiled=True)
         m_all = jax.lax.all_gather(ml, axis_name, tiled=True)
+        # The keys travel like the mask (integers: no gradient either way).
+        k_all = None if kl is None else tuple(jax.lax.all_gather(k, axis_name, tiled=True) for k in kl)
         offset = jax.lax.axis_index(axis_name) * xl.shape[0]
-        terms = _local_loss_terms(xl, yl, ml, x_all, y_all, m_all, offset, inv_t, gather_gradient, chunk_size)
+        terms = _local_loss_terms(xl, yl, ml, x_all, y_all, m_all, offset, inv_t, gather_gradient, chunk_size,
+                                  kl, k_all)
         return tuple(jax.lax.psum(t, axis_name) for t in terms)
 
     sharded = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(axis_name), P(axis_name), P(axis_name), P()),
+        in_specs=(P(axis_name), P(axis_name), P(axis_name), P(), P(axis_name)),  # keys: None or a pair
         out_specs=(P(),) * 5,
     )
-    return _finish(*sharded(x, y, mask, inv_t))
+    return _finish(*sharded(x, y, mask, inv_t, keys))
 
 
 def molbind_loss(
@@ -258,6 +320,7 @@ def molbind_loss(
     mesh: Mesh | None,
     gather_gradient: bool = True,
     chunk_size: int | None = None,
+    keys: Mapping[str, tuple] | None = None,
 ):
     """The original's total loss: sum over pair types of weight * pair InfoNCE.
 
@@ -266,6 +329,8 @@ def molbind_loss(
         are absent (say, no conformer_text in the emergent setting) are simply not summed.
       weights: {pair: weight}; default 0.25 each (the original's hard-coded weight).
       temperatures: one float/scalar for all pairs, or {pair: scalar}.
+      keys: {pair: (x_key, y_key)} identity keys for the duplicate-aware loss (a pair absent
+        here, or with None keys, gets the plain loss); None = plain loss for every pair.
 
     Returns:
       (total, per_pair) with per_pair[pair] = (unweighted loss, aux dict).
@@ -277,8 +342,10 @@ def molbind_loss(
         if pair not in weights:
             raise KeyError(f"no loss weight for pair type '{pair}' (weights given for {sorted(weights)})")
         t = temperatures[pair] if isinstance(temperatures, Mapping) else temperatures
+        x_key, y_key = (keys or {}).get(pair) or (None, None)
         loss, aux = pair_infonce(
-            x, y, mask, mesh=mesh, temperature=t, gather_gradient=gather_gradient, chunk_size=chunk_size
+            x, y, mask, mesh=mesh, temperature=t, gather_gradient=gather_gradient, chunk_size=chunk_size,
+            x_key=x_key, y_key=y_key,
         )
         per_pair[pair] = (loss, aux)
         total = total + weights[pair] * loss

@@ -149,6 +149,9 @@ class StepOptions:
     learn_temperature: bool = False
     gather_gradient: bool = True
     loss_chunk_size: int | None = None
+    # Leave other rows holding the same molecule / text / protein out of each row's softmax
+    # (the batch's identity keys, losses.py); False = the original's plain InfoNCE.
+    duplicate_aware: bool = True
     seed: int = 0
     fused: bool = False
     # Top-level model submodules kept fixed. Besides the zero update (optimizer side), their
@@ -275,9 +278,11 @@ class TrainStep:
         model = nnx.merge(self.graphdef, *fresh(params, batch_stats, reseed_state(rest, key)))
         x, y, mask = model.pair_embeddings(pair, batch, train=True)
         tau = temperatures(trainable, self.opts)[pair]
+        x_key, y_key = self._losses.batch_keys(batch, self.opts.duplicate_aware)
         loss, _ = self._losses.pair_infonce(
             x.astype(jnp.float32), y.astype(jnp.float32), mask, mesh=self.mesh, temperature=tau,
-            gather_gradient=self.opts.gather_gradient, chunk_size=self.opts.loss_chunk_size)
+            gather_gradient=self.opts.gather_gradient, chunk_size=self.opts.loss_chunk_size,
+            x_key=x_key, y_key=y_key)
         new_stats = nnx.state(model, nnx.BatchStat)
         return self.opts.weights[pair] * loss, (loss, new_stats)
 

@@ -344,7 +344,7 @@ def test_a_view_batches_its_source_records_in_its_own_orientation(monkeypatch):
     for step in (0, 3, 6):
         a, b = stored.host_batch(step), view.host_batch(step)
         assert isinstance(b.x, TextBatch) and isinstance(b.y, GraphBatch)
-        _assert_batches_equal(PairBatch(a.y, a.x, a.mask), b)
+        _assert_batches_equal(PairBatch(a.y, a.x, a.mask, a.y_key, a.x_key), b)  # keys swap too
     with pytest.raises(ValueError, match="unknown pair type 'graph_txt'; known pair types: graph_text"):
         ip.PairBatches("graph_txt", recs, **kw)
 

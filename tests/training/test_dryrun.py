@@ -42,7 +42,8 @@ def test_batch_shapes_follow_the_design_layout():
     assert sd(cp.x.coords) == ((384, 64, 3), "float32") and sd(cp.y.tokens) == ((384, 264), "int32")
     assert dryrun.flat_shapes("conformer_pocket", cp) == {
         "conformer.tokens": [384, 64], "conformer.coords": [384, 64, 3],
-        "pocket.tokens": [384, 264], "pocket.coords": [384, 264, 3], "mask": [384]}
+        "pocket.tokens": [384, 264], "pocket.coords": [384, 264, 3], "mask": [384],
+        "x_key": [384], "y_key": [384]}
     with pytest.raises(ValueError, match="not divisible by 5 devices"):
         dryrun.batch_shapes("graph_text", 384, 5, dims)
     with pytest.raises(ValueError, match="config.dryrun has no 'pocket_atoms'"):

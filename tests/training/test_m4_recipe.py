@@ -26,6 +26,9 @@ def test_m4_holds_the_original_numbers():
     assert (c.num_epochs, c.total_steps, c.steps_per_epoch) == (100, -1, -1)
     assert tuple(c.epoch_pairs) == ("graph_text", "conformer_pocket", "graph_conformer")
     assert c.gather_gradient and not m4_config("parity").gather_gradient
+    # parity = the original's loss: also no duplicate masking (on by default everywhere else)
+    assert c.duplicate_aware and not m4_config("parity").duplicate_aware
+    assert not m4_config("readme,parity").duplicate_aware
     assert m4_config("readme").batch_size == 16 * 4 and m4_config("readme,parity").batch_size == 64
     assert (c.dryrun.text_len, c.dryrun.mol_atoms, c.dryrun.pocket_atoms) == (256, 64, 264)
     mcfg = train.model_config_from(c)
