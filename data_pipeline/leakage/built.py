@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 
 def built_versions(dataset: str, data_dir: str) -> dict[str, str]:
     """{pair: directory of its newest finished version} of `dataset` in data_dir."""
-    import tensorflow_datasets as tfds
-
     root = os.path.join(data_dir, dataset)
     out = {}
     if not os.path.isdir(root):
         return out
+    import tensorflow_datasets as tfds  # after the check: a wrong data_dir is told without TF's start-up
+
     for pair in sorted(os.listdir(root)):
         pdir = os.path.join(root, pair)
         if not os.path.isdir(pdir):

@@ -122,3 +122,16 @@ def test_bytes_and_odd_values():
     assert normalize_text(b"  A\tB\n c ") == "a b c" and normalize_text(None) == ""
     sec = audit({"graph_text": {"train": [{"smiles": b"CCO", "text": b"x"}], "test": [{"smiles": "[Xe"}]}})
     assert sec["graph_text"]["records"]["test"]["unparsable"] == 1 and "nearest_neighbour" not in sec["graph_text"]
+
+
+def test_the_command_names_a_data_dir_without_the_dataset(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(repo, ".pyshim"), repo,
+                                                         os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "molbind_data.leakage", f"--data_dir={tmp_path}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip() == f"error: no built pair type of molbind_mini in data_dir {tmp_path}"
