@@ -148,14 +148,13 @@ def _repeats(texts: list[str]) -> dict:
             "examples": [{"text": t[:120], "count": n} for t, n in top]}
 
 
-def _shared(values: set, train: dict[str, set], examples=True) -> dict:
+def _shared(values: set, train: dict[str, set]) -> dict:
     """How many of `values` are in the training sets (any pair; `by_pair` per pair)."""
     union = set().union(*train.values()) if train else set()
     shared = values & union
     out = {"distinct": len(values), "in_train": len(shared),
-           "by_pair": {p: len(values & s) for p, s in sorted(train.items()) if values & s}}
-    if examples:
-        out["examples"] = _examples(shared)
+           "by_pair": {p: len(values & s) for p, s in sorted(train.items()) if values & s},
+           "examples": _examples(shared)}
     return out
 
 
@@ -207,10 +206,8 @@ def audit(records: dict, *, max_queries: int = 2000, max_references: int = 200_0
             for split in EVAL_SPLITS:
                 evaluated = _texts(splits.get(split) or ())
                 if evaluated:
-                    distinct = set(evaluated)
-                    texts[split] = _shared(distinct, train_texts, examples=False)
-                    texts[split]["examples"] = [t[:120] for t in _examples(distinct & set().union(*train_texts.values()))] \
-                        if train_texts else []
+                    texts[split] = _shared(set(evaluated), train_texts)
+                    texts[split]["examples"] = [t[:120] for t in texts[split]["examples"]]
             section["texts"] = texts
         targets_here = {s: {_str(r.get("target")).strip() for r in splits.get(s) or ()} - {""} for s in SPLITS}
         if any(targets_here.values()):

@@ -134,4 +134,5 @@ def test_the_command_names_a_data_dir_without_the_dataset(tmp_path):
                                                          os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run([sys.executable, "-m", "molbind_data.leakage", f"--data_dir={tmp_path}"], env=env,
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stderr.strip() == f"error: no built pair type of molbind_mini in data_dir {tmp_path}"
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: no built pair type of molbind_mini in data_dir {tmp_path}"
