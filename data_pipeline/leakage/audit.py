@@ -34,6 +34,7 @@ EVAL_SPLITS = ("validation", "test")
 FORMAT = 1  # version of the section's layout
 EXAMPLES = 5  # examples listed per finding
 _SPACE = re.compile(r"\s+")
+_ISOMERIC = re.compile(r"[@/\\]|\[\d")  # stereo (@, /, \\) or an isotope ([13C]) in a SMILES
 
 
 def _str(value) -> str:
@@ -76,7 +77,8 @@ class Molecules:
             if mol is None or mol.GetNumAtoms() == 0:
                 return None
             key = Chem.MolToSmiles(mol)
-            flat = Chem.MolToSmiles(mol, isomericSmiles=False)
+            # without stereo or isotope marks the isomeric SMILES is already the flat one
+            flat = Chem.MolToSmiles(mol, isomericSmiles=False) if _ISOMERIC.search(key) else key
             scaffold = ""
             if mol.GetRingInfo().NumRings():
                 try:

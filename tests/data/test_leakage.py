@@ -136,3 +136,9 @@ def test_the_command_names_a_data_dir_without_the_dataset(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert res.stderr.strip() == f"error: no built pair type of molbind_mini in data_dir {tmp_path}"
+
+
+def test_a_stereoisomer_is_told_apart_from_the_same_molecule():
+    sec = audit({"graph_text": {"train": [{"smiles": "C[C@H](N)C(=O)O"}], "test": [{"smiles": "C[C@@H](N)C(=O)O"}]}})
+    m, nn = sec["graph_text"]["molecules"]["test"], sec["graph_text"]["nearest_neighbour"]["test"]
+    assert (m["in_train"], m["in_train_ignoring_stereo"], nn["eq_1_0"]) == (0, 1, 1)
