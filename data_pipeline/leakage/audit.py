@@ -116,21 +116,28 @@ def _split_molecules(records, mols: Molecules) -> tuple[dict, dict]:
     return found, dict(counts)
 
 
-def _nearest_neighbours(queries: list, references: list, *, max_queries: int, max_references: int,
-                        seed: int) -> dict:
-    """Max Tanimoto of each query fingerprint to the references: a summary."""
+def _sample(items: list, n: int, seed) -> list:
+    """`items` if at most n, else n of them drawn with `seed` (kept in their order)."""
+    if len(items) <= n:
+        return items
+    return [items[i] for i in sorted(np.random.default_rng(seed).choice(len(items), n, replace=False))]
+
+
+def _nearest_neighbours(queries: dict, references: list, n_references: int, *, max_queries: int,
+                        seed: int, cache: dict) -> dict:
+    """Max Tanimoto of each query ({key: fingerprint}) to the (sampled) reference
+    fingerprints, a summary; `cache` keeps each key's value for the next pair type."""
     from rdkit import DataStructs
 
-    rng = np.random.default_rng(seed)
-    out = {"queries": len(queries), "references": len(references), "seed": seed}
-    if len(queries) > max_queries:
-        queries = [queries[i] for i in sorted(rng.choice(len(queries), max_queries, replace=False))]
-    if len(references) > max_references:
-        references = [references[i] for i in sorted(rng.choice(len(references), max_references, replace=False))]
-    out.update(queries_used=len(queries), references_used=len(references))
-    if not queries or not references:
+    keys = _sample(sorted(queries), max_queries, seed)
+    out = {"queries": len(queries), "references": n_references, "seed": seed,
+           "queries_used": len(keys), "references_used": len(references)}
+    if not keys or not references:
         return out
-    best = np.array([max(DataStructs.BulkTanimotoSimilarity(q, references)) for q in queries])
+    for k in keys:
+        if k not in cache:
+            cache[k] = max(DataStructs.BulkTanimotoSimilarity(queries[k], references))
+    best = np.array([cache[k] for k in keys])
     out.update(mean=round(float(best.mean()), 4), median=round(float(np.median(best)), 4),
                p90=round(float(np.percentile(best, 90)), 4), max=round(float(best.max()), 4),
                ge_0_9=int((best >= 0.9).sum()), eq_1_0=int((best >= 1.0 - 1e-9).sum()))
@@ -172,14 +179,15 @@ def audit(records: dict, *, max_queries: int = 2000, max_references: int = 200_0
     train_mols: dict[str, dict] = {}
     for p in per:
         train_mols.update(per[p]["train"][0])
-    references = [train_mols[k]["fp"] for k in sorted(train_mols)]
+    # one sample of the training molecules for every pair type (its own seed: [seed, 1])
+    references = [train_mols[k]["fp"] for k in _sample(sorted(train_mols), max_references, [seed, 1])]
     train_texts = {p: set(_texts(records[p].get("train") or ())) for p in records}
     train_texts = {p: s for p, s in train_texts.items() if s}
     train_targets = {p: {_str(r.get("target")).strip() for r in records[p].get("train") or ()} - {""}
                      for p in records}
     train_targets = {p: s for p, s in train_targets.items() if s}
 
-    sections = {}
+    sections, nn_cache = {}, {}
     for pair, splits in records.items():
         section = {"format": FORMAT, "against": sorted(records),
                    "records": {s: per[pair][s][1] for s in SPLITS}}
@@ -200,8 +208,8 @@ def audit(records: dict, *, max_queries: int = 2000, max_references: int = 200_0
         test = per[pair]["test"][0]
         if test:
             section["nearest_neighbour"] = {"test": _nearest_neighbours(
-                [test[k]["fp"] for k in sorted(test)], references, max_queries=max_queries,
-                max_references=max_references, seed=seed)}
+                {k: m["fp"] for k, m in test.items()}, references, len(train_mols), max_queries=max_queries,
+                seed=seed, cache=nn_cache)}
         own = _texts(splits.get("train") or ())
         if own or any(_texts(splits.get(s) or ()) for s in EVAL_SPLITS):
             texts = {"train_duplicates": _repeats(own)}
