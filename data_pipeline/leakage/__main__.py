@@ -12,6 +12,7 @@ the fields.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -23,6 +24,8 @@ def main(argv):
     from molbind_data.leakage import built
 
     f = flags.FLAGS
+    if f.verbosity < 0:  # no oneDNN notice from TensorFlow's first op (molbind_data/build.py)
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if len(argv) > 1:
         raise InputError(f"unexpected arguments {argv[1:]}")
     data_dir = default_data_dir(f.data_dir)

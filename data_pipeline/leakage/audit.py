@@ -181,8 +181,8 @@ def audit(records: dict, *, max_queries: int = 2000, max_references: int = 200_0
         train_mols.update(per[p]["train"][0])
     # one sample of the training molecules for every pair type (its own seed: [seed, 1])
     references = [train_mols[k]["fp"] for k in _sample(sorted(train_mols), max_references, [seed, 1])]
-    train_texts = {p: set(_texts(records[p].get("train") or ())) for p in records}
-    train_texts = {p: s for p, s in train_texts.items() if s}
+    texts_of = {p: {s: _texts(records[p].get(s) or ()) for s in SPLITS} for p in records}
+    train_texts = {p: set(t["train"]) for p, t in texts_of.items() if t["train"]}
     train_targets = {p: {_str(r.get("target")).strip() for r in records[p].get("train") or ()} - {""}
                      for p in records}
     train_targets = {p: s for p, s in train_targets.items() if s}
@@ -210,11 +210,10 @@ def audit(records: dict, *, max_queries: int = 2000, max_references: int = 200_0
             section["nearest_neighbour"] = {"test": _nearest_neighbours(
                 {k: m["fp"] for k, m in test.items()}, references, len(train_mols), max_queries=max_queries,
                 seed=seed, cache=nn_cache)}
-        own = _texts(splits.get("train") or ())
-        if own or any(_texts(splits.get(s) or ()) for s in EVAL_SPLITS):
-            texts = {"train_duplicates": _repeats(own)}
+        if any(texts_of[pair].values()):
+            texts = {"train_duplicates": _repeats(texts_of[pair]["train"])}
             for split in EVAL_SPLITS:
-                evaluated = _texts(splits.get(split) or ())
+                evaluated = texts_of[pair][split]
                 if evaluated:
                     texts[split] = _shared(set(evaluated), train_texts)
                     texts[split]["examples"] = [t[:120] for t in texts[split]["examples"]]

@@ -16,7 +16,6 @@ from molbind_data.leakage import audit as audit_mod
 
 FIELDS = ("smiles", "text", "target")
 REPORT = "build_report.json"
-log = logging.getLogger(__name__)
 
 
 def built_versions(dataset: str, data_dir: str) -> dict[str, str]:
@@ -50,11 +49,19 @@ def read_fields(directory: str) -> dict[str, list[dict]]:
     builder = tfds.builder_from_directory(directory)
     fields = [f for f in FIELDS if f in builder.info.features]
     out = {}
-    for split in builder.info.splits:
-        ds = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders=tfds.decode.PartialDecoding({f: True for f in fields}))
-        out[split] = [{f: r[f].decode("utf-8", errors="replace") for f in fields}
-                      for r in tfds.as_numpy(ds.prefetch(1024))]
+    # PartialDecoding reads a deprecated attribute of every feature, and TFDS logs a warning
+    # for each through absl: nothing the user can act on, so it is held back while reading.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(max(level, logging.ERROR))
+    try:
+        for split in builder.info.splits:
+            ds = builder.as_dataset(split=split, shuffle_files=False,
+                                    decoders=tfds.decode.PartialDecoding({f: True for f in fields}))
+            out[split] = [{f: r[f].decode("utf-8", errors="replace") for f in fields}
+                          for r in tfds.as_numpy(ds.prefetch(1024))]
+    finally:
+        absl_logger.setLevel(level)
     return out
 
 
