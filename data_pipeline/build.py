@@ -9,6 +9,10 @@ All four pair types are built by default (mini, m4); `pairs` needs --pair. The m
 directory must have the release's layout (data_pipeline/sources/m4_layout.py); a missing or
 misplaced folder stops the build with the expected tree. A finished
 (dataset, config) is reused, so an interrupted build resumes at the first unfinished pair type.
+The build ends with the leakage audit of every pair type of the dataset in data_dir
+(molbind_data/leakage: validation/test molecules, scaffolds, texts and proteins also in
+training, nearest-neighbour Tanimoto), printed and written under `leakage` in each
+build_report.json; --noleakage skips it.
 `resolve_data_dir()` is what training and evaluation call to find a dataset: it builds
 molbind_mini on first use (`ensure_built`) and names the build command for a dataset that
 needs the user's input (molbind_pairs, molbind_m4).
