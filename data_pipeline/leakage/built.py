@@ -71,7 +71,7 @@ def _parse_tfrecords(builder, split: str, fields: list[str]) -> list[dict]:
     files = [fi.filename for fi in builder.info.splits[split].file_instructions]
     files = [f if os.path.isabs(f) else os.path.join(os.fspath(builder.data_dir), f) for f in files]
     spec = {f: tf.io.FixedLenFeature([], tf.string) for f in fields}
-    ds = tf.data.TFRecordDataset(files).batch(4096).map(lambda x: tf.io.parse_example(x, spec))
+    ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20).batch(4096).map(lambda x: tf.io.parse_example(x, spec))
     rows = []
     for batch in ds.as_numpy_iterator():
         columns = [[v.decode("utf-8", errors="replace") for v in batch[f]] for f in fields]

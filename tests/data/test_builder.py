@@ -194,6 +194,9 @@ def test_tiny_molbind_mini_end_to_end(tmp_path):
     # auditing the existing build again (python -m molbind_data.leakage) gives the same sections
     from molbind_data.leakage import built
 
+    directory = built.built_versions("molbind_mini", str(tmp_path))["graph_text"]
+    fast = built.read_fields(directory)  # the shards parsed for three fields = TFDS's decoding
+    assert fast["train"] == built._read_tfds(tfds.builder_from_directory(directory), "train", ["smiles", "text"])
     again = built.audit_dataset("molbind_mini", str(tmp_path), write=False)["sections"]
     for pair, report in reports.items():
         drop = ("seconds", "read_seconds")
