@@ -170,7 +170,7 @@ def test_all_records_failing_is_an_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tiny_molbind_mini_end_to_end(tmp_path):
+def test_tiny_molbind_mini_end_to_end(tmp_path, monkeypatch):
     """Every pair type from the real data, a handful of records each; disjoint splits."""
     from molbind_data import build
 
@@ -198,6 +198,9 @@ def test_tiny_molbind_mini_end_to_end(tmp_path):
     fast = built.read_fields(directory)  # the shards parsed for three fields = TFDS's decoding
     assert fast["train"] == built._read_tfds(tfds.builder_from_directory(directory), "train", ["smiles", "text"])
     again = built.audit_dataset("molbind_mini", str(tmp_path), write=False)["sections"]
+    monkeypatch.setattr(built, "audit_dataset", None)  # not called again: nothing was rebuilt
+    kept = build.audit_leakage("molbind_mini", str(tmp_path), rebuilt=False, verbose=False)
+    assert kept == {p: r["leakage"] for p, r in reports.items()}  # nothing rebuilt: the sections kept
     for pair, report in reports.items():
         drop = ("seconds", "read_seconds")
         assert {k: v for k, v in again[pair].items() if k not in drop} == \

@@ -142,3 +142,17 @@ def test_a_stereoisomer_is_told_apart_from_the_same_molecule():
     sec = audit({"graph_text": {"train": [{"smiles": "C[C@H](N)C(=O)O"}], "test": [{"smiles": "C[C@@H](N)C(=O)O"}]}})
     m, nn = sec["graph_text"]["molecules"]["test"], sec["graph_text"]["nearest_neighbour"]["test"]
     assert (m["in_train"], m["in_train_ignoring_stereo"], nn["eq_1_0"]) == (0, 1, 1)
+
+
+def test_a_failing_audit_leaves_the_build_alone(tmp_path, monkeypatch, capsys):
+    from molbind_data import build
+    from molbind_data.leakage import built
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(built, "audit_dataset", broken)
+    assert build.audit_leakage("molbind_mini", str(tmp_path)) == {}
+    err = capsys.readouterr().err
+    assert "warning: the leakage audit of molbind_mini" in err and "RuntimeError: boom" in err
+    assert "python -m molbind_data.leakage --dataset=molbind_mini" in err
