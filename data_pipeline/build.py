@@ -9,6 +9,10 @@ All four pair types are built by default (mini, m4); `pairs` needs --pair. The m
 directory must have the release's layout (data_pipeline/sources/m4_layout.py); a missing or
 misplaced folder stops the build with the expected tree. A finished
 (dataset, config) is reused, so an interrupted build resumes at the first unfinished pair type.
+The build ends with the leakage audit of every pair type of the dataset in data_dir
+(molbind_data/leakage: validation/test molecules, scaffolds, texts and proteins also in
+training, nearest-neighbour Tanimoto), printed and written under `leakage` in each
+build_report.json; --noleakage skips it.
 `resolve_data_dir()` is what training and evaluation call to find a dataset: it builds
 molbind_mini on first use (`ensure_built`) and names the build command for a dataset that
 needs the user's input (molbind_pairs, molbind_m4).
@@ -66,8 +70,11 @@ def default_data_dir(data_dir: str | None = None) -> str:
 
 def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, input_path: str | None = None,
           manual_dir: str | None = None, workers: int | None = None, max_records: int | None = None,
-          options: dict | None = None, verbose: bool = True) -> dict[str, dict]:
-    """Build (or reuse) the pair types of one source; returns {pair: build report}."""
+          options: dict | None = None, verbose: bool = True, leakage: bool = True) -> dict[str, dict]:
+    """Build (or reuse) the pair types of one source; returns {pair: build report}.
+
+    With `leakage`, the build ends with the leakage audit of every pair type of the dataset
+    built in data_dir (`audit_leakage`), written under `leakage` in their reports."""
     if source not in DATASETS:
         raise InputError(f"unknown source {source!r}; expected one of {sorted(DATASETS)}")
     provided = provided_pairs(source)
@@ -101,7 +108,8 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
 
     data_dir = default_data_dir(data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    reports = {}
+    reports, report_paths = {}, {}
+    rebuilt = False
     for pair in pairs:
         start = time.time()
         b = _builder_cls(source)(config=pair, data_dir=data_dir, source_options=source_options, workers=workers)
@@ -112,8 +120,9 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
             m4_layout.check_layout(m4_layout.dataset_root(
                 manual_dir or os.path.join(data_dir, "downloads", "manual")), pair)
         b.download_and_prepare(download_config=download_config)
+        rebuilt = rebuilt or not reused
         report = b.read_report() or {}
-        reports[pair] = report
+        reports[pair], report_paths[pair] = report, b.report_path()
         if verbose:
             state = "reused" if reused else f"built in {time.time() - start:.0f}s"
             splits = ", ".join(f"{s} {r['written']}" for s, r in sorted(report.get("splits", {}).items()))
@@ -122,7 +131,45 @@ def build(source: str = "mini", data_dir: str | None = None, pairs=None, *, inpu
             print(f"{b.name}/{pair} ({state}): read {report.get('read')}, written {report.get('written')} "
                   f"[{splits}], skipped {sum(skipped.values())} {skipped or ''}{empty}\n  -> {b.data_dir}\n"
                   f"  report: {b.report_path()}", flush=True)
+    if leakage:
+        if audit_leakage(DATASETS[source], data_dir, rebuilt=rebuilt, verbose=verbose):
+            for pair, path in report_paths.items():  # the reports as written, with their `leakage`
+                if os.path.exists(path):
+                    with open(path) as f:
+                        reports[pair] = json.load(f)
     return reports
+
+
+def audit_leakage(dataset: str, data_dir: str, *, rebuilt: bool = True, verbose: bool = True) -> dict[str, dict]:
+    """The leakage audit (molbind_data.leakage) of every built pair type of `dataset`, written
+    into their build reports and printed; returns {pair: section}.
+
+    A build that changed nothing (every pair type reused, every report already audited
+    against the same pair types) keeps the sections it has. A failing audit is reported and
+    leaves the built data as it is (the data is fine; only the audit is missing)."""
+    from molbind_data.leakage import built
+
+    try:
+        versions = built.built_versions(dataset, data_dir)
+        stored = {}
+        for pair, directory in versions.items():
+            path = os.path.join(directory, built.REPORT)
+            if os.path.exists(path):
+                with open(path) as f:
+                    stored[pair] = json.load(f).get("leakage")
+        current = not rebuilt and all((stored.get(p) or {}).get("against") == sorted(versions) for p in versions)
+        if current:
+            result = {"dataset": dataset, "sections": stored,
+                      "seconds": max((s.get("seconds", 0) for s in stored.values()), default=0)}
+        else:
+            result = built.audit_dataset(dataset, data_dir)
+    except Exception as err:  # noqa: BLE001 - the built data stands; say what failed
+        print(f"warning: the leakage audit of {dataset} in {data_dir} failed ({type(err).__name__}: {err}); "
+              f"run `python -m molbind_data.leakage --dataset={dataset} --data_dir={data_dir}`", file=sys.stderr)
+        return {}
+    if verbose:
+        print(built.summary(result) + ("\n  (reused: no pair type was rebuilt)" if current else ""), flush=True)
+    return result["sections"]
 
 
 def ensure_built(dataset: str = "molbind_mini", data_dir: str | None = None) -> str:
@@ -231,7 +278,7 @@ def main(argv):
 
     try:
         report = build(f.source, f.data_dir, f.pair, input_path=f.input, manual_dir=f.manual_dir,
-                       workers=f.workers, max_records=f.max_records, options=options)
+                       workers=f.workers, max_records=f.max_records, options=options, leakage=f.leakage)
     except LayoutError as err:  # the message is the whole story (the tree, several lines)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -254,6 +301,9 @@ def _define_flags():
     flags.DEFINE_integer("max_records", None, "Cap on raw records per pair type (default: the source's caps).")
     flags.DEFINE_enum("pocket_split", None, ["scaffold", "target"],
                       "mini conformer_pocket split: ligands by scaffold (default) or whole targets held out.")
+    flags.DEFINE_bool("leakage", True, "End the build with the leakage audit of every pair type built in data_dir "
+                      "(test/validation molecules, scaffolds, texts, proteins also in training; nearest-neighbour "
+                      "Tanimoto), written under `leakage` in each build_report.json; --noleakage skips it.")
 
 
 def cli():

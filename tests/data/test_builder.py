@@ -170,7 +170,7 @@ def test_all_records_failing_is_an_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tiny_molbind_mini_end_to_end(tmp_path):
+def test_tiny_molbind_mini_end_to_end(tmp_path, monkeypatch):
     """Every pair type from the real data, a handful of records each; disjoint splits."""
     from molbind_data import build
 
@@ -184,6 +184,27 @@ def test_tiny_molbind_mini_end_to_end(tmp_path):
         values = {s: {ex[key] for ex in tfds.as_numpy(b.as_dataset(split=s))} for s in mb.SPLITS}
         assert not values["train"] & values["test"] and not values["train"] & values["validation"], pair
         assert b.info.metadata["licenses"] and b.info.metadata["pair"] == pair
+        # the leakage audit (against the train splits of all four) confirms the scaffold split
+        leak = report["leakage"]
+        assert leak["against"] == sorted(mb.PAIRS), pair
+        for split in ("validation", "test"):
+            assert leak["molecules"][split]["in_train"] == 0 and leak["scaffolds"][split]["in_train"] == 0, pair
+        assert leak["nearest_neighbour"]["test"]["queries_used"] >= 1, pair
+    assert "texts" in reports["graph_text"]["leakage"] and "targets" in reports["conformer_pocket"]["leakage"]
+    # auditing the existing build again (python -m molbind_data.leakage) gives the same sections
+    from molbind_data.leakage import built
+
+    directory = built.built_versions("molbind_mini", str(tmp_path))["graph_text"]
+    fast = built.read_fields(directory)  # the shards parsed for three fields = TFDS's decoding
+    assert fast["train"] == built._read_tfds(tfds.builder_from_directory(directory), "train", ["smiles", "text"])
+    again = built.audit_dataset("molbind_mini", str(tmp_path), write=False)["sections"]
+    monkeypatch.setattr(built, "audit_dataset", None)  # not called again: nothing was rebuilt
+    kept = build.audit_leakage("molbind_mini", str(tmp_path), rebuilt=False, verbose=False)
+    assert kept == {p: r["leakage"] for p, r in reports.items()}  # nothing rebuilt: the sections kept
+    for pair, report in reports.items():
+        drop = ("seconds", "read_seconds")
+        assert {k: v for k, v in again[pair].items() if k not in drop} == \
+            {k: v for k, v in report["leakage"].items() if k not in drop}, pair
     # ensure_built sees the finished build and builds nothing.
     assert build.ensure_built("molbind_mini", str(tmp_path)) == str(tmp_path)
 

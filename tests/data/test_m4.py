@@ -364,6 +364,9 @@ def test_build_train_export_evaluate(tmp_path):
         splits = reports[pair]["splits"]
         assert {s: splits[s]["written"] for s in splits} == {"train": 24, "validation": 16, "test": 20}, pair
     assert reports["graph_text"]["skipped"] == {"unreadable_file": 1, "missing_partner": 1}
+    for pair in m4.PROVIDES:  # the leakage audit ran over the four pair types
+        assert reports[pair]["leakage"]["against"] == sorted(m4.PROVIDES), pair
+        assert reports[pair]["leakage"]["records"]["test"]["records"] == 20, pair
     assert not (manual / "MolBind4M" / m4_release.MARKER).exists()
     for pair in m4.PROVIDES:
         ids = [r["id"].decode() for r in load_records(pair, "test", dataset="molbind_m4", data_dir=str(data_dir))]

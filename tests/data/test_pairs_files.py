@@ -143,6 +143,9 @@ def test_a_split_whose_records_are_all_skipped_is_reported_and_the_others_built(
         "validation": {"read": 1, "written": 0, "skipped": {"empty_text": 1}},
         "test": {"read": 0, "written": 0, "skipped": {}}}
     assert report["empty_splits"] == {"validation": "all 1 records skipped (empty_text 1)", "test": "no records"}
+    leak = report["leakage"]  # only a train split: its repeated texts, nothing to compare with
+    assert leak["against"] == ["graph_text"] and leak["molecules"] == {} and "nearest_neighbour" not in leak
+    assert leak["texts"]["train_duplicates"]["repeated_texts"] == 0 and leak["records"]["train"]["distinct"] == 3
     b = tfds.builder("molbind_pairs/graph_text", data_dir=data_dir)
     assert set(b.info.splits) == {"train"}
     stored = {ex["id"].decode(): (ex["smiles"].decode(), ex["text"].decode().strip())
@@ -163,6 +166,7 @@ def test_a_header_only_file_gives_a_report_with_zero_records(tmp_path):
     assert reports["graph_text"] == report
     assert (report["read"], report["written"], report["skipped"]) == (0, 0, {})
     assert report["empty_splits"] == {s: "no records" for s in pairs.SPLITS}
+    assert report["leakage"]["against"] == ["graph_text"] and report["leakage"]["molecules"] == {}
 
 
 def _build_cli(*args, cwd):
@@ -194,8 +198,9 @@ def test_build_command_prints_user_mistakes_as_one_line(tmp_path):
 @pytest.mark.slow
 def test_build_command_is_quiet_and_prints_the_report(tmp_path):
     (tmp_path / "one.csv").write_text("smiles,text\nCCO,Ethanol\n")
-    res = _build_cli("--input=one.csv", "--pair=graph_text", cwd=tmp_path)
+    res = _build_cli("--input=one.csv", "--pair=graph_text", "--noleakage", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "leakage" not in res.stdout and "leakage" not in _report(str(tmp_path / "tfds"))
     assert "oneDNN" not in res.stderr and "cpu_feature_guard" not in res.stderr
     summary = json.loads(res.stdout[res.stdout.index("\n{") + 1:])
     assert summary["graph_text"]["read"] == 1 and summary["graph_text"]["written"] == 1
