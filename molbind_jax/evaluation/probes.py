@@ -18,7 +18,7 @@ and Spearman rho; classification AUROC. RMSE, R^2 and AUROC carry a percentile-b
 interval over the test molecules (metrics.bootstrap_means: its resamples, seed and count).
 
 `run_probes(mb, ...)` returns the `probes` section of metrics.json; `probe_table` renders it.
-Nothing here imports JAX (the model does, through `mb`).
+Importing this module does not import JAX (metrics.py is imported where a metric is computed).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from molbind_jax.evaluation import metrics, probe_data
+from molbind_jax.evaluation import probe_data
 
 RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 6))  # on standardised features
 LOGISTIC_LAMBDAS = tuple(10.0 ** np.arange(-4, 2))  # per-molecule mean loss + lam/2 |w|^2
@@ -36,7 +36,7 @@ TOWERS = ("graph", "conformer")
 BASELINE = "morgan"
 COLUMNS = TOWERS + (BASELINE,)
 MIN_TEST = 10  # fewer test (or training) molecules: the task is skipped, with the count
-DEFAULTS = {"datasets": probe_data.DATASETS, "max_molecules": 800,
+DEFAULTS = {"datasets": probe_data.DATASETS, "max_molecules": 600,
             "moleculeace_targets": probe_data.DEFAULT_MOLECULEACE_TARGETS,
             "qm9_properties": probe_data.DEFAULT_QM9_PROPERTIES, "conformer_timeout": 5, "seed": 0}
 
@@ -78,16 +78,21 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def ridge_path(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[tuple[np.ndarray, float]]:
-    """Closed-form ridge with an unpenalised intercept for every alpha from one SVD:
-    w = V diag(s / (s^2 + alpha)) U^T (y - mean y) on centred x; b = mean y - mean x . w."""
+    """Closed-form ridge with an unpenalised intercept for every alpha from one symmetric
+    eigendecomposition (of the smaller of the centred x's Gram [N, N] and covariance [D, D]):
+    w = (Xc^T Xc + alpha I)^-1 Xc^T yc = Xc^T (Xc Xc^T + alpha I)^-1 yc; b = mean y - mean x . w."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     xm, ym = x.mean(axis=0), y.mean()
-    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
-    uty = u.T @ (y - ym)
+    xc, yc = x - xm, y - ym
+    dual = xc.shape[0] < xc.shape[1]
+    lam, q = np.linalg.eigh(xc @ xc.T if dual else xc.T @ xc)
+    lam = np.maximum(lam, 0.0)
+    qty = q.T @ (yc if dual else xc.T @ yc)
     out = []
     for a in alphas:
-        w = vt.T @ (s / (s * s + a) * uty)
+        z = q @ (qty / (lam + a))
+        w = xc.T @ z if dual else z
         out.append((w, float(ym - xm @ w)))
     return out
 
@@ -120,6 +125,8 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     """RMSE, R^2, Spearman rho and n; ci95 of RMSE and R^2 from one set of bootstrap
     resamples of the test molecules (means of [error^2, y, y^2] per resample)."""
     from scipy.stats import spearmanr
+
+    from molbind_jax.evaluation import metrics
     y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
     se = (y - pred) ** 2
     out = {"RMSE": float(np.sqrt(se.mean())), "R2": _r2(y, pred),
@@ -148,6 +155,7 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray) -> dict:
     """AUROC (ties one half) and n; ci95 over bootstrap resamples of the test molecules
     (the resamples of metrics.bootstrap_means: each resample's draw counts weight the
     positive-negative pairs)."""
+    from molbind_jax.evaluation import metrics
     y, scores = np.asarray(y, np.float64), np.asarray(scores, np.float64)
     pos, neg, k = _auc_kernel(scores, y)
     if not pos.size or not neg.size:
