@@ -17,7 +17,11 @@ Metrics on the test molecules: regression RMSE, R^2 (1 - MSE / variance of the t
 and Spearman rho; classification AUROC. RMSE, R^2 and AUROC carry a percentile-bootstrap 95%
 interval over the test molecules (metrics.bootstrap_means: its resamples, seed and count).
 
-`run_probes(mb, ...)` returns the `probes` section of metrics.json; `probe_table` renders it.
+`run_probes(mb, ...)` returns the `probes` section of metrics.json: {"settings", "columns",
+"sets": {set: sizes, skips, embedding failures}, "tasks": {task: {"set", "kind", "unit", "split",
+"model": {tower: metrics}, "baselines": {"morgan": metrics}}}, "skipped", "seconds"}, where
+metrics are RMSE / R2 / spearman or AUROC with n, "ci95" and the chosen penalty;
+`probe_table` renders it.
 Importing this module does not import JAX (metrics.py is imported where a metric is computed).
 """
 from __future__ import annotations
@@ -330,7 +334,7 @@ def run_probes(mb, options: Mapping | None = None, *, sets: Sequence | None = No
         for task, spec in ms.tasks.items():
             y = spec["y"][ok]
             entry = {"set": ms.name, "kind": spec["kind"], "unit": spec["unit"], "split": counts,
-                     "columns": {}}
+                     "model": {}, "baselines": {}}
             few = [s for s in ("train", "validation", "test") if counts.get(s, 0) < (MIN_TEST if s != "validation" else 2)]
             if spec["kind"] == "regression" and not few and np.ptp(y[np.asarray(split) == "test"]) == 0:
                 few.append("test (one label value)")
@@ -344,7 +348,8 @@ def run_probes(mb, options: Mapping | None = None, *, sets: Sequence | None = No
                 continue
             with single_blas_thread():
                 for col, x in feats.items():
-                    entry["columns"][col] = probe_task(x[ok].astype(np.float64), y, split, spec["kind"])
+                    entry["baselines" if col == BASELINE else "model"][col] = probe_task(
+                        x[ok].astype(np.float64), y, split, spec["kind"])
             out["tasks"][task] = entry
         out["sets"][ms.name]["seconds"] = round(time.time() - t1, 1)
     out["seconds"] = round(time.time() - t0, 1)
@@ -377,7 +382,7 @@ def probe_table(probes: Mapping) -> str:
         keys = [("R2", "R²"), ("RMSE", f"RMSE ({e.get('unit', '')})")] if e["kind"] == "regression" \
             else [("AUROC", "AUROC")]
         for key, label in keys:
-            vals = [_cell(e["columns"].get(c), key) for c in cols]
+            vals = [_cell({**e["model"], **e["baselines"]}.get(c), key) for c in cols]
             lines.append(f"| {task} | {label} | {sizes} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

@@ -183,9 +183,15 @@ def test_run_probes_and_report(tmp_path):
     assert res["columns"] == ["graph", "conformer", "morgan"]
     assert res["sets"]["toy"]["used"] == 398 and res["sets"]["toy"]["embedding_failures"] == {
         "conformer": {"2d_fallback": 1}}
-    size = res["tasks"]["size"]["columns"]
+    size = res["tasks"]["size"]["model"]
     assert size["graph"]["R2"] > 0.99 and size["conformer"]["R2"] < 0.2
-    assert res["tasks"]["big"]["columns"]["graph"]["AUROC"] > 0.95
+    assert set(res["tasks"]["size"]["baselines"]) == {"morgan"}
+    assert res["tasks"]["big"]["model"]["graph"]["AUROC"] > 0.95
+    # seeds.py spreads the model's probe numbers only (not the fingerprints, sizes, penalties)
+    from molbind_jax.evaluation import seeds
+    flat = seeds.flatten({"probes": res})
+    assert "probes/tasks/size/model/graph/R2" in flat and "probes/tasks/big/model/conformer/AUROC" in flat
+    assert not [k for k in flat if "morgan" in k or "/split/" in k or "alpha" in k or "sets/" in k]
     assert "constant" in res["skipped"] and "constant" not in res["tasks"]
     table = probes.probe_table(res)
     assert "| size | R² |" in table and "| big | AUROC |" in table and "Morgan FP" in table
@@ -219,7 +225,8 @@ def test_evaluate_hook_on_a_tiny_export(tmp_path):
                        probes={"datasets": ("solubility",), "max_molecules": 100})
     pr = res["probes"]
     assert set(pr["tasks"]) == {"logS", "low solubility"}
-    assert set(pr["tasks"]["logS"]["columns"]) == {"graph", "conformer", "morgan"}
+    assert set(pr["tasks"]["logS"]["model"]) == {"graph", "conformer"}
+    assert set(pr["tasks"]["logS"]["baselines"]) == {"morgan"}
     assert pr["sets"]["solubility"]["molecules"] == 100
     md = open(tmp_path / "out" / "report.md").read()
     assert "## Frozen-embedding property probes" in md and "| logS | R² |" in md
