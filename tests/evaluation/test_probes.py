@@ -177,8 +177,20 @@ def _toy_set():
                "constant": {"kind": "regression", "unit": "", "y": np.ones(len(smiles))}})
 
 
-def test_run_probes_and_report(tmp_path):
+def test_conformer_records_count_failures():
+    from molbind_data.featurize import SkipRecord
+    ms = probe_data.MoleculeSet(name="t", smiles=["CCO", "*CC", "c1ccccc1"], split=["train"] * 3,
+                                tasks={}, source="test")
+    recs = probes.conformer_records(ms, workers=1)
+    assert isinstance(recs[1], SkipRecord) and recs[1].reason == "unknown_element"
+    assert [len(recs[i]["conformer_tokens"]) for i in (0, 2)] == [3 + 2, 6 + 2]  # heavy atoms + CLS/SEP
+    again = probes.conformer_records(ms, workers=1)
+    np.testing.assert_array_equal(recs[0]["conformer_coords"], again[0]["conformer_coords"])  # seeded
+
+
+def test_run_probes_and_report(tmp_path, monkeypatch):
     from molbind_jax.evaluation import report
+    monkeypatch.setattr(probes, "conformer_records", lambda ms, **kw: list(ms.smiles))  # FakeModel ignores them
     res = probes.run_probes(FakeModel(), sets=[_toy_set()])
     assert res["columns"] == ["graph", "conformer", "morgan"]
     assert res["sets"]["toy"]["used"] == 398 and res["sets"]["toy"]["embedding_failures"] == {
