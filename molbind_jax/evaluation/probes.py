@@ -43,7 +43,7 @@ COLUMNS = TOWERS + (BASELINE,)
 MIN_TEST = 10  # fewer test (or training) molecules: the task is skipped, with the count
 DEFAULTS = {"datasets": probe_data.DATASETS, "max_molecules": 600,
             "moleculeace_targets": probe_data.DEFAULT_MOLECULEACE_TARGETS,
-            "qm9_properties": probe_data.DEFAULT_QM9_PROPERTIES, "conformer_timeout": 5, "seed": 0, "workers": 0}
+            "qm9_properties": probe_data.DEFAULT_QM9_PROPERTIES, "conformer_timeout": 5, "seed": 0, "workers": 1}
 
 
 def define_flags():
@@ -61,10 +61,12 @@ def define_flags():
     flags.DEFINE_integer("probe_conformer_timeout", DEFAULTS["conformer_timeout"],
                          "seconds per RDKit ETKDG pass for the conformer tower's probe molecules")
     flags.DEFINE_integer("probe_workers", 0, "processes making the probe molecules' RDKit conformers "
-                         "(0 = one per CPU)")
+                         "(0 = one per CPU; 1 = in the evaluating process)")
 
 
 def options_from_flags(FLAGS) -> dict | bool:
+    """The command's probe options (the Python default `workers=1` spawns nothing: a spawned
+    pool re-imports the caller's main module, which hangs a script without a main guard)."""
     if not FLAGS.probes:
         return False
     return {"datasets": tuple(FLAGS.probe_datasets), "max_molecules": FLAGS.probe_max_molecules,
@@ -293,7 +295,7 @@ def _conformer_worker(task) -> tuple:
 def conformer_records(ms: probe_data.MoleculeSet, *, timeout: int = 5, seed: int = 0,
                       workers: int = 0) -> list:
     """The conformer tower's record of every molecule (QM9: its DFT geometry; otherwise an
-    RDKit conformer, made by `workers` spawned processes, default one per CPU), or the
+    RDKit conformer, made by `workers` spawned processes, 0 = one per CPU), or the
     SkipRecord of a molecule that has none (embed_features counts it as a failure)."""
     import os
 

@@ -213,8 +213,8 @@ def test_run_probes_and_report(tmp_path, monkeypatch):
     assert json.load(open(tmp_path / "metrics.json"))["probes"]["tasks"]["size"]["split"]["test"] > 50
 
 
-@pytest.mark.slow  # a tiny export compiled for graph and conformer shapes; ETKDG for 100 molecules
-@_needs("datamol")
+@pytest.mark.slow  # a tiny export compiled for graph and conformer shapes; 2 spawned workers
+@_needs("qm9pack")
 def test_evaluate_hook_on_a_tiny_export(tmp_path):
     from flax import nnx
 
@@ -234,15 +234,21 @@ def test_evaluate_hook_on_a_tiny_export(tmp_path):
                      **conf_feat.unimol_input(atoms, coords)})
     res = evaluate.run(export, str(tmp_path / "out"), data_dir=None, pairs=("graph_conformer",),
                        records={"graph_conformer": recs}, classification=False, protocol="ours",
-                       probes={"datasets": ("solubility",), "max_molecules": 100})
+                       probes={"datasets": ("qm9",), "qm9_properties": ("gap",), "max_molecules": 100})
     pr = res["probes"]
-    assert set(pr["tasks"]) == {"logS", "low solubility"}
-    assert set(pr["tasks"]["logS"]["model"]) == {"graph", "conformer"}
-    assert set(pr["tasks"]["logS"]["baselines"]) == {"morgan"}
-    assert pr["sets"]["solubility"]["molecules"] == 100
+    assert set(pr["tasks"]) == {"QM9 gap"}
+    assert set(pr["tasks"]["QM9 gap"]["model"]) == {"graph", "conformer"}
+    assert set(pr["tasks"]["QM9 gap"]["baselines"]) == {"morgan"}
+    assert pr["sets"]["qm9"]["molecules"] == 100
     md = open(tmp_path / "out" / "report.md").read()
-    assert "## Frozen-embedding property probes" in md and "| logS | R² |" in md
+    assert "## Frozen-embedding property probes" in md and "| QM9 gap | R² |" in md
     assert "probes" in json.load(open(tmp_path / "out" / "metrics.json"))
     # off by default in the Python API (the CLI flag --probes is on by default)
     import inspect
     assert inspect.signature(evaluate.run).parameters["probes"].default is False
+    # RDKit conformers from spawned workers = made in this process
+    small = probe_data.MoleculeSet(name="s", smiles=[f"C{'C' * (k % 7)}O{'N' * (k // 7)}" for k in range(56)],
+                                   split=["train"] * 56, tasks={}, source="test")
+    pooled, here = (probes.conformer_records(small, workers=w) for w in (2, 1))
+    for a, b in zip(pooled, here):
+        np.testing.assert_array_equal(a["conformer_coords"], b["conformer_coords"])
