@@ -41,7 +41,7 @@ TOWERS = ("graph", "conformer")
 BASELINE = "morgan"
 COLUMNS = TOWERS + (BASELINE,)
 MIN_TEST = 10  # fewer test (or training) molecules: the task is skipped, with the count
-DEFAULTS = {"datasets": probe_data.DATASETS, "max_molecules": 600,
+DEFAULTS = {"datasets": probe_data.DATASETS, "max_molecules": 500,
             "moleculeace_targets": probe_data.DEFAULT_MOLECULEACE_TARGETS,
             "qm9_properties": probe_data.DEFAULT_QM9_PROPERTIES, "conformer_timeout": 5, "seed": 0, "workers": 1}
 
