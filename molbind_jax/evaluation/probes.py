@@ -392,7 +392,10 @@ def _cell(res: Mapping | None, key: str) -> str:
         return "–"
     ci = res.get("ci95", {}).get(key)
     v = f"{res[key]:.2f}"
-    return v if ci is None else f"{v} ({ci[0]:.2f}-{ci[1]:.2f})"
+    if ci is None:
+        return v
+    sep = " to " if ci[0] < 0 else "-"  # "-0.52-0.05" would read as a range of negatives
+    return f"{v} ({ci[0]:.2f}{sep}{ci[1]:.2f})"
 
 
 COLUMN_NAMES = {"graph": "graph tower", "conformer": "conformer tower", "morgan": "Morgan FP (r=2, 2048)"}

@@ -206,6 +206,8 @@ def test_run_probes_and_report(tmp_path, monkeypatch):
     assert not [k for k in flat if "morgan" in k or "/split/" in k or "alpha" in k or "sets/" in k]
     assert "constant" in res["skipped"] and "constant" not in res["tasks"]
     table = probes.probe_table(res)
+    assert probes._cell({"R2": 0.1, "ci95": {"R2": [-0.2, 0.3]}}, "R2") == "0.10 (-0.20 to 0.30)"
+    assert probes._cell({"R2": 0.7, "ci95": {"R2": [0.6, 0.8]}}, "R2") == "0.70 (0.60-0.80)"
     assert "| size | R² |" in table and "| big | AUROC |" in table and "Morgan FP" in table
     path = report.write_report(str(tmp_path), {"probes": res})
     md = open(path).read()
