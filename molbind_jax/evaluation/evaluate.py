@@ -36,6 +36,7 @@ pairs.
 
 --checkpoint is an export directory or an original MolBind `.ckpt` (with --tokenizer,
 required, and --gin_backbone / --dictionaries / --ckpt_config; convert.molbind).
+--probes (default on; --noprobes: off) adds frozen-embedding property probes (probes.py).
 
 Writes <out>/report.md, <out>/metrics.json, <out>/recall_curves.png, <out>/loss_curves.png
 (from <workdir>/metrics.jsonl), <out>/embedding_map.png, and prints the tables.
@@ -53,6 +54,7 @@ from absl import app, flags, logging
 
 from molbind_data import schema
 from molbind_jax.evaluation import baselines, metrics, report, screening
+from molbind_jax.evaluation import probes as probe_mod
 from molbind_jax.evaluation.report import NonFiniteEmbeddings, check_finite  # noqa: F401
 from molbind_jax.evaluation import evaluate_original as eo
 
@@ -92,6 +94,7 @@ def define_flags():
     flags.DEFINE_bool("original_text_tokens", True, "original protocol: text re-tokenised WITHOUT "
                       "[CLS]/[SEP], as the original's evaluation (--nooriginal_text_tokens: with them)")
     define_ckpt_flags()
+    probe_mod.define_flags()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -375,11 +378,12 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
         block_size: int = 1024, batch_size: int = 64, classification: bool = True,
         emergent: str | None = None, workdir: str | None = None, protocol: str = "both",
         bf16: bool = True, original_text_tokens: bool = True, load_kwargs: Mapping | None = None,
-        records: Mapping[str, Sequence[Mapping]] | None = None) -> dict:
+        records: Mapping[str, Sequence[Mapping]] | None = None, probes: Mapping | bool = False) -> dict:
     """The whole evaluation; returns the results dict (also written to metrics.json).
 
     export: an export directory or a `.ckpt` (with `load_kwargs` for MolBindModel.load).
     records: {pair: records in file order} to evaluate instead of reading the split.
+    probes: run the property probes (probes.py) with these options (True: the defaults).
     """
     from tqdm import tqdm
     from molbind_jax.inference.api import MolBindModel
@@ -453,6 +457,8 @@ def run(export: str, out_dir: str, *, data_dir: str | None, dataset: str = "molb
             results["skipped"]["classification"] = f"unavailable: {err}"
         else:
             results["classification"] = evaluate_classification(mb, tasks)
+    if probes:
+        results["probes"] = probe_mod.run_probes(mb, probes if isinstance(probes, Mapping) else None)
     os.makedirs(out_dir, exist_ok=True)
     plots = [report.plot_recall_curves(results["retrieval"],
                                        os.path.join(out_dir, "recall_curves.png"))]
@@ -483,7 +489,8 @@ def main(argv):
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,
                   emergent=FLAGS.emergent_workdir, workdir=FLAGS.workdir,
                   protocol=FLAGS.protocol, bf16=FLAGS.bf16,
-                  original_text_tokens=FLAGS.original_text_tokens, load_kwargs=load_kwargs)
+                  original_text_tokens=FLAGS.original_text_tokens, load_kwargs=load_kwargs,
+                  probes=probe_mod.options_from_flags(FLAGS))
     print(report.text_summary(results))
     print(f"\nreport: {results['report']}")
     return 0

@@ -13,6 +13,7 @@ Input is the results dict built by `evaluate.py` (also written verbatim to metri
      "original_settings": {...},
      "ladder": {pair: {"a", "b", "n", "rungs": [{"name", "change", "in_batch": orig,
                                                  "full": orig}]}},          (protocol both)
+     "probes": {...} (probes.run_probes, optional),
      "skipped": {...}}
 
 where a summary is metrics.summarize's dict (fractions; with "ci95": {metric: [lo, hi]}, the
@@ -183,6 +184,9 @@ def text_summary(results: Mapping) -> str:
                 retrieval_table(results["emergent"], "full", with_baselines=False), ""]
     if results.get("classification"):
         out += ["Zero-shot classification (%):", classification_table(results["classification"]), ""]
+    if results.get("probes", {}).get("tasks"):
+        from molbind_jax.evaluation.probes import probe_table
+        out += ["Property probes (test R², RMSE, AUROC):", probe_table(results["probes"]), ""]
     if results.get("skipped"):
         out += [f"skipped: {results['skipped']}"]
     return "\n".join(out)
@@ -408,6 +412,9 @@ def write_report(workdir: str, results: Mapping, plots: Sequence[str] = ()) -> s
     if results.get("classification"):
         md += ["## Zero-shot classification (candidates are texts)", "",
                classification_table(results["classification"]), ""]
+    if results.get("probes"):
+        from molbind_jax.evaluation.probes import report_section
+        md += report_section(results["probes"])
     if results.get("skipped"):
         md += ["## Skipped records", "", "```", json.dumps(results["skipped"], indent=1),
                "```", ""]

@@ -37,7 +37,7 @@ TOP_SKIP_KEYS = frozenset({"model", "skipped", "report", "original_settings"})
 SKIP_KEYS = frozenset({"baselines", "random", "ci95", "curve", "n", "ligands", "seconds",
                        "skipped", "num_classes", "skipped_queries", "failed_candidates",
                        "mean_correct_per_query", "tied_queries", "per_target", "pockets",
-                       "actives"})
+                       "actives", "sets", "settings", "split", "alpha", "penalty", "positives"})
 
 
 def define_flags():
