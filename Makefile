@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml setup.py requirements.txt requirements-data.txt constra
 	touch $(STAMP)
 
 # The whole suite (fast and slow tests). CI runs exactly this. Two workers, each test file on
-# one of them (module fixtures built once); TEST_WORKERS=0 runs in this process.
+# one of them (module fixtures built once); TEST_WORKERS=0 runs in this process. numpy's
+# OpenBLAS runs one thread per worker: its default of one per core on both workers
+# oversubscribes the two cores (a 0.1 s fit took 10 s under load).
 TEST_WORKERS ?= 2
+export OPENBLAS_NUM_THREADS ?= 1
 test: setup
 	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
 
