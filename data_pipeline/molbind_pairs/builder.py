@@ -230,7 +230,7 @@ class MolbindBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
 
 class MolbindMini(MolbindBuilderBase):
-    """The embedded default, built offline from packaged chemistry data (sources/mini.py)."""
+    """The embedded default, built offline from packaged chemistry data (sources/mini/)."""
 
     SOURCE = "mini"
 
