@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 
-from .common import _hash_order, canonical, inchikey, package_dir, split_of_smiles, take_per_split
+from .common import _hash_order, canonical, inchikey, package_dir
 from .pubchem import pubchem_synonyms
 
 _ITEM = re.compile(r"SMILES: (\S+) NAME: (.*?) REASON:")
@@ -131,12 +131,19 @@ def chebi_text(name: str, class_ids, key: str | None = None) -> str:
 
 
 
-@functools.lru_cache(maxsize=16)
-def _graph_text_candidates(cap, seed) -> tuple:
-    def stream():
-        for smiles, entry in _hash_order(chebi_molecules().items(), seed):
-            text = chebi_text(entry["name"], entry["classes"], inchikey(smiles))
-            yield smiles, {"smiles": smiles, "text": text, "name": entry["name"]}
+def graph_text_stream(seed: int):
+    """(canonical SMILES, raw graph_text record) of every named ChEBI molecule, in hash order."""
+    for smiles, entry in _hash_order(chebi_molecules().items(), seed):
+        text = chebi_text(entry["name"], entry["classes"], chebi_inchikey(smiles))
+        yield smiles, {"smiles": smiles, "text": text, "name": entry["name"]}
 
-    return take_per_split(stream(), cap, lambda k, r: split_of_smiles(r["smiles"]))
 
+@functools.lru_cache(maxsize=1)
+def _chebi_inchikeys() -> dict[str, str | None]:
+    return {smiles: inchikey(smiles) for smiles in chebi_molecules()}
+
+
+def chebi_inchikey(smiles: str) -> str | None:
+    """InChIKey of a ChEBI molecule (canonical SMILES), computed once per process."""
+    keys = _chebi_inchikeys()
+    return keys[smiles] if smiles in keys else inchikey(smiles)

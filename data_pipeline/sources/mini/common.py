@@ -13,16 +13,16 @@ SPLITS = ("train", "validation", "test")
 # Caps on records per pair type (over all splits, before featurization skips). They keep the
 # default build to a few minutes on 2 cores; None = everything.
 DEFAULT_MAX_RECORDS = {
-    "graph_text": None,  # all ~7k named ChEBI members
-    "conformer_text": 1500,
-    "graph_conformer": 4000,
+    "graph_text": 30000,  # all ~7k named ChEBI members, then PubChem molecules
+    "conformer_text": 10000,  # CCD ideal coordinates + chebi_conformer_fraction RDKit conformers
+    "graph_conformer": 25000,  # of QM9's 43,610 part-1 geometries
     "conformer_pocket": None,
 }
 DEFAULT_OPTIONS = {
     "max_records": None,  # int (all pairs) or {pair: int}; None -> DEFAULT_MAX_RECORDS
     "seed": 0,
     "num_conformers": 2,  # for RDKit-generated conformers (ChEBI part of conformer_text)
-    "chebi_conformer_fraction": 0.33,  # share of conformer_text taken from ChEBI molecules
+    "chebi_conformer_fraction": 0.05,  # share of conformer_text taken from ChEBI molecules (generated: slow)
     "chebi_conformer_max_heavy_atoms": 40,  # larger ones (lipids, glycans) embed slowly
     "conformer_timeout": 10,  # seconds per ETKDG pass; a molecule still without a conformer is skipped (2d_fallback)
     "pocket_cutoff": 6.0,
@@ -67,6 +67,7 @@ def stable_hash(text: str) -> int:
 
 # ----------------------------------------------------------------------------- molecules
 
+@functools.lru_cache(maxsize=1)
 def _rdkit():
     from rdkit import Chem, RDLogger
 
@@ -120,15 +121,23 @@ def _hash_order(items, seed: int, salt: str = "") -> list:
     return sorted(items, key=lambda it: stable_hash(f"{seed}:{salt}:{it[0]}"))
 
 
-def take_per_split(items, cap: int | None, split_fn) -> tuple:
+def split_quotas(cap: int) -> dict[str, int]:
+    """Records per split of a cap: 80/10/10, at least one per split."""
+    return {s: max(1, round(cap * f)) for s, f in SPLIT_FRACTIONS.items()}
+
+
+def take_per_split(items, cap: int | None, split_fn, quota: dict[str, int] | None = None) -> tuple:
     """The first items of each split, at most cap * fraction (>= 1) per split, from a lazy stream.
 
     Per-split quotas keep every split non-empty even for a tiny cap, and consuming lazily
     means that an expensive candidate (a CCD conversion) is only made when it is needed.
+    `quota` ({split: n}) replaces the quotas of `cap` (what a second source may still add).
     """
-    if cap is None:
+    if cap is None and quota is None:
         return tuple(items)
-    quota = {s: max(1, round(cap * f)) for s, f in SPLIT_FRACTIONS.items()}
+    quota = dict(quota) if quota is not None else split_quotas(cap)
+    if not any(quota.values()):
+        return ()
     out = []
     for key, raw in items:
         split = split_fn(key, raw)

@@ -1,14 +1,35 @@
 """The source interface: candidates per pair type, their split and the (key, raw) records."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Iterator
 
+from . import chebi, pubchem
 from .ccd import _conformer_text_candidates
-from .chebi import _graph_text_candidates
-from .common import PROVIDES, SPLITS, max_records, resolve_options, split_of_smiles
+from .common import PROVIDES, SPLITS, max_records, resolve_options, split_of_smiles, split_quotas, take_per_split
 from .pockets import _conformer_pocket_candidates, pocket_split_of
 from .qm9 import _graph_conformer_candidates
+
+
+@functools.lru_cache(maxsize=16)
+def _graph_text_candidates(cap, seed) -> tuple:
+    """ChEBI molecules first (class definitions: the richer text), then PubChem molecules up to
+    the cap, per split (take_per_split); a small cap holds ChEBI molecules only."""
+    split = lambda k, r: split_of_smiles(r["smiles"])  # noqa: E731
+    first = take_per_split(chebi.graph_text_stream(seed), cap, split)
+    if cap is None:
+        quota = None
+    else:
+        quota = split_quotas(cap)
+        for _, raw in first:
+            quota[split(None, raw)] -= 1
+        if not any(v > 0 for v in quota.values()):
+            return first
+        quota = {s: max(0, n) for s, n in quota.items()}
+    blocks = frozenset(k.split("-")[0] for k in chebi._chebi_inchikeys().values() if k)
+    rest = pubchem.graph_text_stream(seed, blocks, frozenset(s for s, _ in first))
+    return first + (tuple(rest) if quota is None else take_per_split(rest, None, split, quota=quota))
 
 
 def candidates(pair: str, options: dict) -> tuple:
