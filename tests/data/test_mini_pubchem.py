@@ -94,3 +94,38 @@ def test_name_fields_of_the_recipes():
     assert {"ethanol", "a", "b c", "primary alcohol"} - {"primary alcohol"} <= fields
     assert tasks.names_in_texts(["ethanol", "propanol", "B C"], ["x. Synonyms: b c.", "Ethanol is a thing."]) == {
         "ethanol", "B C"}
+
+
+def test_a_pubchem_graph_text_record_featurizes():
+    from molbind_data import schema
+
+    stream = pubchem.graph_text_stream(0, molecules=[pubchem.parse_row(ROWS[0]), pubchem.parse_row(ROWS[0])])
+    records = list(stream)
+    assert len(records) == 1  # the same molecule once
+    key, raw = records[0]
+    assert raw["source"] == "pubchem:19" and raw["smiles"] == mini.canonical(raw["smiles"]) == key
+    example = mini.featurize("graph_text", raw, {})
+    assert set(example) | {"id"} == {f.name for f in schema.record_features("graph_text")}
+    assert example["text"].strip() == raw["text"] and f"IUPAC name: {raw['iupac']}." in raw["text"]
+
+
+@pytest.mark.slow
+def test_iupac_task_molecules_and_names_are_absent_from_training_texts():
+    # The default graph_text (ChEBI + PubChem, 30k) and part of conformer_text: no IUPAC-task molecule
+    # in train / validation, and no candidate name standing as a name in any of their texts.
+    task = tasks.iupac_task("test", num_candidates=500)
+    assert len(task["candidates"]) == 500 == len(set(task["candidates"])) == len(task["queries"])
+    queries = {q["smiles"] for q in task["queries"]}
+    small = mini.candidates("graph_text", {"max_records": 300})
+    assert small and all("source" not in r for _, r in small)  # a small cap: ChEBI molecules only
+    full = mini.candidates("graph_text", {})
+    chebi = [r for _, r in full if "source" not in r]
+    assert len(chebi) == len(mini.chebi_molecules()) and full[:len(chebi)] == tuple((r["smiles"], r) for r in chebi)
+    texts = []
+    for pair, opts in (("graph_text", {}), ("conformer_text", {"max_records": {"conformer_text": 1000}})):
+        for split in ("train", "validation"):
+            records = [r for _, r in mini.raw_records(pair, split, opts)]
+            assert not queries & {r["smiles"] for r in records}
+            texts += [r["text"] for r in records]
+    assert len(texts) > 25_000
+    assert tasks.names_in_texts(task["candidates"], texts) == set()

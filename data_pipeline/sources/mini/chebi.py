@@ -138,12 +138,12 @@ def graph_text_stream(seed: int):
         yield smiles, {"smiles": smiles, "text": text, "name": entry["name"]}
 
 
-@functools.lru_cache(maxsize=1)
 def _chebi_inchikeys() -> dict[str, str | None]:
-    return {smiles: inchikey(smiles) for smiles in chebi_molecules()}
+    """canonical SMILES -> InChIKey of every named ChEBI molecule."""
+    return {smiles: chebi_inchikey(smiles) for smiles in chebi_molecules()}
 
 
+@functools.lru_cache(maxsize=200_000)
 def chebi_inchikey(smiles: str) -> str | None:
     """InChIKey of a ChEBI molecule (canonical SMILES), computed once per process."""
-    keys = _chebi_inchikeys()
-    return keys[smiles] if smiles in keys else inchikey(smiles)
+    return inchikey(smiles)

@@ -191,15 +191,17 @@ def name_owners(names, rows=None) -> dict[str, set[tuple[str, str]]]:
     return out
 
 
-def graph_text_stream(seed: int, exclude_blocks=frozenset(), exclude_smiles=frozenset()):
+def graph_text_stream(seed: int, exclude_blocks=frozenset(), exclude_smiles=frozenset(), molecules=None):
     """(canonical SMILES, raw graph_text record) of the usable PubChem molecules, in hash order.
 
     Molecules whose InChIKey skeleton (first block) is in `exclude_blocks` (the ChEBI
     molecules, which have a richer text) or whose canonical SMILES was already given are left
     out. An unparsable SMILES is kept as it is and skipped (counted) by the featurizer.
+    `molecules` defaults to the packaged table (pubchem_molecules()).
     """
     seen = set(exclude_smiles)
-    for key, mol in _hash_order(((m.inchikey, m) for m in pubchem_molecules()), seed, "pubchem"):
+    molecules = pubchem_molecules() if molecules is None else molecules
+    for key, mol in _hash_order(((m.inchikey, m) for m in molecules), seed, "pubchem"):
         if key.split("-")[0] in exclude_blocks:
             continue
         smiles = canonical(mol.smiles) or mol.smiles
