@@ -9,7 +9,9 @@ No file is downloaded: every record comes from data installed with pinned packag
        [It is a drug (<drug name>; brand names: ...).] [Synonyms: <up to 5 PubChem names>.]"
   Up to 3 classes (sorted by class name). Drug names come from drug-named-entity-recognition
   and synonyms from chemicals' PubChem table, both matched by InChIKey, so they only add text
-  to a molecule that has a ChEBI description.
+  to a molecule that has a ChEBI description. Then, up to the cap, PubChem molecules of
+  chemicals' PubChem table (pubchem.py): "<common name>. IUPAC name: <IUPAC name>.
+  [Synonyms: <up to 4 names>.]"; their IUPAC names also make the zero-shot "iupac_name" task.
 - conformer_text: PDB Chemical Component Dictionary entries (biotite's components.bcif) with
   their ideal 3D coordinates; text = ChEBI text when the component's InChIKey matches a ChEBI
   molecule, else "<CCD name>. Synonyms: <CCD + PubChem synonyms>." Plus a share of ChEBI
