@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from .chebi import chebi_inchikey, chebi_molecules, chebi_text
-from .common import (_CODE_LIKE, _MOL_ELEMENTS, _hash_order, _rdkit, inchikey, split_of_smiles, stable_hash,
+from .common import (_CODE_LIKE, _MOL_ELEMENTS, _hash_order, _rdkit, split_of_smiles, stable_hash,
                      take_per_split)
 from .pubchem import pubchem_synonyms
 
