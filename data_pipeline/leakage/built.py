@@ -20,7 +20,9 @@ REPORT = "build_report.json"
 
 def built_versions(dataset: str, data_dir: str) -> dict[str, str]:
     """{pair: directory of its newest finished version} of `dataset` in data_dir."""
-    root = os.path.join(data_dir, dataset)
+    # Absolute: TFDS names a relative build's shard files relative to the working directory,
+    # which a join with the builder's (relative) data_dir would repeat.
+    root = os.path.join(os.path.abspath(data_dir), dataset)
     out = {}
     if not os.path.isdir(root):
         return out
