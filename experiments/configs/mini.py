@@ -51,6 +51,9 @@ def get_config(arg: str | None = None):
     c.lr.min = 1e-5
     c.lr.warmup_steps = 40
     c.frozen = ("text_encoder",)
+    # The locked tower's output is computed once per text and cached next to the build
+    # (training/text_cache.py): a step then runs only the text projection, not the MiniLM.
+    c.text_cache = "auto"
     c.model.preset = "tiny"
     c.init.text = "minilm"
     c.init.scratch = ("graph", "conformer", "pocket")

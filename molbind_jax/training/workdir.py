@@ -29,6 +29,7 @@ CONTINUE_KEYS = frozenset({
     "total_steps", "num_epochs", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
     "eval_batches", "eval_batch_size", "progress_bar", "tensorboard", "debug_kill_at_step", "num_devices",
     "loss_chunk_size", "data.data_dir", "data.build_if_missing",
+    "text_cache_dir", "text_cache_rebuild",
 })
 CONTINUE_PREFIXES = ("dryrun.",)
 
