@@ -164,6 +164,7 @@ class TextFeatureCache:
     features: np.ndarray
     digests: np.ndarray
     rows: dict[str, np.ndarray]
+    sources: dict = dataclasses.field(default_factory=dict)  # the records it was checked against
 
     def records(self, source: str, records) -> "CachedTextRecords":
         if source not in self.rows:
@@ -508,6 +509,7 @@ def for_training(config, model, text_dir: str) -> TextFeatureCache:
     cache = ensure(directory, fp, parts, sources, encoder_forward(model),
                    rebuild=bool(config.get("text_cache_rebuild", False)))
     log.info("text cache %s: %d texts x %d in %.1f s", directory, *cache.features.shape, time.time() - t0)
+    cache.sources = sources  # read once (a tfrecord build is read into memory)
     return cache
 
 
@@ -522,6 +524,10 @@ def records_for(cache: TextFeatureCache | None, config, split: str, pairs=None) 
     for pair in pairs or config.pairs:
         if "text" not in schema.pair_type(pair).modalities:
             continue
-        base = pipeline.load_records(pair, split, dataset=config.data.dataset, data_dir=config.data.data_dir or None)
-        out[pair] = cache.records(f"{schema.pair_type(pair).stored_as}/{split}", base)
+        source = f"{schema.pair_type(pair).stored_as}/{split}"
+        base = cache.sources.get(source)
+        if base is None:
+            base = pipeline.load_records(pair, split, dataset=config.data.dataset,
+                                         data_dir=config.data.data_dir or None)
+        out[pair] = cache.records(source, base)
     return out
