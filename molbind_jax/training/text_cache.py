@@ -1,37 +1,28 @@
 """Cached text features for a locked text tower (LiT style): the tower runs once per text.
 
-With `config.frozen` holding "text_encoder", the text tower's output never changes during a
-run, yet every step would run it (6 MiniLM layers over each text batch: most of a mini step on
-a CPU). `text_cache` (the config key: "off", "on" or "auto" = on when the text tower is frozen
-and the data is a built TFDS dataset) runs the tower ONCE over every text of every split of the
-trained text pair types and stores its pooled output, the [CLS] row of the eval-mode forward
-that the projection head consumes, float32 [H] per text. Training then reads that vector
-instead of the tokens (`TextFeatures` batches, the model applies only `text_proj`).
+With "text_encoder" in `config.frozen` the tower's output never changes, yet every step would
+run it. With `text_cache` on ("on", or "auto": when the tower is frozen and the data is a built
+TFDS dataset) the tower runs once over every text of every split of the trained text pairs'
+stored configs, and the [CLS] row of its eval-mode forward (the vector `text_proj` consumes,
+float32 [H]) is stored per unique text. Training batches of those pairs then hold
+`TextFeatures` and the model applies only the head.
 
-Where: `<text_cache_dir>/<dataset>/<fingerprint[:16]>/`, `text_cache_dir` defaulting to
-`<data_dir>/text_cache` (next to the build, so every run and seed on the same data and
-weights shares it). The fingerprint is a sha256 over the cache format, the dataset (name,
-version and split sizes of each stored config), the tokenizer files, the text tower's
-weights (every parameter's bytes), its config (minus dropout) and the token limit; a changed
-dataset, tokenizer or tower therefore gets another directory, and a stale cache is never read.
-Each record's text is checked against the cached one (sha1 of its token ids) as it is read,
-so even a rebuilt dataset that kept its version cannot be matched to wrong features.
+Where: `<text_cache_dir or <data_dir>/text_cache>/<dataset>/<fingerprint[:16]>/`, shared by
+every run and seed on the same data and weights. The fingerprint (sha256) covers the cache
+format, the dataset (name, version and split sizes per stored config), the tokenizer files,
+every parameter of the tower, its config minus dropout, the model dtype and the token limit.
+Files: `fingerprint.json`, `index.npz` (sha1 of each unique text's ids, sorted by length; per
+"<stored config>/<split>" the unique text of each record, -1 for malformed ones),
+`chunks/NNNNN.npy` (float32 [<= CHUNK, H], each written atomically, so a killed build resumes)
+and `manifest.json` (sha256 per chunk, written last). `load` raises `TextCacheError` naming a
+missing, stale, unfinished or damaged file; `ensure` reports it and rebuilds what is missing.
 
-Layout: `fingerprint.json` (the parts), `index.npz` (unique texts: sha1 digests and lengths;
-per stored config and split the unique text of every record, -1 for malformed ones),
-`chunks/NNNNN.npy` (float32 [<= CHUNK, H] of unique texts, sorted by length; written
-atomically, so a killed build resumes with the chunks it finished) and `manifest.json` (sha256
-of every chunk), written last. A chunk that is missing, truncated or fails its checksum is
-recomputed with a warning by `ensure`; `load` alone raises `TextCacheError` naming the file.
-`text_cache_rebuild=True` recomputes everything.
+Alignment: `CachedTextRecords` adds each record's vector (by its index in the split) under
+`TEXT_FEATURE_KEY` as the pipeline reads it, after checking the record's ids against the cached
+text's sha1, so shuffling, padding rows and skipped rows carry their own text's vector.
 
-Alignment: the features travel inside the records (`CachedTextRecords` adds them under
-`TEXT_FEATURE_KEY` when the pipeline reads a record by its index), so the sampler's
-shuffling, padding rows and skipped rows carry their own text's vector.
-
-Dropout: the uncached locked tower still ran in train mode (with the tower's dropout) in the
-step; the cache holds the deterministic eval-mode output, which is also what evaluation and
-the export compute. With the tower's dropout at 0 the two paths give the same loss.
+The uncached locked tower ran in train mode (its dropout applied); the cache is the
+deterministic eval-mode output, which evaluation and the export compute too. docs/training.md.
 """
 from __future__ import annotations
 
