@@ -264,7 +264,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
     from tqdm import tqdm
 
     from molbind_jax.data import batching
-    from molbind_jax.training import sharding, text_cache, train_inputs
+    from molbind_jax.training import sharding, train_inputs
+    from molbind_jax.training import text_cache_run as text_cache
     from molbind_jax.training import workdir as run_dir
     from molbind_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
     from molbind_jax.training.metric_writer import MetricWriter

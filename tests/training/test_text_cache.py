@@ -28,7 +28,7 @@ from pipeline_records import small_records  # noqa: E402
 from molbind_jax.data import pipeline  # noqa: E402
 from molbind_jax.modalities.text import TextBatch, TextFeatures, pad_text  # noqa: E402
 from molbind_jax.models.molbind import MolBind, MolBindConfig  # noqa: E402
-from molbind_jax.training import sharding, text_cache  # noqa: E402
+from molbind_jax.training import sharding, text_cache, text_cache_run  # noqa: E402
 from molbind_jax.training.train_step import StepOptions, TrainStep, init_trainable, param_labels  # noqa: E402
 
 MINILM_VOCAB = 30522
@@ -210,19 +210,19 @@ def test_train_step_from_cache_equals_tower_and_export(built, model, tmp_path):
 def test_modes():
     c = ConfigDict(dict(pairs=("graph_text", "graph_conformer"), frozen=("text_encoder",), text_cache="auto",
                         data=dict(source="tfds")))
-    assert text_cache.enabled(c)
+    assert text_cache_run.enabled(c)
     c.data.source = "synthetic"
-    assert not text_cache.enabled(c)
+    assert not text_cache_run.enabled(c)
     c.text_cache = "on"
     with pytest.raises(ValueError, match="tfds"):
-        text_cache.enabled(c)
+        text_cache_run.enabled(c)
     c.data.source, c.frozen = "tfds", ()
     with pytest.raises(ValueError, match="locked"):
-        text_cache.enabled(c)
+        text_cache_run.enabled(c)
     c.text_cache = "auto"
-    assert not text_cache.enabled(c)
+    assert not text_cache_run.enabled(c)
     c.frozen, c.pairs = ("text_encoder",), ("graph_conformer",)
-    assert not text_cache.enabled(c)  # no text pair
+    assert not text_cache_run.enabled(c)  # no text pair
     c.text_cache = "sometimes"
     with pytest.raises(ValueError, match="text_cache"):
-        text_cache.enabled(c)
+        text_cache_run.enabled(c)
