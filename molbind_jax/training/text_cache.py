@@ -316,7 +316,7 @@ def _bucket(n: int) -> int:
     return int(-(-n // 8) * 8)
 
 
-def _compute_chunk(forward, texts: Sequence[np.ndarray]) -> np.ndarray:
+def _compute_chunk(forward, texts: Sequence[np.ndarray], bar=None) -> np.ndarray:
     from molbind_jax.modalities.text import pad_text
 
     out = []
@@ -326,6 +326,8 @@ def _compute_chunk(forward, texts: Sequence[np.ndarray]) -> np.ndarray:
         part += [part[0]] * (FORWARD_BATCH - n)  # one row count: one program per length bucket
         batch = pad_text(part, _bucket(max(len(x) for x in part)))
         out.append(np.asarray(forward(batch.ids, batch.mask), np.float32)[:n])
+        if bar is not None:
+            bar.update(n)
     return np.concatenate(out)
 
 
@@ -380,13 +382,14 @@ def build(directory: str, fp: str, parts: Mapping, sources: Mapping[str, Any], f
                 except TextCacheError as e:
                     log.warning("%s; recomputing it", e)
             if a is None:
-                a = _compute_chunk(forward, part)
+                a = _compute_chunk(forward, part, bar)
                 if not np.isfinite(a).all():
                     raise TextCacheError(f"the text tower gave NaN/inf for texts of chunk {k} of {directory}")
                 _write_atomic(path, lambda f, a=a: np.save(f, a))
+            else:
+                bar.update(len(part))  # kept from an earlier (interrupted) build
             dim = a.shape[1]
             shas.append(_sha256_file(path))
-            bar.update(len(part))
     manifest = {"num_texts": u, "dim": int(dim or 0), "chunk_size": CHUNK, "chunks": shas,
                 "sources": {k: int(len(v)) for k, v in rows.items()}}
     _write_json(os.path.join(directory, "manifest.json"), manifest)
