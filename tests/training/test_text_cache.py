@@ -226,3 +226,27 @@ def test_modes():
     c.text_cache = "sometimes"
     with pytest.raises(ValueError, match="text_cache"):
         text_cache_run.enabled(c)
+
+
+def test_a_runs_cache_reused_and_fed_to_the_pipeline(tmp_path, model, monkeypatch):
+    """for_training -> records_for -> mixed_pair_batches, the TFDS reading replaced by records."""
+    srcs = {"graph_text/train": small_records(24, seed=0), "conformer_text/train": small_records(16, seed=1)}
+    part = {"name": "test", "configs": {"graph_text": {"version": "1.0.0"}}}
+    monkeypatch.setattr(text_cache_run, "tfds_sources", lambda config: (dict(srcs), part))
+    c = ConfigDict(dict(pairs=("graph_text", "conformer_text", "graph_conformer"), frozen=("text_encoder",),
+                        text_cache="auto", text_cache_dir=str(tmp_path), text_cache_rebuild=False,
+                        data=dict(source="tfds", dataset="molbind_test", data_dir="")))
+    cache = text_cache_run.for_training(c, model, "")
+    assert os.path.dirname(cache.directory) == str(tmp_path / "molbind_test")
+    mtime = os.path.getmtime(os.path.join(cache.directory, "manifest.json"))
+    again = text_cache_run.for_training(c, model, "")  # the next run (another seed) reuses it
+    assert again.directory == cache.directory
+    assert os.path.getmtime(os.path.join(cache.directory, "manifest.json")) == mtime
+    records = text_cache_run.records_for(cache, c, "train")
+    assert set(records) == {"graph_text", "conformer_text"}  # graph_conformer reads the dataset
+    step = next(pipeline.mixed_pair_batches(["graph_text", "conformer_text"], "train", records=records,
+                                            global_batch_size=8, num_local_shards=1, process_index=0,
+                                            process_count=1, prefetch=0))
+    for pair in ("graph_text", "conformer_text"):
+        assert isinstance(step[pair].y, TextFeatures) and step[pair].y.features.shape == (8, 32)
+    assert text_cache_run.records_for(None, c, "train") is None
