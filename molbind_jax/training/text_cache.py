@@ -43,7 +43,9 @@ log = logging.getLogger("molbind_jax.training.text_cache")
 CACHE_FORMAT = 1
 CHUNK = 1024  # unique texts per chunk file
 FORWARD_BATCH = 64  # texts per encoder forward
-LENGTH_BUCKETS = (32, 64, 128, 256)
+# Padded lengths of the cache's forwards: the texts are sorted by length, so a batch's texts
+# are alike and fine steps waste little (powers of two padded mini's 130-256-token texts to 256).
+LENGTH_BUCKETS = (32, 64, 96, 128, 160, 192, 224, 256)
 
 
 class TextCacheError(ValueError):
