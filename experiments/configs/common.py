@@ -67,6 +67,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_clip_norm = 0.0  # 0 = off (the original does not clip)
     # Top-level MolBind submodules whose parameters stay fixed, e.g. ("text_encoder",).
     c.frozen = ()
+    # A locked text tower's output read from a cache built once per dataset and tower
+    # (training/text_cache.py, docs/training.md): "off", "on", or "auto" (on when "text_encoder"
+    # is frozen and the data is a built TFDS dataset). The cache holds the eval-mode output, so
+    # the tower's dropout no longer applies in training.
+    c.text_cache = "off"
+    c.text_cache_dir = ""  # "" = <data_dir>/text_cache
+    c.text_cache_rebuild = False  # True: recompute the cache even when a valid one exists
     # One jit for the whole step (all pairs, all micro-batches, update). Only for fixed shapes
     # on accelerators; with shape buckets it compiles a program per shape combination.
     c.fused_step = False

@@ -6,6 +6,10 @@ projection trains). Small GIN (3 x 128) and Uni-Mol towers (2 x 128, 8 heads) fr
 128-d embeddings. Fixed temperature 0.1, weights 0.25, AdamW wd 0.05 with warm-up and cosine
 as the original, peak lr 5e-4 (towers from scratch). Batch 16 per pair type (graph_conformer 64),
 conformer_pocket on every 5th step, 600 steps.
+The locked tower runs once per text (`text_cache="auto"`, training/text_cache.py): its eval-mode
+output is cached next to the build ($TFDS_DATA_DIR/text_cache) on the first run, and the steps
+run only the text projection head (without the MiniLM's dropout, which the uncached locked
+tower applied in training); see docs/training.md. `--config.text_cache=off` restores the old path.
 The dataset is built into $TFDS_DATA_DIR (or TFDS's default) on first use.
 
 Run (re-running the same command resumes):
@@ -51,6 +55,9 @@ def get_config(arg: str | None = None):
     c.lr.min = 1e-5
     c.lr.warmup_steps = 40
     c.frozen = ("text_encoder",)
+    # The locked tower's output is computed once per text and cached next to the build
+    # (training/text_cache.py): a step then runs only the text projection, not the MiniLM.
+    c.text_cache = "auto"
     c.model.preset = "tiny"
     c.init.text = "minilm"
     c.init.scratch = ("graph", "conformer", "pocket")

@@ -91,6 +91,9 @@ class ModalitySpec:
     # The NamedTuple type of the modality's batch (what `collate` returns and `embed` takes);
     # MolBind.embed refuses anything else with a clear error. None: not checked.
     batch_type: type | None = None
+    # A second batch type `embed` takes: the tower's cached output, to which only the head
+    # applies (text: TextFeatures, from training/text_cache.py). None: none.
+    feature_type: type | None = None
 
     # ------------------------------------------------------------------ table entries
     @property

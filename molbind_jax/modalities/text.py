@@ -1,6 +1,11 @@
 """Text: word-piece ids through the BERT tower, the [CLS] row, a Linear head (no LayerNorm).
 
 Stored: `text`, `text_ids` ([CLS] ... [SEP], at most 256). Batch: `TextBatch`.
+
+With a locked (frozen) text tower, training can read the tower's pooled output from a cache
+instead (training/text_cache.py): the cache puts each record's vector under
+`TEXT_FEATURE_KEY`, `collate` then makes a `TextFeatures` batch, and `embed` applies only the
+projection head to it. Evaluation, export and the API always run the full tower.
 """
 from __future__ import annotations
 
@@ -22,6 +27,17 @@ class TextBatch(NamedTuple):
     mask: np.ndarray
 
 
+# Where training/text_cache.py puts a record's cached tower output (the [CLS] row, float32 [H]).
+TEXT_FEATURE_KEY = "_text_feature"
+
+
+class TextFeatures(NamedTuple):
+    """features [B, H] float32: the locked text tower's pooled output ([CLS] row of the
+    eval-mode forward) of each row, read from the text cache; the model applies the head only."""
+
+    features: np.ndarray
+
+
 def pad_text(ids_list: Sequence[np.ndarray], length: int) -> TextBatch:
     """[B] variable id arrays -> TextBatch padded to `length`."""
     ids = np.zeros((len(ids_list), length), np.int32)
@@ -40,6 +56,7 @@ class TextSpec(ModalitySpec):
     inference_buckets = {"text": (32, 64, 128, 256)}
     config_key = "bert"
     batch_type = TextBatch
+    feature_type = TextFeatures
     encoder_attr = "text_encoder"
     head_attr = "text_proj"
     init_importer = "bert"
@@ -52,9 +69,21 @@ class TextSpec(ModalitySpec):
         return {"text": int(n)}
 
     def collate(self, records, shapes, *, num_shards=1, choices=None):
+        cached = [TEXT_FEATURE_KEY in r for r in records]
+        if any(cached):
+            if not all(cached):
+                raise ValueError(f"{cached.count(False)} of {len(records)} text records lack a cached feature "
+                                 "while the others have one (records of a text cache mixed with plain ones)")
+            return TextFeatures(np.stack([np.asarray(r[TEXT_FEATURE_KEY], np.float32) for r in records]))
         return pad_text([np.asarray(r["text_ids"]) for r in records], int(shapes["text"]))
 
     def check_batch(self, batch, tower_config):
+        if isinstance(batch, TextFeatures):
+            f = np.asarray(batch.features)
+            if f.ndim != 2 or f.shape[1] != tower_config.hidden_size:
+                raise ValueError(f"cached text features of shape {f.shape}, expected [B, {tower_config.hidden_size}] "
+                                 "(the text tower's hidden size): the text cache belongs to another tower")
+            return
         ids_fit(batch, tower_config.vocab_size)
 
     def synthetic(self, mol, *, text_vocab):
@@ -95,6 +124,8 @@ class TextSpec(ModalitySpec):
 
         from molbind_jax.models.heads import text_cls_pool
 
+        if isinstance(batch, TextFeatures):  # a locked tower's cached output: the head only
+            return model.text_proj(jnp.asarray(batch.features))
         hidden = model.text_encoder(jnp.asarray(batch.ids), jnp.asarray(batch.mask), train=train)
         return model.text_proj(text_cls_pool(hidden))
 

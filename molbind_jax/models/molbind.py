@@ -205,7 +205,8 @@ class MolBind(nnx.Module):
         if modality not in self.config.modalities:
             raise ValueError(f"this model has no {modality!r} tower (modalities: {self.config.modalities})")
         s = spec(modality)
-        if s.batch_type is not None and not isinstance(batch, s.batch_type):
+        if (s.batch_type is not None and not isinstance(batch, s.batch_type)
+                and not (s.feature_type is not None and isinstance(batch, s.feature_type))):
             raise TypeError(f"the {modality} tower takes a {s.batch_type.__name__}({', '.join(s.batch_type._fields)}) "
                             f"(ModalitySpec.collate makes one), got {type(batch).__name__}")
         return _finish(s.embed(self, batch, train=train), normalize)

@@ -265,6 +265,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
 
     from molbind_jax.data import batching
     from molbind_jax.training import sharding, train_inputs
+    from molbind_jax.training import text_cache_run as text_cache
     from molbind_jax.training import workdir as run_dir
     from molbind_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
     from molbind_jax.training.metric_writer import MetricWriter
@@ -333,12 +334,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
 
     accum = int(config.accumulate_steps)
     total = int(config.total_steps)
+    cache = None
+    if text_cache.enabled(config):  # a locked text tower: its output read from the cache (text_cache.py)
+        cache = text_cache.for_training(config, train_step.merged_model(state), text_dir)
     batches = train_inputs.micro_batches(config, split="train", start=start * accum, train=True,
-                                         text_vocab=text_vocab, mesh=mesh)
+                                         text_vocab=text_vocab, mesh=mesh,
+                                         records=text_cache.records_for(cache, config, "train"))
     eval_sets = {}
     if config.eval_every and config.eval_batches:
+        eval_records = text_cache.records_for(cache, config, "validation") or {}
         eval_sets = {p: train_inputs.eval_batches(config, p, text_vocab=text_vocab,
-                                                  num_batches=int(config.eval_batches), mesh=mesh)
+                                                  num_batches=int(config.eval_batches), mesh=mesh,
+                                                  records=eval_records.get(p))
                      for p in config.pairs}
     every = train_inputs.pair_every(config)
     sizes = train_inputs.pair_batch_sizes(config)

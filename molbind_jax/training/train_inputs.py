@@ -77,11 +77,13 @@ def pair_every(config, pairs=None) -> dict[str, int]:
 
 
 def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: int, mesh,
-                  pairs=None) -> Iterator[dict]:
+                  pairs=None, records=None) -> Iterator[dict]:
     """Host-local {pair: numpy batch} dicts, one per micro-step, from micro-step `start` on.
 
     The micro-step index is `optimizer_step * accumulate_steps + micro`, so a run resumed at
     optimizer step s continues with exactly the batches the uninterrupted run would have seen.
+    `records`: {pair: record sequence} replacing the built dataset's (the text cache's
+    records, text_cache.records_for); tfds only.
     """
     pairs = tuple(pairs or config.pairs)
     process_count, process_index = jax.process_count(), jax.process_index()
@@ -109,18 +111,19 @@ def micro_batches(config, *, split: str, start: int, train: bool, text_vocab: in
             process_index=process_index, process_count=process_count, seed=config.seed,
             start_step=start, train=train, buckets=config.data.get("buckets") or None,
             max_shapes=int(config.data.get("max_shapes", 8)),
-            pair_batch_size=pair_batch_size,
+            pair_batch_size=pair_batch_size, records=records,
             pair_every=pair_every(config, pairs))
     raise ValueError(f"unknown data.source {source!r} (expected 'tfds' or 'synthetic')")
 
 
-def eval_batches(config, pair: str, *, text_vocab: int, num_batches: int, mesh) -> list[dict]:
-    """The first `num_batches` validation batches of `pair` (host-local numpy), fixed order."""
+def eval_batches(config, pair: str, *, text_vocab: int, num_batches: int, mesh, records=None) -> list[dict]:
+    """The first `num_batches` validation batches of `pair` (host-local numpy), fixed order;
+    `records`: the pair's validation records in place of the built dataset's (text cache)."""
     if config.data.source == "tfds":
         from molbind_jax.data import pipeline
 
         it = pipeline.pair_batches(
-            pair, "validation", dataset=config.data.dataset, data_dir=config.data.data_dir or None,
+            pair, "validation", dataset=config.data.dataset, data_dir=config.data.data_dir or None, records=records,
             global_batch_size=int(config.get("eval_batch_size") or config.batch_size),
             num_local_shards=local_shards(mesh), process_index=jax.process_index(),
             process_count=jax.process_count(), seed=config.seed, start_step=0, train=False,

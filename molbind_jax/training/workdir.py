@@ -29,8 +29,12 @@ CONTINUE_KEYS = frozenset({
     "total_steps", "num_epochs", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
     "eval_batches", "eval_batch_size", "progress_bar", "tensorboard", "debug_kill_at_step", "num_devices",
     "loss_chunk_size", "data.data_dir", "data.build_if_missing",
+    "text_cache_dir", "text_cache_rebuild",
 })
 CONTINUE_PREFIXES = ("dryrun.",)
+# Keys added after runs were saved, with the value that gives the old behaviour: a saved
+# config without the key reads as that value (a run from before the key resumes unchanged).
+ADDED_KEY_DEFAULTS = {"text_cache": "off", "text_cache_dir": "", "text_cache_rebuild": False}
 
 
 class ConfigChangedError(InputError):
@@ -57,6 +61,7 @@ def config_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
     """{dotted key: (saved value, new value)} for every key that differs (a key only one side
     has shows `<absent>` on the other)."""
     a, b = flatten(_jsonable(saved)), flatten(_jsonable(new))
+    a = {**ADDED_KEY_DEFAULTS, **a} if any(k in b for k in ADDED_KEY_DEFAULTS) else a
     missing = "<absent>"
     return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)}
 

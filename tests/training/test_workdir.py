@@ -50,3 +50,16 @@ def test_a_key_only_one_side_has_and_an_unreadable_record(tmp_path):
     (tmp_path / "config.json").write_text('{"train": {"tot')
     with pytest.raises(InputError, match="config.json is not the launcher's config record"):
         workdir.check_config(str(tmp_path), {})
+
+
+def test_a_run_saved_before_the_text_cache_keys(tmp_path):
+    cfg = smoke_config()
+    cfg.text_cache = "off"
+    old = cfg.to_dict()
+    for k in ("text_cache", "text_cache_dir", "text_cache_rebuild"):
+        old.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps({"train": old, "model": {}}, default=str))
+    assert workdir.check_config(str(tmp_path), cfg.to_dict()) == {}  # absent reads as "off"
+    cfg.text_cache = "auto"  # another training path: refused
+    with pytest.raises(workdir.ConfigChangedError, match="text_cache: 'off' -> 'auto'"):
+        workdir.check_config(str(tmp_path), cfg.to_dict())
