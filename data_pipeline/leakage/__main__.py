@@ -47,7 +47,7 @@ def _define_flags():
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_bool("write", True, "Write each section under `leakage` in the pair type's build_report.json.")
     flags.DEFINE_string("output", None, "Also save every section to this JSON file.")
-    flags.DEFINE_integer("max_queries", 2000, "Test molecules whose nearest training neighbour is searched "
+    flags.DEFINE_integer("max_queries", 500, "Test molecules whose nearest training neighbour is searched "
                          "(a seeded sample when there are more).")
     flags.DEFINE_integer("max_references", 200_000, "Training molecules searched (a seeded sample when "
                          "there are more).")

@@ -167,7 +167,7 @@ def _shared(values: set, train: dict[str, set]) -> dict:
     return out
 
 
-def audit(records: dict, *, max_queries: int = 2000, max_references: int = 200_000, seed: int = 0) -> dict:
+def audit(records: dict, *, max_queries: int = 500, max_references: int = 200_000, seed: int = 0) -> dict:
     """{pair: leakage section} for every pair type of `records` (see the module docstring)."""
     mols = Molecules()
     per: dict[str, dict[str, tuple[dict, dict]]] = {
