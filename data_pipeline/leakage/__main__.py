@@ -4,7 +4,7 @@
     python -m molbind_data.leakage --dataset=molbind_m4 --data_dir=DIR --nowrite --output=leakage.json
 
 Reads every built pair type of the dataset in data_dir (their `smiles`, `text` and `target`
-fields), prints the summary that `python -m molbind_data.build` prints at the end of a build
+fields), prints the summary the build command (molbind_data.build) prints at the end of a build
 and, unless --nowrite, writes each pair type's section under `leakage` in its
 build_report.json. --output also saves all sections as one JSON file. docs/data.md describes
 the fields.
