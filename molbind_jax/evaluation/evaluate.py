@@ -477,13 +477,13 @@ def main(argv):
     from molbind_jax.convert.molbind import checked_ckpt_kwargs
     path = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "export")
     out_dir = FLAGS.output_dir or FLAGS.workdir or os.path.dirname(os.path.abspath(path))
+    if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
+        raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
+    load_kwargs = checked_ckpt_kwargs(FLAGS, path)  # a missing export is named before any data is read
     from molbind_data.build import resolve_run_data
     dataset, data_dir, pairs = resolve_run_data(
         FLAGS.workdir, FLAGS.dataset if FLAGS["dataset"].present else None, FLAGS.data_dir, FLAGS.pairs)
     logging.info("evaluating %s -> %s (protocol %s)", path, out_dir, FLAGS.protocol)
-    if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
-        raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
-    load_kwargs = checked_ckpt_kwargs(FLAGS, path)
     results = run(path, out_dir, data_dir=data_dir, dataset=dataset, split=FLAGS.split,
                   pairs=pairs, max_records=FLAGS.max_records, block_size=FLAGS.block_size,
                   batch_size=FLAGS.batch_size, classification=FLAGS.classification,
