@@ -121,7 +121,7 @@ def test_embed_search_evaluate_clis_take_a_ckpt(tiny, tmp_path):
     build("pairs", data_dir, "graph_text", input_path=str(csv_path), workers=1, verbose=False)
     out = tmp_path / "eval"
     res = _cli("molbind_jax.evaluation.evaluate", *tiny.flags(), "--dataset=molbind_pairs", f"--data_dir={data_dir}",
-               "--pairs=graph_text", "--noclassification", f"--output_dir={out}")
+               "--pairs=graph_text", "--noclassification", "--noprobes", f"--output_dir={out}")
     assert "Original protocol next to ours" in res.stdout and "From the original protocol to ours" in res.stdout
     saved = json.load(open(out / "metrics.json"))
     assert saved["model"]["kind"] == "ckpt" and saved["model"]["bn_stats"].startswith("from the GIN backbone")
