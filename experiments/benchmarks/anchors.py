@@ -16,7 +16,9 @@ weights (nothing is downloaded):
 * graph (`gin`): the Hu et al. GIN that the original runs, built from torch_geometric pieces:
   a `MessagePassing` subclass (sum of `x_j + bond embedding` over incoming edges, self-loops
   added with `torch_geometric.utils.add_self_loops` and a fixed self-loop bond attribute, then
-  the 2-layer MLP), BatchNorm1d, ReLU between layers, dropout, JK "last", `global_mean_pool`.
+  the 2-layer MLP), BatchNorm1d, ReLU between layers, dropout, JK "last", `global_mean_pool`
+  with the number of graphs given (`size=`, as from PyG's `Batch.num_graphs`; without it PyG
+  reads `batch.max()`, a graph break under `torch.compile`).
 * conformer / pocket: unimol_tools' `TransformerEncoderWithPair` (the Uni-Core encoder the
   original vendors), loaded by file from the installed `unimol_tools` package without
   importing the package (its `__init__` pulls numba, hydra, rdkit tools ...). unimol_tools'
@@ -79,6 +81,7 @@ def build_anchor(tower: str, size: str, batch: int, length: int, *, seed: int = 
         name, out_dim = "transformers BertModel (sdpa)", cfg.hidden_size
     elif tower == "gin":
         module = PyGGIN(cfg)
+        module.num_graphs = batch  # as PyG's Batch.num_graphs
         g = tower_inputs.graph_inputs(batch, length, seed)
         inputs = tuple(torch.from_numpy(np.asarray(g[k], np.int64)) for k in ("x", "edge_index", "edge_attr", "batch"))
         name, out_dim = "torch_geometric GIN (MessagePassing)", cfg.emb_dim
@@ -169,6 +172,8 @@ class PyGGIN(nn.Module):
         self.batch_norms = nn.ModuleList([nn.BatchNorm1d(cfg.emb_dim, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
                                           for _ in range(cfg.num_layers)])
 
+    num_graphs: int | None = None  # known batch size: pooling without a data-dependent max (no graph break)
+
     def forward(self, x, edge_index, edge_attr, batch):
         from torch_geometric.nn import global_mean_pool
 
@@ -178,7 +183,7 @@ class PyGGIN(nn.Module):
             if i < self.num_layers - 1:
                 h = torch.relu(h)
             h = nn.functional.dropout(h, self.drop_ratio, training=self.training)
-        return global_mean_pool(h, batch)
+        return global_mean_pool(h, batch, size=self.num_graphs)
 
 
 # ------------------------------------------------------------------------------ conformer / pocket
