@@ -22,7 +22,8 @@ changes hit every side; each time is the median of its 2 x repeats calls:
     every ratio is that side's time / ours (above 1: ours is faster);
     `best_anchor_ratio` = min over the anchors of (anchor ms) / ours;
   * `compile_s`: the first-call compile of our jitted step; `anchor_compile_s`: the first call of
-    the compiled anchor (torch.compile's compile of forward and backward, plus one step);
+    the compiled anchor (torch.compile's compile of forward and backward, plus one step), cold
+    (Inductor's on-disk cache off unless `--compile_cache`);
   * `temp_mib`: the scratch memory of our compiled step (`memory_analysis()`);
     `*_rss_mib`: growth of the process's peak RSS (`ru_maxrss`) over a torch side's first call:
     a lower bound of its memory, since the peak may have been set earlier (0: under it);
@@ -65,6 +66,7 @@ flags.DEFINE_integer("num_layers", 0, "override every tower's depth (0: the size
 flags.DEFINE_bool("torch", True, "also time our PyTorch parity reference (molbind_jax/torch_reference)")
 flags.DEFINE_bool("anchors", True, "also time the anchors users run (anchors.py), eager")
 flags.DEFINE_bool("compile", True, "also time the anchors under torch.compile (default mode)")
+flags.DEFINE_bool("compile_cache", False, "let torch.compile reuse Inductor's on-disk cache (off: cold compiles)")
 flags.DEFINE_bool("gemm", False, "also measure the GEMM peak (JAX and torch) and each row's % of it")
 flags.DEFINE_integer("gemm_size", 2048, "n of the n^3 float32 GEMM")
 flags.DEFINE_bool("masks", False, "also time one dropout mask + scale (hash, threefry, torch bernoulli_)")
@@ -313,12 +315,14 @@ def tower_row(tower: str, size: str, repeats: int, *, compile: bool = True, refe
 
 def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: int = 1, compile: bool = True, *,
          reference: bool = True, anchors: bool = True, gemm: bool = False, gemm_size: int = 2048,
-         progress=print, **config) -> list[dict]:
+         compile_cache: bool = False, progress=print, **config) -> list[dict]:
     """The tower rows of every (size, tower), after the GEMM row when `gemm`.
 
     `threads`: see `configure_threads` (call before anything starts JAX's backend for 1 thread);
     `compile`: also the `torch.compile`d anchors; `reference`: also our torch_reference;
-    `anchors`: also the eager anchors; `config`: dtype, remat, scan_unroll, dropout_rng,
+    `anchors`: also the eager anchors; `compile_cache`: let torch.compile reuse Inductor's
+    on-disk cache of earlier runs (default off: its compile time is a cold compile, as ours, which
+    reuses nothing within the run); `config`: dtype, remat, scan_unroll, dropout_rng,
     num_layers (`tower_inputs.tower_configs`). Each row's keys: `ROW_KEYS`."""
     bad = sorted(set(towers) - set(TOWERS)) + sorted(set(sizes) - set(SIZES))
     if bad:
@@ -328,15 +332,22 @@ def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: i
     configure_threads(threads)
     import torch
 
+    import torch._inductor.config as inductor_config
+
     torch.manual_seed(0)
     out, peak = [], None
     if gemm:
         out.append(gemm_row(gemm_size, repeats, progress))
         peak = out[-1]["jax_gflops"]
-    for size in sizes:
-        for tower in towers:
-            out.append(tower_row(tower, size, repeats, compile=compile, reference=reference, anchors=anchors,
-                                 gemm_gflops=peak, progress=progress, **config))
+    no_cache = inductor_config.force_disable_caches
+    inductor_config.force_disable_caches = not compile_cache
+    try:
+        for size in sizes:
+            for tower in towers:
+                out.append(tower_row(tower, size, repeats, compile=compile, reference=reference, anchors=anchors,
+                                     gemm_gflops=peak, progress=progress, **config))
+    finally:
+        inductor_config.force_disable_caches = no_cache
     return out
 
 
@@ -379,7 +390,8 @@ def main(argv):
                   num_layers=FLAGS.num_layers)
     try:
         out = rows(FLAGS.towers, FLAGS.sizes, FLAGS.repeats, FLAGS.threads, FLAGS.compile, reference=FLAGS.torch,
-                   anchors=FLAGS.anchors, gemm=FLAGS.gemm, gemm_size=FLAGS.gemm_size, **config)
+                   anchors=FLAGS.anchors, gemm=FLAGS.gemm, gemm_size=FLAGS.gemm_size,
+                   compile_cache=FLAGS.compile_cache, **config)
     except ValueError as e:
         raise app.UsageError(str(e))
     import jax
@@ -402,10 +414,10 @@ def main(argv):
     if FLAGS.output:
         import torch
 
+        affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         meta = dict(load=load, cpus=os.cpu_count(), machine=platform.processor() or platform.machine(),
                     jax=jax.__version__, torch=torch.__version__, threads=FLAGS.threads, repeats=FLAGS.repeats,
-                    compile=FLAGS.compile, affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                    else None, **config)
+                    compile=FLAGS.compile, compile_cache=FLAGS.compile_cache, affinity=affinity, **config)
         with open(FLAGS.output, "w") as f:
             json.dump(dict(meta=meta, rows=out, dropout_masks_ms=masks), f, indent=1, default=str)
         print(f"wrote {FLAGS.output}")
