@@ -47,6 +47,23 @@ def test_anchor_forward_backward_finite(tower):
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
+@pytest.mark.parametrize("tower", TOWERS)
+def test_anchor_has_our_towers_parameter_count(tower):
+    """Same model on both sides: the anchor holds as many parameters as our tower, but for
+    HF BERT's token-type table (ours has none at these sizes)."""
+    import jax
+    from flax import nnx
+
+    from molbind_jax.models import bert, gin, unimol
+
+    cfg = tower_inputs.tower_configs("tiny")[tower]
+    ours = {"bert": bert.BertEncoder, "gin": gin.GIN}.get(tower, unimol.UniMolEncoder)(cfg, rngs=nnx.Rngs(0))
+    n_ours = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
+    a = anchors.build_anchor(tower, "tiny", *tower_inputs.shape_of(tower, "tiny"))
+    extra = cfg.type_vocab_size * cfg.hidden_size if tower == "bert" else 0
+    assert sum(p.numel() for p in a.module.parameters()) == n_ours + extra
+
+
 def test_anchor_inputs_come_from_the_seed():
     a, b = (anchors.build_anchor("pocket", "tiny", 2, 12, seed=3) for _ in range(2))
     c = anchors.build_anchor("pocket", "tiny", 2, 12, seed=4)
