@@ -318,7 +318,7 @@ def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: i
          compile_cache: bool = False, progress=print, **config) -> list[dict]:
     """The tower rows of every (size, tower), after the GEMM row when `gemm`.
 
-    `threads`: see `configure_threads` (call before anything starts JAX's backend for 1 thread);
+    `threads`: see `configure_threads` (for 1 thread, call before anything runs JAX in the process);
     `compile`: also the `torch.compile`d anchors; `reference`: also our torch_reference;
     `anchors`: also the eager anchors; `compile_cache`: let torch.compile reuse Inductor's
     on-disk cache of earlier runs (default off: its compile time is a cold compile, as ours, which
@@ -331,7 +331,6 @@ def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: i
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     configure_threads(threads)
     import torch
-
     import torch._inductor.config as inductor_config
 
     torch.manual_seed(0)
@@ -342,10 +341,12 @@ def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: i
     no_cache = inductor_config.force_disable_caches
     inductor_config.force_disable_caches = not compile_cache
     try:
-        for size in sizes:
-            for tower in towers:
-                out.append(tower_row(tower, size, repeats, compile=compile, reference=reference, anchors=anchors,
-                                     gemm_gflops=peak, progress=progress, **config))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what we asked for
+            for size in sizes:
+                for tower in towers:
+                    out.append(tower_row(tower, size, repeats, compile=compile, reference=reference, anchors=anchors,
+                                         gemm_gflops=peak, progress=progress, **config))
     finally:
         inductor_config.force_disable_caches = no_cache
     return out
