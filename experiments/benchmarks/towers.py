@@ -54,24 +54,29 @@ from experiments.benchmarks.tower_inputs import (SHAPES, SIZES, TOWERS, graph_in
                                                  text_inputs, tower_configs, unimol_inputs)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("towers", list(TOWERS), f"towers to run, of {TOWERS}")
-flags.DEFINE_list("sizes", ["mini", "original"], f"sizes to run, of {SIZES} (tower_inputs.tower_configs)")
-flags.DEFINE_integer("repeats", 3, "interleaved rounds (A B C D D C B A); each side's median of 2*repeats calls")
-flags.DEFINE_integer("threads", 1, "CPU threads for both frameworks (1: single-threaded)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "our matmul dtype (the torch sides stay float32)")
-flags.DEFINE_string("remat", "none", "Uni-Mol layer-body rematerialisation (models/layers.REMAT_POLICIES)")
-flags.DEFINE_integer("scan_unroll", 1, "Uni-Mol layers per scan iteration (its num_layers: fully unrolled)")
-flags.DEFINE_enum("dropout_rng", "hash", ["hash", "threefry"], "our dropout mask generator")
-flags.DEFINE_integer("num_layers", 0, "override every tower's depth (0: the size's own)")
-flags.DEFINE_bool("torch", True, "also time our PyTorch parity reference (molbind_jax/torch_reference)")
-flags.DEFINE_bool("anchors", True, "also time the anchors users run (anchors.py), eager")
-flags.DEFINE_bool("compile", True, "also time the anchors under torch.compile (default mode)")
-flags.DEFINE_bool("compile_cache", False, "let torch.compile reuse Inductor's on-disk cache (off: cold compiles)")
-flags.DEFINE_bool("gemm", False, "also measure the GEMM peak (JAX and torch) and each row's % of it")
-flags.DEFINE_integer("gemm_size", 2048, "n of the n^3 float32 GEMM")
-flags.DEFINE_bool("masks", False, "also time one dropout mask + scale (hash, threefry, torch bernoulli_)")
-flags.DEFINE_list("mask_shape", ["4", "64", "256", "256"], "shape of the timed dropout mask (pocket attention)")
-flags.DEFINE_string("output", None, "write the results as JSON here")
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a program, so that the suite can import
+    this module beside the other benchmarks)."""
+    flags.DEFINE_list("towers", list(TOWERS), f"towers to run, of {TOWERS}")
+    flags.DEFINE_list("sizes", ["mini", "original"], f"sizes to run, of {SIZES} (tower_inputs.tower_configs)")
+    flags.DEFINE_integer("repeats", 3, "interleaved rounds (A B C D D C B A); each side's median of 2*repeats calls")
+    flags.DEFINE_integer("threads", 1, "CPU threads for both frameworks (1: single-threaded)")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "our matmul dtype (the torch sides stay float32)")
+    flags.DEFINE_string("remat", "none", "Uni-Mol layer-body rematerialisation (models/layers.REMAT_POLICIES)")
+    flags.DEFINE_integer("scan_unroll", 1, "Uni-Mol layers per scan iteration (its num_layers: fully unrolled)")
+    flags.DEFINE_enum("dropout_rng", "hash", ["hash", "threefry"], "our dropout mask generator")
+    flags.DEFINE_integer("num_layers", 0, "override every tower's depth (0: the size's own)")
+    flags.DEFINE_bool("torch", True, "also time our PyTorch parity reference (molbind_jax/torch_reference)")
+    flags.DEFINE_bool("anchors", True, "also time the anchors users run (anchors.py), eager")
+    flags.DEFINE_bool("compile", True, "also time the anchors under torch.compile (default mode)")
+    flags.DEFINE_bool("compile_cache", False, "let torch.compile reuse Inductor's on-disk cache (off: cold compiles)")
+    flags.DEFINE_bool("gemm", False, "also measure the GEMM peak (JAX and torch) and each row's % of it")
+    flags.DEFINE_integer("gemm_size", 2048, "n of the n^3 float32 GEMM")
+    flags.DEFINE_bool("masks", False, "also time one dropout mask + scale (hash, threefry, torch bernoulli_)")
+    flags.DEFINE_list("mask_shape", ["4", "64", "256", "256"], "shape of the timed dropout mask (pocket attention)")
+    flags.DEFINE_string("output", None, "write the results as JSON here")
 
 
 def configure_threads(threads: int) -> None:
@@ -95,8 +100,9 @@ def configure_threads(threads: int) -> None:
 
 
 # ------------------------------------------------------------------------------ ours
-def jax_step(tower: str, cfg, shape):
-    """(compiled grad fn, its args, compile seconds, FLOPs, temp MiB) of our tower's train step."""
+def jax_loss(tower: str, cfg, shape, module=None):
+    """(value_and_grad of the pooled sum-of-squares loss, its (params, rest) args) of our tower's
+    train step, not jitted: the benchmarks jit it, the breakdown traces it."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -104,29 +110,36 @@ def jax_step(tower: str, cfg, shape):
     from molbind_jax.models import bert, gin, heads, unimol
 
     if tower == "bert":
-        module = bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
+        module = module or bert.BertEncoder(cfg, rngs=nnx.Rngs(0))
         ids, mask = text_inputs(cfg.vocab_size, *shape)
         call = lambda m: heads.text_cls_pool(m(ids, mask, train=True))
     elif tower == "gin":
-        module = gin.GIN(cfg, rngs=nnx.Rngs(0))
+        module = module or gin.GIN(cfg, rngs=nnx.Rngs(0))
         graph = gin.graphs_from_pyg(**graph_inputs(*shape))
         call = lambda m: m(graph, train=True)[1]
     else:
-        module = unimol.UniMolEncoder(cfg, rngs=nnx.Rngs(0))
+        module = module or unimol.UniMolEncoder(cfg, rngs=nnx.Rngs(0))
         tokens, coords = unimol_inputs(cfg.vocab_size, *shape)
         dist, et = unimol.pair_inputs(tokens, coords, cfg.vocab_size)
         call = lambda m: heads.unimol_mean_pool(m(tokens, dist, et, train=True), tokens, "atoms")
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
-    def build(module):
-        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    def loss(params, rest):
+        m = nnx.merge(graphdef, *jax.tree.map(lambda x: x, (params, rest)))
+        return jnp.sum(jnp.square(call(m).astype(jnp.float32)))
 
-        def loss(params, rest):
-            m = nnx.merge(graphdef, *jax.tree.map(lambda x: x, (params, rest)))
-            return jnp.sum(jnp.square(call(m).astype(jnp.float32)))
+    return jax.value_and_grad(loss), (params, rest)
 
-        return jax.jit(jax.value_and_grad(loss)), (params, rest)
 
-    fn, args = build(module)
+def jax_step(tower: str, cfg, shape):
+    """(compiled grad fn, its args, compile seconds, FLOPs, temp MiB) of our tower's train step."""
+    import jax
+    from flax import nnx
+
+    from molbind_jax.models import unimol
+
+    fn, args = jax_loss(tower, cfg, shape)
+    fn = jax.jit(fn)
     t = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t
@@ -134,7 +147,8 @@ def jax_step(tower: str, cfg, shape):
     if tower in ("conformer", "pocket") and cfg.scan_unroll != cfg.num_layers:
         # XLA counts a while loop's body once: count the FLOPs on a fully unrolled twin.
         twin = unimol.UniMolEncoder(dataclasses.replace(cfg, scan_unroll=cfg.num_layers), rngs=nnx.Rngs(0))
-        flop_fn, flop_args = build(twin)
+        flop_fn, flop_args = jax_loss(tower, cfg, shape, module=twin)
+        flop_fn = jax.jit(flop_fn)
     cost = flop_fn.lower(*flop_args).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     temp_mib = compiled.memory_analysis().temp_size_in_bytes / 2 ** 20
@@ -315,7 +329,7 @@ def tower_row(tower: str, size: str, repeats: int, *, compile: bool = True, refe
 
 def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: int = 1, compile: bool = True, *,
          reference: bool = True, anchors: bool = True, gemm: bool = False, gemm_size: int = 2048,
-         compile_cache: bool = False, progress=print, **config) -> list[dict]:
+         compile_cache: bool = False, gemm_gflops: float | None = None, progress=print, **config) -> list[dict]:
     """The tower rows of every (size, tower), after the GEMM row when `gemm`.
 
     `threads`: see `configure_threads` (for 1 thread, call before anything runs JAX in the process);
@@ -334,7 +348,7 @@ def rows(towers=TOWERS, sizes=("mini", "original"), repeats: int = 3, threads: i
     import torch._inductor.config as inductor_config
 
     torch.manual_seed(0)
-    out, peak = [], None
+    out, peak = [], gemm_gflops  # a GEMM peak measured earlier in the process (the suite's gemm part)
     if gemm:
         out.append(gemm_row(gemm_size, repeats, progress))
         peak = out[-1]["jax_gflops"]
@@ -454,4 +468,5 @@ def table(rows) -> str:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
