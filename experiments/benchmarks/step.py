@@ -90,7 +90,7 @@ def our_step(cfg, batches: dict, *, fused: bool, frozen: tuple[str, ...] = (), l
     return ts, state, {p: sharding.global_batch(b, mesh) for p, b in batches.items()}
 
 
-def our_gflop(cfg, batches: dict, *, fused: bool, frozen=()) -> float | None:
+def our_gflop(cfg, batches: dict, *, fused: bool, frozen=(), mesh=None) -> float:
     """XLA cost-analysis GFLOP of one step, lowered (not compiled) on a twin whose Uni-Mol
     stacks are fully unrolled (XLA counts a scan body once). Split: the per-pair gradient
     programs summed; fused: the one program (update included)."""
@@ -100,7 +100,7 @@ def our_gflop(cfg, batches: dict, *, fused: bool, frozen=()) -> float | None:
 
     twin = cfg.replace(**{m: dataclasses.replace(getattr(cfg, m), scan_unroll=getattr(cfg, m).num_layers)
                           for m in ("conformer", "pocket") if m in cfg.modalities})
-    ts, state, glob = our_step(twin, batches, fused=fused, frozen=frozen)
+    ts, state, glob = our_step(twin, batches, fused=fused, frozen=frozen, mesh=mesh)
 
     def flops(lowered):
         cost = lowered.cost_analysis()
@@ -208,25 +208,36 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rows(sizes=("mini",), repeats: int = 3, *, text=TEXT_MODES, batch: dict | None = None, split: bool = True,
+def rows(sizes=("mini",), repeats: int = 3, *, text=TEXT_MODES, batch: dict | None = None, pairs=PAIRS,
+         split: bool = True,
          fused: bool = True, torch: bool = True, torch_compile: bool = False, flops: bool = True,
          lr: float = 1e-4, weight_decay: float = 0.05, dtype: str = "float32", seed: int = 0,
-         progress: bool = True) -> list[dict]:
-    """One row per (size, text mode); see the module docstring for the fields."""
+         devices: int | None = None, progress: bool = True) -> list[dict]:
+    """One row per (size, text mode); see the module docstring for the fields. `pairs`: a subset
+    of the four pair types (tests; a whole step has all four). `devices`: the mesh size (default:
+    all of this process's devices)."""
     import jax
 
+    from molbind_jax.training import sharding
+
     batch = {**DEFAULT_BATCH, **(batch or {})}
-    unknown = sorted(set(sizes) - set(SIZES)) + sorted(set(text) - set(TEXT_MODES)) + sorted(set(batch) - set(PAIRS))
+    unknown = (sorted(set(sizes) - set(SIZES)) + sorted(set(text) - set(TEXT_MODES))
+               + sorted((set(batch) | set(pairs)) - set(PAIRS)))
     if unknown:
         raise ValueError(f"unknown sizes / text modes / pairs {unknown}: expected sizes {SIZES}, text {TEXT_MODES}, "
                          f"pairs {PAIRS}")
     if not (split or fused or torch):
         raise ValueError("nothing to time: enable split, fused or torch")
-    n_dev = len(jax.devices())
+    mesh = sharding.make_mesh(devices)
+    n_dev = mesh.size
+    batch = {p: int(batch[p]) for p in PAIRS if p in pairs}
+    bad = {p: b for p, b in batch.items() if b < 2 or b % n_dev}
+    if bad:
+        raise ValueError(f"batches {bad}: each needs at least 2 rows and a multiple of the {n_dev} devices")
     out = []
     for size in sizes:
         cfg = model_config(size, dtype=dtype)
-        records = {p: step_inputs.pair_records(p, batch[p], LENGTHS[size], cfg, seed) for p in PAIRS}
+        records = {p: step_inputs.pair_records(p, batch[p], LENGTHS[size], cfg, seed) for p in batch}
         host = {p: step_inputs.pair_batch(p, r, LENGTHS[size], num_shards=n_dev) for p, r in records.items()}
         for mode in text:
             load = os.getloadavg()
@@ -238,14 +249,15 @@ def rows(sizes=("mini",), repeats: int = 3, *, text=TEXT_MODES, batch: dict | No
                 if not on:
                     continue
                 ts, state, glob = our_step(cfg, host, fused=name == "fused", frozen=frozen_ours, lr=lr,
-                                           weight_decay=weight_decay, seed=seed)
+                                           weight_decay=weight_decay, seed=seed, mesh=mesh)
                 holder = {"state": state}
 
                 def call(ts=ts, holder=holder, glob=glob):
                     holder["state"], m = ts(holder["state"], [glob])
-                    return float(jax.block_until_ready(m["loss"]))
+                    jax.block_until_ready(holder["state"])  # the update too, not only the loss
+                    return float(m["loss"])
 
-                say(f"{size} text {mode}: compiling our {name} step ({', '.join(f'{p} {batch[p]}' for p in PAIRS)}; "
+                say(f"{size} text {mode}: compiling our {name} step ({', '.join(f'{p} {b}' for p, b in batch.items())}; "
                     f"lengths {LENGTHS[size]}) ...", progress)
                 t = time.perf_counter()
                 row[f"loss_{name}"] = call()
@@ -282,7 +294,7 @@ def rows(sizes=("mini",), repeats: int = 3, *, text=TEXT_MODES, batch: dict | No
                     if flops:
                         say(f"{size} text {mode}: counting the {name} step's FLOPs (lowering an unrolled twin) ...",
                             progress)
-                        g = our_gflop(cfg, host, fused=name == "fused", frozen=frozen_ours)
+                        g = our_gflop(cfg, host, fused=name == "fused", frozen=frozen_ours, mesh=mesh)
                         row[f"{name}_gflop"], row[f"{name}_gflops"] = g, g / med[name]
             row["peak_rss_mib"] = peak_rss_mib()
             row["load_end"] = os.getloadavg()

@@ -116,8 +116,6 @@ def torch_inputs(tower: str, records: list[dict], cfg, length: int, *, original_
     """The PyTorch inputs of `tower` for `records` (text padded to `length`, atoms to `length`)."""
     import torch
 
-    from molbind_jax.models import unimol
-
     if tower == "bert":
         ids = np.zeros((len(records), length), np.int64)
         for i, r in enumerate(records):
@@ -141,8 +139,19 @@ def torch_inputs(tower: str, records: list[dict], cfg, length: int, *, original_
         t = r[f"{prefix}_tokens"]
         tokens[i, :len(t)] = t
         coords[i, :len(t)] = r[f"{prefix}_coords"]
-    dist, et = (np.array(a) for a in unimol.pair_inputs(tokens, coords, getattr(cfg, tower).vocab_size))
-    return torch.from_numpy(tokens), torch.from_numpy(dist), torch.from_numpy(et.astype(np.int64))
+    dist, et = pair_inputs(tokens, coords, getattr(cfg, tower).vocab_size)
+    return torch.from_numpy(tokens), torch.from_numpy(dist), torch.from_numpy(et)
+
+
+def pair_inputs(tokens: np.ndarray, coords: np.ndarray, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of `models.unimol.pair_inputs` (distance float32, edge type int64 [B, N, N];
+    0 on every pair that touches padding), without a jax dispatch per call."""
+    real = tokens != 0
+    pair = real[:, :, None] & real[:, None, :]
+    edge_type = np.where(pair, tokens[:, :, None] * vocab + tokens[:, None, :], 0).astype(np.int64)
+    d2 = np.sum(np.square(coords[:, :, None, :] - coords[:, None, :, :]), axis=-1)
+    distance = np.where(pair & (d2 > 0), np.sqrt(np.where(d2 > 0, d2, 1.0)), 0.0).astype(np.float32)
+    return distance, edge_type
 
 
 def reference_anchor(tower: str, size: str, batch: int, length: int, *, seed: int = 0,
