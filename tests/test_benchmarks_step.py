@@ -143,3 +143,29 @@ def test_streamed_top_k_merges_blocks(scale):
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_allclose(scores, want_scores)
     assert rows[0, 0] == 10 and rows[0, 1] == 500
+
+
+def test_torch_towers_use_anchors_when_importable(step, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def build_anchor(tower, size, batch, length, *, seed=0):
+        calls.append((tower, size, batch, length))
+        if tower == "gin":
+            raise ImportError("No module named 'torch_geometric'")
+        return step.reference_anchor(tower, size, batch, length, seed=seed)
+
+    monkeypatch.setitem(sys.modules, "anchors", types.SimpleNamespace(build_anchor=build_anchor))
+    cfg = step.model_config("mini")
+    records = {"graph_conformer": step.step_inputs.pair_records("graph_conformer", 4, step.LENGTHS["mini"], cfg)}
+    towers, source = step.torch_towers("mini", records, {"graph_conformer": 4})
+    assert calls == [("gin", "mini", 4, 24), ("conformer", "mini", 4, 32)]
+    assert source == "graph: torch_reference, conformer: anchors"
+    assert towers["graph_conformer/conformer"].inputs[0].shape == (4, 32)
+    # tiny has no anchors: the fallback without asking
+    calls.clear()
+    cfg = step.model_config("tiny")
+    records = {"graph_conformer": step.step_inputs.pair_records("graph_conformer", 4, step.LENGTHS["tiny"], cfg)}
+    assert step.torch_towers("tiny", records, {"graph_conformer": 4})[1] == "torch_reference" and not calls

@@ -169,24 +169,33 @@ def torch_step(towers: dict[str, Anchor], embed_dim: int, *, temperature: float 
 
 
 def torch_towers(size: str, records: dict, batch: dict, *, seed: int = 0):
-    """({"<pair>/<modality>": Anchor}, source) for the pairs of `records`."""
+    """({"<pair>/<modality>": Anchor}, source) for the pairs of `records`: anchors.build_anchor
+    per tower where importable (mini and original sizes), else `reference_anchor` on `records`;
+    source is "anchors", "torch_reference" or, mixed, the source of each modality."""
     from molbind_data import schema
 
-    build, source = anchor_builder()
+    build, _ = anchor_builder()
     if size not in ("mini", "original"):  # the anchors exist at the mini and original sizes only
-        build, source = None, "torch_reference"
-    out, modules = {}, {}
+        build = None
+    out, modules, sources = {}, {}, {}
     for pair, recs in records.items():
         for m in schema.pair_type(pair).modalities:
             tower, length = MODALITY_TOWER[m], LENGTHS[size][m]
-            if build is None:
+            a = None
+            if build is not None and sources.get(m) != "torch_reference":
+                try:
+                    a, sources[m] = build(tower, size, batch[pair], length, seed=seed), "anchors"
+                except ImportError as e:  # the anchor's library is not installed: our reference instead
+                    say(f"anchor {tower}: {e}; using molbind_jax/torch_reference")
+            if a is None:
                 a = reference_anchor(tower, size, batch[pair], length, seed=seed, records=recs)
-            else:
-                a = build(tower, size, batch[pair], length, seed=seed)
+                sources[m] = "torch_reference"
             if m in modules:  # the tower's module is shared across pairs; drop the copy
                 a = Anchor(a.name, modules[m], a.inputs, a.forward, a.out_dim)
             modules.setdefault(m, a.module)
             out[f"{pair}/{m}"] = a
+    kinds = set(sources.values())
+    source = kinds.pop() if len(kinds) == 1 else ", ".join(f"{m}: {v}" for m, v in sources.items())
     return out, source
 
 
