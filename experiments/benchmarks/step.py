@@ -90,27 +90,26 @@ def our_step(cfg, batches: dict, *, fused: bool, frozen: tuple[str, ...] = (), l
     return ts, state, {p: sharding.global_batch(b, mesh) for p, b in batches.items()}
 
 
-def our_gflop(cfg, batches: dict, *, fused: bool, frozen=(), mesh=None) -> float:
-    """XLA cost-analysis GFLOP of one step, lowered (not compiled) on a twin whose Uni-Mol
-    stacks are fully unrolled (XLA counts a scan body once). Split: the per-pair gradient
-    programs summed; fused: the one program (update included)."""
+def our_gflop(cfg, batches: dict, *, frozen=(), mesh=None) -> dict[str, float]:
+    """XLA cost-analysis GFLOP of one step, {"split": the per-pair gradient programs summed,
+    "fused": the one program, update included}, lowered (not compiled) on a twin whose Uni-Mol
+    stacks are fully unrolled (XLA counts a scan body once)."""
     import dataclasses
 
     import jax
 
     twin = cfg.replace(**{m: dataclasses.replace(getattr(cfg, m), scan_unroll=getattr(cfg, m).num_layers)
                           for m in ("conformer", "pocket") if m in cfg.modalities})
-    ts, state, glob = our_step(twin, batches, fused=fused, frozen=frozen, mesh=mesh)
+    ts, state, glob = our_step(twin, batches, fused=False, frozen=frozen, mesh=mesh)
 
     def flops(lowered):
         cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0))
+        return float(cost.get("flops", 0.0)) / 1e9
 
-    if fused:
-        return flops(jax.jit(ts._fused_impl).lower(state, [glob])) / 1e9
-    return sum(flops(ts.grad_fn(p).lower(state["trainable"], state["batch_stats"], b, state["step"], 0))
-               for p, b in glob.items()) / 1e9
+    split = sum(flops(ts.grad_fn(p).lower(state["trainable"], state["batch_stats"], b, state["step"], 0))
+                for p, b in glob.items())
+    return {"split": split, "fused": flops(jax.jit(ts._fused_impl).lower(state, [glob]))}
 
 
 # ------------------------------------------------------------------------------ theirs
@@ -297,14 +296,14 @@ def rows(sizes=("mini",), repeats: int = 3, *, text=TEXT_MODES, batch: dict | No
                 row[f"{name}_first_call_s"] = first[name]
                 row[f"{name}_compile_s"] = max(first[name] - s, 0.0)
             torch_best = min((med[k] for k in ("torch", "torch_compiled") if k in med), default=None)
-            for name in ("split", "fused"):
-                if name in med:
-                    row[f"ratio_{name}"] = None if torch_best is None else torch_best / med[name]
-                    if flops:
-                        say(f"{size} text {mode}: counting the {name} step's FLOPs (lowering an unrolled twin) ...",
-                            progress)
-                        g = our_gflop(cfg, host, fused=name == "fused", frozen=frozen_ours, mesh=mesh)
-                        row[f"{name}_gflop"], row[f"{name}_gflops"] = g, g / med[name]
+            ours = [name for name in ("split", "fused") if name in med]
+            if flops and ours:
+                say(f"{size} text {mode}: counting our step's FLOPs (lowering an unrolled twin) ...", progress)
+                gflop = our_gflop(cfg, host, frozen=frozen_ours, mesh=mesh)
+            for name in ours:
+                row[f"ratio_{name}"] = None if torch_best is None else torch_best / med[name]
+                if flops:
+                    row[f"{name}_gflop"], row[f"{name}_gflops"] = gflop[name], gflop[name] / med[name]
             row["peak_rss_mib"] = peak_rss_mib()
             row["load_end"] = os.getloadavg()
             out.append(row)
