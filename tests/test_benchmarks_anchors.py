@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from experiments.benchmarks import anchors, tower_inputs, towers  # noqa: E402
 
 TOWERS = ("bert", "gin", "conformer", "pocket")
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
 @pytest.fixture

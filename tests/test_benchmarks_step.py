@@ -82,10 +82,12 @@ def test_step_rows_one_pair_tiny(step):
     assert "| tiny | trainable | 8 |" in step.table(rows)
 
 
-@pytest.mark.slow  # four pairs, split + fused, both text modes, FLOP counting: minutes of compiling on 2 cores
+@pytest.mark.slow  # four pairs, split + fused, FLOP counting: minutes of compiling on 2 cores
 def test_step_rows_whole_step_tiny(step):
-    rows = step.rows(("tiny",), 1, devices=1, progress=False)
-    assert [(r["size"], r["text"]) for r in rows] == [("tiny", "trainable"), ("tiny", "locked")]
+    # the locked text mode only (as the mini config trains): the trainable mode is the same code
+    # path with one more backward pass, and doubles the compiling (about 7 minutes in all)
+    rows = step.rows(("tiny",), 1, text=("locked",), devices=1, progress=False)
+    assert [(r["size"], r["text"]) for r in rows] == [("tiny", "locked")]
     for r in rows:
         assert r["examples"] == sum(step.DEFAULT_BATCH.values())
         for k in ("split_ms", "fused_ms", "torch_ms", "ratio_split", "ratio_fused", "split_gflop", "fused_gflop",
@@ -93,8 +95,6 @@ def test_step_rows_whole_step_tiny(step):
             assert _finite_positive(r[k]), (r["text"], k)
         # the fused program holds the update too; the split count is the per-pair programs only
         assert r["fused_gflop"] >= r["split_gflop"] * 0.99
-    # a locked text tower has no backward pass: fewer FLOPs
-    assert rows[1]["split_gflop"] < rows[0]["split_gflop"]
 
 
 def _reference_infonce(x, y, tau):

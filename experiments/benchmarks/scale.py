@@ -189,7 +189,8 @@ def run_part(part: str, args: list[str], timeout: float | None = None) -> dict:
     """Runs `scale.py --part=<part> args` in a subprocess (8 simulated devices); its JSON row."""
     env = dict(os.environ)
     kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={DEVICES}"])
+    # first: XLA stops reading its flags at a token that is not a flag
+    env["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={DEVICES}"] + kept)
     env.setdefault("JAX_PLATFORMS", "cpu")
     path = [os.path.join(REPO, ".pyshim"), REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(path)

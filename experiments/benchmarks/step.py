@@ -369,7 +369,7 @@ def main(argv):
     F = flags.FLAGS
     if F.threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+                                   " --xla_cpu_multi_thread_eigen=false").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 

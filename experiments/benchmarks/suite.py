@@ -47,10 +47,6 @@ def run_part(name: str, fn, report: dict) -> None:
 
 def main(argv):
     del argv
-    if FLAGS.threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     unknown = sorted(set(FLAGS.parts) - set(PARTS))
     if unknown:
         raise app.UsageError(f"unknown parts {unknown}; expected some of {PARTS}")
@@ -67,13 +63,14 @@ def main(argv):
                   parts={})
     sizes = FLAGS.sizes
     if "gemm" in FLAGS.parts:
-        run_part("gemm", lambda: towers.gemm_row(repeats=FLAGS.repeats), report)
+        run_part("gemm", lambda: towers.gemm_row(FLAGS.gemm_size, repeats=FLAGS.repeats), report)
     if "towers" in FLAGS.parts:
         run_part("towers", lambda: towers.rows(towers=FLAGS.towers, sizes=sizes, repeats=FLAGS.repeats,
                                                 threads=FLAGS.threads, compile=FLAGS.compile,
                                                 gemm_gflops=_peak(report)), report)
     if "step" in FLAGS.parts:
-        run_part("step", lambda: step.rows(sizes=sizes, repeats=FLAGS.repeats, compile=FLAGS.compile), report)
+        run_part("step", lambda: step.rows(sizes=sizes, repeats=FLAGS.repeats, torch_compile=FLAGS.compile),
+                 report)
     if "scale" in FLAGS.parts:
         run_part("scale", lambda: scale.rows(global_batch=FLAGS.scale_batch, candidates=FLAGS.scale_candidates),
                  report)
@@ -102,7 +99,7 @@ def summary(report: dict) -> str:
     parts = report["parts"]
     if "gemm" in parts:
         g = parts["gemm"]["result"]
-        out.append(f"GEMM 2048^3 float32: JAX {g['jax_gflops']:.1f} GFLOP/s, torch {g['torch_gflops']:.1f} GFLOP/s "
+        out.append(f"GEMM {g['size']} float32: JAX {g['jax_gflops']:.1f} GFLOP/s, torch {g['torch_gflops']:.1f} GFLOP/s "
                    f"(load {parts['gemm']['load_before']})")
     for name, mod in (("towers", towers), ("step", step), ("scale", scale), ("profile", breakdown)):
         if name in parts:
@@ -119,6 +116,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("repeats", 3, "interleaved rounds per row (the median is reported)")
     flags.DEFINE_integer("threads", 1, "CPU threads for both frameworks")
     flags.DEFINE_bool("compile", True, "also time the anchors under torch.compile")
+    flags.DEFINE_integer("gemm_size", 2048, "n of the gemm part's n^3 float32 matmul")
     flags.DEFINE_integer("scale_batch", 65536, "global batch per pair of the scale part's loss")
     flags.DEFINE_integer("scale_candidates", 1_000_000, "candidates of the scale part's retrieval")
     flags.DEFINE_string("output", None, "write the whole report as JSON here")

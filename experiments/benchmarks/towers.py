@@ -10,8 +10,8 @@ One train-mode step per call on every side (dropout as configured, float32): the
 sum of squares of the tower's pooled features, the [B, D] rows the MolBind head projects (text:
 the [CLS] row; graph: the mean per graph; conformer and pocket: the mean over real positions),
 and the backward pass gives every parameter's gradient. `--threads=1` (default) runs both
-frameworks single-threaded (XLA_FLAGS `--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1`, `torch.set_num_threads(1)`); pin the process to one core with
+frameworks single-threaded (XLA_FLAGS `--xla_cpu_multi_thread_eigen=false`,
+`torch.set_num_threads(1)`); pin the process to one core with
 `taskset -c 0` so the frameworks share it. `--threads=2`: torch 2 threads, XLA its default pool.
 
 Per (tower, size) row, every timed side runs once per round in the order ours, reference,
@@ -84,7 +84,7 @@ def configure_threads(threads: int) -> None:
     JAX's backend has not started yet in this process (a warning says so otherwise)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    want = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    want = "--xla_cpu_multi_thread_eigen=false"
     if threads == 1 and want not in os.environ.get("XLA_FLAGS", ""):
         if "jax" in sys.modules:
             from jax._src import xla_bridge
