@@ -25,6 +25,7 @@ recipes. Every process runs this same program on its share of the global batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -269,7 +270,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
     from molbind_jax.training import workdir as run_dir
     from molbind_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
     from molbind_jax.training.metric_writer import MetricWriter
-    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels, init_trainable
+    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels
 
     t_start = time.time()
     batching.reset_skipped_records()  # counts this run's input records with NaN/inf (batching.py)
@@ -308,7 +309,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
     model, mcfg, text_dir = build_model(config)
     opts = step_options(config)
     schedule = make_schedule(config)
-    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    # A labels function (not a tree): it also labels the layout of checkpoints written before the
+    # frozen towers left the trainable state, which the restore below converts.
+    labels = functools.partial(param_labels, frozen=tuple(config.frozen))
     tx = make_optimizer(schedule, weight_decay=config.weight_decay, labels=labels,
                         grad_clip_norm=float(config.grad_clip_norm) or None)
     train_step = TrainStep(model, tx, mesh, opts)
@@ -318,7 +321,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
     try:
-        resumed = ckpt.restore_intact(state)  # a damaged newest step is reported and moved aside
+        resumed = ckpt.restore_intact(state, legacy=train_step.legacy_layout)  # a damaged newest step is reported and moved aside
     except CheckpointMismatchError as e:
         ckpt.close()
         raise CheckpointMismatchError(f"{e} Config changes: {run_dir.describe(changes) or 'none recorded'}") from e
