@@ -16,7 +16,8 @@ pairs, all micro-batches, update) into a single program, which saves the dispatc
 host round trips between the pieces.
 
 The model is handled in NNX functional style: `nnx.split` once into a static graphdef and
-pytrees (trainable params, BatchNorm statistics, the rest); each jitted function `nnx.merge`s
+pytrees (trainable params, the frozen towers' params, BatchNorm statistics, the rest; only the
+trainable ones are differentiated and optimized); each jitted function `nnx.merge`s
 them, runs the forward and returns the updated `nnx.BatchStat` state. GIN BatchNorm statistics
 are chained through the pairs in order (graph_text then graph_conformer), as the original's
 single forward updates them twice per step. Dropout keys are a pure function of
