@@ -157,3 +157,18 @@ def test_two_steps_equal_old_stop_gradient_formulation_and_legacy_checkpoint_con
         ckpt.restore_intact(ts_tree.init_state(model2), legacy=ts_tree.legacy_layout)
     assert ckpt.all_steps() == [2]
     ckpt.close()
+
+
+@pytest.mark.slow
+def test_fused_step_with_frozen_towers_equals_split_step():
+    mesh, model, ts = _step()
+    micro = _micro(mesh, 2)
+    state0 = jax.tree.map(jnp.copy, ts.init_state(model))
+    split, m1 = ts(jax.tree.map(jnp.copy, state0), micro)
+    ts.opts.fused = True
+    fused, m2 = ts(jax.tree.map(jnp.copy, state0), micro)
+    assert set(fused) == set(split) and "frozen" in fused
+    np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(split)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert state_leaves_equal(fused["frozen"], state0["frozen"])
