@@ -330,7 +330,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
     try:
-        resumed = ckpt.restore_intact(state, legacy=train_step.legacy_layout)  # a damaged newest step is reported and moved aside
+        # A damaged newest step is reported and moved aside; an older layout is converted.
+        resumed = ckpt.restore_intact(state, legacy=train_step.legacy_layout)
     except CheckpointMismatchError as e:
         ckpt.close()
         raise CheckpointMismatchError(f"{e} Config changes: {run_dir.describe(changes) or 'none recorded'}") from e
