@@ -8,7 +8,6 @@ conversion of a checkpoint written in that older layout. On the toy model of tes
 from __future__ import annotations
 
 import functools
-import zlib  # noqa: F401 - keys are derived by TrainStep._pair_loss, reused below
 
 import jax
 import jax.numpy as jnp
