@@ -211,10 +211,13 @@ class Checkpointer:
         if not isinstance(state_template, Mapping):
             return set()
         try:
+            # Read from the step's folder: a fresh manager's item_metadata knows no handler for
+            # the items before its first restore, and gives None.
             with quiet_orbax():
-                tree = self.manager.item_metadata(step)["state"]
+                md = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+            tree = getattr(md, "item_metadata", md)
             tree = getattr(tree, "tree", tree)
-            return set(state_template) - set(tree.keys()) if tree is not None else set()
+            return set(state_template) - set(tree.keys()) if isinstance(tree, Mapping) else set()
         except Exception:  # noqa: BLE001 - unreadable metadata is reported by the restore
             return set()
 

@@ -138,7 +138,8 @@ def test_two_steps_equal_old_stop_gradient_formulation_and_legacy_checkpoint_con
     # converted to the new layout with it.
     ckpt = Checkpointer(str(tmp_path / "checkpoints"))
     ckpt.save(2, ref, {"step": 2}, force=True)
-    ckpt.wait_until_finished()
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"))  # a fresh reader, as a resumed process has
     with pytest.raises(CheckpointMismatchError, match="older state layout"):
         ckpt.restore_intact(template)
     assert ckpt.all_steps() == [2]
