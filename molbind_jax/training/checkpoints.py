@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -164,16 +164,62 @@ class Checkpointer:
             log.info("checkpoint save started: step %d -> %s", step, self.directory)
         return saved
 
-    def restore(self, state_template: Any, step: int | None = None) -> tuple[Any, dict]:
+    def restore(self, state_template: Any, step: int | None = None, *,
+                legacy: Callable[[Any], tuple[Any, Callable]] | None = None) -> tuple[Any, dict]:
         """Restores (state, meta) at `step` (default: latest) onto the structure, shapes, dtypes
-        and shardings of `state_template`."""
+        and shardings of `state_template`.
+
+        A checkpoint whose state lacks top-level parts the template has (written by an older
+        layout, e.g. before the frozen towers got their own `frozen` part) is read through
+        `legacy(state_template)` -> (template of the old layout, function to the new one), e.g.
+        `TrainStep.legacy_layout`; without it such a checkpoint raises CheckpointMismatchError."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        missing = self.missing_parts(state_template, step)
+        if missing:
+            plan = None
+            if legacy is not None:
+                try:
+                    plan = legacy(state_template)
+                except ValueError as e:
+                    raise CheckpointMismatchError(f"checkpoint step {step} in {self.directory}: {e}") from None
+            if plan is None:
+                raise CheckpointMismatchError(
+                    f"checkpoint step {step} in {self.directory} was written in an older state layout (it lacks "
+                    f"{sorted(missing)}) and this reader has no conversion for it; resume it with the trainer "
+                    "(molbind_jax.training.train converts it) or start fresh with a new --workdir.")
+            old_template, convert = plan
+            state, meta = self._restore(old_template, step)
+            try:
+                state = convert(state)
+            except ValueError as e:
+                raise CheckpointMismatchError(f"checkpoint step {step} in {self.directory}: {e}") from None
+            log.info("checkpoint step %d read in the layout before %s existed and converted", step, sorted(missing))
+            return state, meta
+        return self._restore(state_template, step)
+
+    def _restore(self, state_template: Any, step: int) -> tuple[Any, dict]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta)
+
+    def missing_parts(self, state_template: Any, step: int) -> set[str]:
+        """Top-level keys of the (dict) `state_template` that the state saved at `step` lacks;
+        empty when they match or orbax's metadata cannot be read (the restore reports that)."""
+        if not isinstance(state_template, Mapping):
+            return set()
+        try:
+            # Read from the step's folder: a fresh manager's item_metadata knows no handler for
+            # the items before its first restore, and gives None.
+            with quiet_orbax():
+                md = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+            tree = getattr(md, "item_metadata", md)
+            tree = getattr(tree, "tree", tree)
+            return set(state_template) - set(tree.keys()) if isinstance(tree, Mapping) else set()
+        except Exception:  # noqa: BLE001 - unreadable metadata is reported by the restore
+            return set()
 
     def restore_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
@@ -193,7 +239,7 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - unreadable metadata is reported by the restore
             return None
 
-    def restore_intact(self, state_template: Any) -> tuple[int, Any, dict] | None:
+    def restore_intact(self, state_template: Any, *, legacy: Callable | None = None) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the newest checkpoint that reads back whole, or None when the
         directory holds no checkpoint.
 
@@ -202,7 +248,8 @@ class Checkpointer:
         `CheckpointMismatchError` when a checkpoint's arrays do not fit `state_template` (a
         changed model, not damage: nothing is moved) and `NoIntactCheckpointError` when every
         checkpoint is damaged (then nothing is moved either: the run must not silently start
-        again from step 0).
+        again from step 0). `legacy`: see `restore`; a checkpoint of an older layout that it
+        cannot convert raises CheckpointMismatchError (it is not damage either).
         """
         steps = self.all_steps()
         if not steps:
@@ -212,9 +259,11 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 with quiet_orbax(), held_stderr():
-                    state, meta = self.restore(state_template, step)
+                    state, meta = self.restore(state_template, step, legacy=legacy)
                 if int(meta.get("step", step)) != step:
                     raise ValueError(f"its record says step {meta.get('step')}")
+            except CheckpointMismatchError:
+                raise
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
                 drop_failed_read_reports()
                 with quiet_orbax(), held_stderr(replay=False):  # the failed read's stragglers

@@ -33,6 +33,7 @@ and schedule differently, so the state and batch are exact and the temporaries a
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -230,14 +231,16 @@ def _split_step(ts, state, micro):
             calls[name] = calls.get(name, 0) + 1
             if name not in programs:
                 programs[name], flops[name] = _compile(
-                    ts.grad_fn(pair).lower(state["trainable"], state["batch_stats"], batch, state["step"], m))
-    grads = state["trainable"]  # the gradients have the trainable tree's shapes and dtypes
+                    ts.grad_fn(pair).lower(state["trainable"], state["batch_stats"], batch, state["step"], m,
+                                           state.get("frozen")))
+    grads = state["trainable"]  # the gradients have the trainable tree's shapes (no frozen towers)
     n_grads = sum(calls.values())
     if n_grads > 1:  # TrainStep's own pieces: the donated gradient sum and the donated update
         programs["add"], flops["add"] = _compile(ts._add.lower(grads, grads))
         calls["add"] = n_grads - 1
     programs["update"], flops["update"] = _compile(
-        ts._update.lower(state, grads, state["batch_stats"], scalar, scalar))
+        ts._update.lower({k: v for k, v in state.items() if k != "frozen"}, grads, state["batch_stats"],
+                         scalar, scalar))
     calls["update"] = 1
     # Live at once: the state and the gradient sum stay resident between programs; a pair's
     # program adds the device's share of its batch, its outputs (gradients, statistics) and
@@ -268,7 +271,7 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
     from flax import nnx
 
     from molbind_jax.training import sharding, train, train_inputs
-    from molbind_jax.training.train_step import TrainStep, init_trainable, make_optimizer, param_labels
+    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels
 
     mesh = sharding.make_mesh(devices or int(config.num_devices) or None)
     n_dev = mesh.devices.size
@@ -276,7 +279,7 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
     t0 = time.time()
     model = _abstract_model(mcfg, int(config.seed))
     opts = train.step_options(config)
-    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    labels = functools.partial(param_labels, frozen=tuple(config.frozen))
     tx = make_optimizer(train.make_schedule(_schedule_config(config)), weight_decay=config.weight_decay,
                         labels=labels, grad_clip_norm=float(config.grad_clip_norm) or None)
     ts = TrainStep(model, tx, mesh, opts)
@@ -313,6 +316,8 @@ def dry_run(config: ConfigDict, devices: int | None = None) -> dict[str, Any]:
         "batch_shapes": {p: flat_shapes(p, batch_shapes(p, s, n_dev, dims)) for p, s in global_batch.items()},
         "parameters": sum(per_tower.values()),
         "parameters_per_tower": per_tower,
+        # Without the frozen towers (config.frozen): what gradients and optimizer state cover.
+        "trainable_parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["trainable"]["model"]))),
         "model_dtype": mcfg.dtype,
         "memory_bytes_per_device": memory,
         "flops_per_device": flops,
@@ -340,7 +345,8 @@ def format_report(r: Mapping[str, Any]) -> str:
                  f"resident, plus the largest program, {m['peak_program']})")
     lines = [
         f"dry run: one train step on {r['devices']} simulated {r['platform']} devices, {path}",
-        f"model: {r['parameters']:,} parameters ({towers}); matmul dtype {r['model_dtype']}",
+        f"model: {r['parameters']:,} parameters ({towers}), {r['trainable_parameters']:,} trainable; "
+        f"matmul dtype {r['model_dtype']}",
         f"batch per device and micro-step: {batch}; accumulate_steps {r['accumulate_steps']}",
         f"shapes: text {d['text_len']} tokens, conformer {d['mol_atoms']} and pocket {d['pocket_atoms']} "
         f"tokens, graphs {d['graph_nodes']} nodes / {d['graph_edges']} edges per molecule",

@@ -19,6 +19,7 @@ config.json and fills it in.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -82,9 +83,10 @@ def _restore_trained(workdir: str, step: int | None):
     from ml_collections import ConfigDict
 
     from molbind_jax.training import sharding, train
-    from molbind_jax.training.checkpoints import (Checkpointer, drop_failed_read_reports, held_stderr,
+    from molbind_jax.training.checkpoints import (CheckpointMismatchError, Checkpointer, drop_failed_read_reports,
+                                                  held_stderr,
                                                   quiet_orbax, read_failure_reason)
-    from molbind_jax.training.train_step import TrainStep, init_trainable, make_optimizer, param_labels
+    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels
 
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         run = json.load(f)
@@ -97,7 +99,7 @@ def _restore_trained(workdir: str, step: int | None):
     model = MolBind(mcfg, rngs=nnx.Rngs(0))
     mesh = sharding.make_mesh(1)
     opts = train.step_options(config)
-    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    labels = functools.partial(param_labels, frozen=tuple(config.frozen))  # reads the legacy layout too
     tx = make_optimizer(train.make_schedule(config), weight_decay=config.weight_decay, labels=labels,
                         grad_clip_norm=float(config.grad_clip_norm) or None)
     ts = TrainStep(model, tx, mesh, opts)
@@ -108,7 +110,9 @@ def _restore_trained(workdir: str, step: int | None):
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
         try:
             with quiet_orbax(), held_stderr():
-                state, meta = ckpt.restore(ts.init_state(model), step)
+                state, meta = ckpt.restore(ts.init_state(model), step, legacy=ts.legacy_layout)
+        except CheckpointMismatchError:
+            raise
         except Exception as err:  # noqa: BLE001 - orbax/tensorstore/json raise many types
             from molbind_jax.convert.common import CheckpointError
             drop_failed_read_reports()

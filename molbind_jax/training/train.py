@@ -18,6 +18,10 @@ What lands in DIR: `config.json` (the train config and the model config; export 
 `log_every` steps, validation in-batch R@1 every `eval_every` steps, eval records carry
 `"eval": true`), `train_summary.json` (wall time, step time, final losses and R@1).
 
+Compiled programs are kept in JAX's persistent compilation cache (`--compile_cache`, default
+the user cache ~/.cache/molbind_jax/jax_cache; compile_cache.py), so a re-run or a resume reads
+them instead of compiling; the "compiled and ran step N" line says how many came from it.
+
 Multi-host: `--distributed` (or JAX_COORDINATOR_ADDRESS in the environment) initialises
 jax.distributed before any device is touched; see experiments/launch/ for TPU pod and SLURM
 recipes. Every process runs this same program on its share of the global batch.
@@ -25,6 +29,7 @@ recipes. Every process runs this same program on its share of the global batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,6 +50,9 @@ def _define_flags() -> None:
                                     lock_config=False)
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
     flags.DEFINE_bool("distributed", False, "Initialise jax.distributed (multi-host runs).")
+    flags.DEFINE_string("compile_cache", None, "JAX persistent compilation cache: auto (the user cache, "
+                        "$XDG_CACHE_HOME/molbind_jax/jax_cache), off, or a directory; default: "
+                        "$MOLBIND_JAX_COMPILE_CACHE, else auto. A re-run reads its compiled programs from it.")
     flags.DEFINE_bool("allow_config_change", False, "Continue a run whose config.json differs from --config in "
                       "keys other than run length, logging and checkpointing (refused anyway when the saved "
                       "arrays do not fit the model).")
@@ -266,12 +274,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
     from molbind_jax.data import batching
     from molbind_jax.training import sharding, train_inputs
     from molbind_jax.training import text_cache_run as text_cache
+    from molbind_jax.training.compile_cache import CacheCounter
     from molbind_jax.training import workdir as run_dir
     from molbind_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
     from molbind_jax.training.metric_writer import MetricWriter
-    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels, init_trainable
+    from molbind_jax.training.train_step import TrainStep, make_optimizer, param_labels
 
     t_start = time.time()
+    cache_counter = CacheCounter()  # JAX's persistent cache events (when --compile_cache is on)
     batching.reset_skipped_records()  # counts this run's input records with NaN/inf (batching.py)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -308,7 +318,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
     model, mcfg, text_dir = build_model(config)
     opts = step_options(config)
     schedule = make_schedule(config)
-    labels = param_labels(init_trainable(model, opts), tuple(config.frozen))
+    # A labels function (not a tree): it also labels the layout of checkpoints written before the
+    # frozen towers left the trainable state, which the restore below converts.
+    labels = functools.partial(param_labels, frozen=tuple(config.frozen))
     tx = make_optimizer(schedule, weight_decay=config.weight_decay, labels=labels,
                         grad_clip_norm=float(config.grad_clip_norm) or None)
     train_step = TrainStep(model, tx, mesh, opts)
@@ -318,7 +330,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
     try:
-        resumed = ckpt.restore_intact(state)  # a damaged newest step is reported and moved aside
+        # A damaged newest step is reported and moved aside; an older layout is converted.
+        resumed = ckpt.restore_intact(state, legacy=train_step.legacy_layout)
     except CheckpointMismatchError as e:
         ckpt.close()
         raise CheckpointMismatchError(f"{e} Config changes: {run_dir.describe(changes) or 'none recorded'}") from e
@@ -372,6 +385,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
             compiling = not keys <= seen_shapes
             if compiling:  # a new program: minutes at full size, say so before it starts
                 seen_shapes |= keys
+                cache_before = cache_counter.snapshot()
                 say(f"compiling the train step ({accum} micro-batch{'es' if accum > 1 else ''}) for step "
                     f"{step + 1}, shapes {describe_shapes(micro_local)} ...")
             micro = [{p: train_inputs.to_global(b, mesh) for p, b in local.items()} for local in micro_local]
@@ -385,8 +399,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
                     f"was saved; the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. "
                     "Lower the learning rate or check the input batch, then re-run the command to resume.")
             if compiling:
+                cached = cache_counter.describe(since=cache_before)
                 say(f"compiled and ran step {step + 1} in {time.time() - t0:.1f} s "
-                    f"({len(seen_shapes)} pair/shape program{'s' if len(seen_shapes) > 1 else ''} so far)")
+                    f"({len(seen_shapes)} pair/shape program{'s' if len(seen_shapes) > 1 else ''} so far"
+                    f"{'; ' + cached if cached else ''})")
             step += 1
             step_times.append(time.time() - t0)
             steps_since_log += 1
@@ -440,6 +456,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
         "final": last,
         "final_eval": last_eval,
         "skipped_records": batching.skipped_records(),  # {pair/field: count}, non-finite inputs
+        # Programs this process asked JAX's persistent cache for, read from it and compiled.
+        "compilation_cache": {"dir": jax.config.jax_compilation_cache_dir, **cache_counter.snapshot()},
         "devices": jax.device_count(),
         "platform": jax.devices()[0].platform,
     }
@@ -451,12 +469,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, allow_config_change:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from molbind_jax.training import pretrained, sharding
+    from molbind_jax.training import compile_cache, pretrained, sharding
     from molbind_jax.training import workdir as run_dir
 
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed(FLAGS.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cache_dir = compile_cache.enable(FLAGS.compile_cache)  # before anything compiles
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    log.info("compilation cache: %s", cache_dir or "off")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     config = run_dir.config_from_flag(FLAGS)
     if FLAGS.workdir is None or config is None:

@@ -16,7 +16,8 @@ pairs, all micro-batches, update) into a single program, which saves the dispatc
 host round trips between the pieces.
 
 The model is handled in NNX functional style: `nnx.split` once into a static graphdef and
-pytrees (trainable params, BatchNorm statistics, the rest); each jitted function `nnx.merge`s
+pytrees (trainable params, the frozen towers' params, BatchNorm statistics, the rest; only the
+trainable ones are differentiated and optimized); each jitted function `nnx.merge`s
 them, runs the forward and returns the updated `nnx.BatchStat` state. GIN BatchNorm statistics
 are chained through the pairs in order (graph_text then graph_conformer), as the original's
 single forward updates them twice per step. Dropout keys are a pure function of
@@ -96,9 +97,14 @@ def lr_schedule(
     return schedule
 
 
-def param_labels(trainable: Any, frozen: Sequence[str]) -> Any:
+def param_labels(trainable: Any, frozen: Sequence[str] = ()) -> Any:
     """Labels each trainable leaf "train", "frozen" (top-level model submodule in `frozen`) or
-    "temperature" (the learnable temperature, which gets no weight decay)."""
+    "temperature" (the learnable temperature, which gets no weight decay).
+
+    Frozen towers are no longer in the trainable tree (`init_trainable`), so "frozen" labels
+    appear only on the full-model tree of a checkpoint written before that change, which
+    `TrainStep.legacy_layout` restores through the same optimizer; pass
+    `functools.partial(param_labels, frozen=...)` to `make_optimizer` for that to work."""
     frozen = set(frozen)
 
     def label(path, _):
@@ -121,8 +127,10 @@ def make_optimizer(
     grad_clip_norm: float | None = None,
     labels: Any,
 ) -> optax.GradientTransformation:
-    """AdamW (decay on every model parameter, as the original), zero updates for frozen
-    submodules, plain Adam for the learnable temperature."""
+    """AdamW (decay on every model parameter, as the original), zero updates for leaves labelled
+    "frozen", plain Adam for the learnable temperature. `labels`: the label tree of the
+    trainable tree, or a function of the tree giving it (e.g. `functools.partial(param_labels,
+    frozen=config.frozen)`), which also serves the full-model tree of a legacy checkpoint."""
     adamw = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
     parts = {
         "train": adamw,
@@ -154,21 +162,45 @@ class StepOptions:
     duplicate_aware: bool = True
     seed: int = 0
     fused: bool = False
-    # Top-level model submodules kept fixed. Besides the zero update (optimizer side), their
-    # parameters enter the forward through stop_gradient, so XLA drops their backward pass.
+    # Top-level model submodules kept fixed: their parameters live in the state's "frozen"
+    # part, outside the differentiated and optimized tree (no gradient, no optimizer state).
     frozen: tuple[str, ...] = ()
 
 
+def frozen_filter(frozen: Sequence[str]) -> Callable:
+    """nnx filter of the parameters of the top-level submodules named in `frozen`."""
+    names = frozenset(frozen)
+    return lambda path, v: bool(path) and path[0] in names and isinstance(v, nnx.Param)
+
+
+def split_params(model: nnx.Module, frozen: Sequence[str]) -> tuple[Any, Any]:
+    """(trainable nnx.Param state, frozen nnx.Param state) of `model`; refuses a name in
+    `frozen` that is no top-level submodule with parameters."""
+    frozen_params, trainable = nnx.state(model, frozen_filter(frozen), nnx.Param)
+    have = set(frozen_params.keys())
+    unknown = [n for n in frozen if n not in have]
+    if unknown:
+        towers = sorted({str(k) for k in nnx.state(model, nnx.Param).keys()})
+        raise ValueError(f"frozen names {unknown} are no submodule with parameters of the model (it has {towers})")
+    return trainable, frozen_params
+
+
 def init_trainable(model: nnx.Module, opts: StepOptions) -> dict:
-    """The pytree the optimizer updates: the model's nnx.Param state and, when learnable, one
-    log-scale log(1/temperature) per pair type (started at log(1/opts.temperature))."""
+    """The pytree the optimizer updates: the model's nnx.Param state less the frozen towers'
+    (`opts.frozen`, kept in `init_frozen`) and, when learnable, one log-scale log(1/temperature)
+    per pair type (started at log(1/opts.temperature))."""
     from molbind_jax.training import losses
 
-    trainable = {"model": nnx.state(model, nnx.Param)}
+    trainable = {"model": split_params(model, opts.frozen)[0]}
     if opts.learn_temperature:
         v = losses.log_scale_init(opts.temperature)
         trainable["log_scale"] = {p: jnp.asarray(v, jnp.float32) for p in opts.pairs}
     return trainable
+
+
+def init_frozen(model: nnx.Module, opts: StepOptions) -> Any:
+    """The parameters of the frozen towers (`opts.frozen`), never differentiated or updated."""
+    return split_params(model, opts.frozen)[1]
 
 
 def temperatures(trainable: Mapping, opts: StepOptions) -> dict[str, jax.Array]:
@@ -221,9 +253,14 @@ class TrainStep:
     """Builds and caches the jitted pieces of one optimizer update.
 
     State layout (a dict pytree, checkpointed as is): `step` (int32 scalar, optimizer updates
-    done), `trainable` (see `init_trainable`), `batch_stats` (nnx.BatchStat state) and
-    `opt_state`. `rest` (RNG streams and any other non-trainable variables) is not part of the
-    state: it never changes, because keys are re-derived from the step.
+    done), `trainable` (see `init_trainable`), `frozen` (only with `opts.frozen`: the frozen
+    towers' parameters, see `init_frozen`; never differentiated, updated or donated),
+    `batch_stats` (nnx.BatchStat state) and `opt_state` (covers `trainable` only). `rest` (RNG
+    streams and any other non-trainable variables) is not part of the state: it never changes,
+    because keys are re-derived from the step.
+
+    Public pieces (the step is `grad_fn` per pair, `add`, then `update`; `fused=True` traces the
+    same pieces into one program): see docs/training.md, "The step's public pieces".
     """
 
     def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, mesh, opts: StepOptions):
@@ -240,7 +277,8 @@ class TrainStep:
         self.replicated = NamedSharding(mesh, P())
         self._grad_fns: dict[str, Callable] = {}
         # The state is donated (updated in place); the gradients are not: XLA has no output left
-        # to alias them to once the state's buffers are reused.
+        # to alias them to once the state's buffers are reused. The frozen parameters are never
+        # passed to the update (they do not change), so they are never donated.
         self._update = jax.jit(self._update_impl, donate_argnums=(0,), out_shardings=self.replicated)
         self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,),
                             out_shardings=self.replicated)
@@ -256,26 +294,77 @@ class TrainStep:
             "batch_stats": nnx.state(model, nnx.BatchStat),
             "opt_state": self.tx.init(trainable),
         }
+        if self.opts.frozen:
+            state["frozen"] = init_frozen(model, self.opts)
         return jax.device_put(state, self.replicated)
 
     def merged_model(self, state: Mapping) -> nnx.Module:
         """An nnx.Module holding the state's parameters and statistics (eval, export)."""
-        return nnx.merge(self.graphdef, state["trainable"]["model"], state["batch_stats"], self.rest)
+        return nnx.merge(self.graphdef, state["trainable"]["model"], *self._frozen_states(state.get("frozen")),
+                         state["batch_stats"], self.rest)
+
+    def _frozen_states(self, frozen) -> tuple:
+        if frozen is None:
+            if self.opts.frozen:
+                raise ValueError(f"this step freezes {list(self.opts.frozen)}: pass their parameters, "
+                                 'state["frozen"] (TrainStep.init_state)')
+            return ()
+        return (frozen,)
+
+    def legacy_layout(self, state: Mapping) -> tuple[Any, Callable[[Any], dict]] | None:
+        """For a checkpoint written before the frozen towers left the trainable tree (every
+        parameter in `trainable.model`, the optimizer state over all of them with zero updates
+        for the frozen ones): (a template of that layout, a function mapping a state restored
+        onto it to the current layout). None when this step has no frozen towers (the layout
+        did not change). Needs an optimizer built with a labels *function* (`make_optimizer`);
+        raises ValueError otherwise."""
+        if "frozen" not in state:
+            return None
+        names = set(self.opts.frozen)
+        old_trainable = dict(state["trainable"])
+        old_trainable["model"] = nnx.State.merge(state["trainable"]["model"], state["frozen"])
+        try:
+            old_opt = self.tx.init(old_trainable)
+        except Exception as e:  # noqa: BLE001 - optax reports a label tree of another structure variously
+            raise ValueError("the optimizer was built with a label tree of the current layout; build it with "
+                             "labels=functools.partial(param_labels, frozen=...) to read a checkpoint of the "
+                             f"layout before frozen towers left the trainable state ({type(e).__name__})") from e
+        template = {k: v for k, v in state.items() if k != "frozen"}
+        template["trainable"], template["opt_state"] = old_trainable, old_opt
+        template = jax.device_put(template, self.replicated)
+
+        def refit(like, leaves, what):
+            want = jax.tree.leaves(like)
+            if len(want) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(want, leaves)):
+                raise ValueError(f"the legacy checkpoint's {what} does not fit the model's layout")
+            return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+        def convert(old: Mapping) -> dict:
+            flat = jax.tree_util.tree_flatten_with_path(old["trainable"]["model"])[0]
+            top = [getattr(path[0], "key", None) in names for path, _ in flat]
+            new = {k: v for k, v in old.items() if k not in ("trainable", "opt_state")}
+            new["trainable"] = dict(old["trainable"])
+            new["trainable"]["model"] = refit(state["trainable"]["model"],
+                                              [x for (_, x), f in zip(flat, top) if not f], "trainable parameters")
+            new["frozen"] = refit(state["frozen"], [x for (_, x), f in zip(flat, top) if f], "frozen parameters")
+            # The frozen leaves carried no optimizer state (masked, zero update): the remaining
+            # leaves are those of the current optimizer state, in the same order.
+            new["opt_state"] = refit(state["opt_state"], jax.tree.leaves(old["opt_state"]), "optimizer state")
+            return new
+
+        return template, convert
 
     # -- pieces --------------------------------------------------------------------------------
 
-    def _pair_loss(self, pair, trainable, batch_stats, rest, batch, step, micro):
-        """Weighted loss of one pair type, its unweighted value and the updated BN stats."""
+    def _pair_loss(self, pair, trainable, frozen, batch_stats, rest, batch, step, micro):
+        """Weighted loss of one pair type, its unweighted value and the updated BN stats.
+        `trainable` is differentiated; `frozen` (the frozen towers' parameters, or None) is not."""
         key = jax.random.fold_in(jax.random.key(self.opts.seed), step)
         # A pair's keys depend on its name, not on its place in the table: adding pair types
         # changes no existing pair's dropout masks.
         key = jax.random.fold_in(jax.random.fold_in(key, micro), zlib.crc32(pair.encode()) & 0x7FFFFFFF)
-        params = trainable["model"]
-        if self.opts.frozen:
-            frozen = set(self.opts.frozen)
-            params = jax.tree_util.tree_map_with_path(
-                lambda path, v: jax.lax.stop_gradient(v) if getattr(path[0], "key", None) in frozen else v, params)
-        model = nnx.merge(self.graphdef, *fresh(params, batch_stats, reseed_state(rest, key)))
+        extra = () if frozen is None else (frozen,)
+        model = nnx.merge(self.graphdef, *fresh(trainable["model"], *extra, batch_stats, reseed_state(rest, key)))
         x, y, mask = model.pair_embeddings(pair, batch, train=True)
         tau = temperatures(trainable, self.opts)[pair]
         x_key, y_key = self._losses.batch_keys(batch, self.opts.duplicate_aware)
@@ -286,22 +375,46 @@ class TrainStep:
         new_stats = nnx.state(model, nnx.BatchStat)
         return self.opts.weights[pair] * loss, (loss, new_stats)
 
-    def _grad_impl(self, pair, trainable, batch_stats, batch, step, micro):
+    def _grad_impl(self, pair, trainable, batch_stats, batch, step, micro, frozen=None):
+        self._frozen_states(frozen)  # a missing frozen part: a clear error at trace time
         grad_fn = jax.value_and_grad(self._pair_loss, argnums=1, has_aux=True)
-        (_, (loss, new_stats)), grads = grad_fn(pair, trainable, batch_stats, self.rest, batch, step, micro)
+        (_, (loss, new_stats)), grads = grad_fn(pair, trainable, frozen, batch_stats, self.rest, batch, step, micro)
         return loss, grads, new_stats
 
     def grad_fn(self, pair: str) -> Callable:
-        """Jitted `(trainable, batch_stats, batch, step, micro) -> (loss, grads, batch_stats)` for one
-        pair type; compiled once per distinct batch shape of that pair."""
+        """Jitted `(trainable, batch_stats, batch, step, micro, frozen=None) -> (loss, grads,
+        batch_stats)` for one pair type: the unweighted pair loss, the gradient of the weighted
+        loss (a tree like `trainable`, no frozen leaves) and the updated BN statistics; compiled
+        once per distinct batch shape of that pair. `frozen` is `state["frozen"]` (required
+        when the step has frozen towers)."""
         if pair not in self._grad_fns:
             self._grad_fns[pair] = jax.jit(functools.partial(self._grad_impl, pair),
                                            out_shardings=self.replicated)
         return self._grad_fns[pair]
 
+    def pair_grad(self, state: Mapping, pair: str, batch, micro: int = 0):
+        """`grad_fn(pair)` on a train state: (loss, grads, batch_stats) of one pair batch."""
+        return self.grad_fn(pair)(state["trainable"], state["batch_stats"], batch, state["step"], micro,
+                                  state.get("frozen"))
+
+    def add(self, a, b):
+        """Jitted sum of two gradient trees; `a` is donated (its buffers hold the sum)."""
+        return self._add(a, b)
+
+    def update(self, state: dict, grads, batch_stats, num_micro, loss_sum):
+        """The jitted, donated AdamW update of `state` with the summed `grads` over `num_micro`
+        micro-batches and the chained `batch_stats`; returns (new_state, finite). The frozen
+        part is passed around the update, never donated."""
+        part = {k: v for k, v in state.items() if k != "frozen"}
+        new, finite = self._update(part, grads, batch_stats, jnp.float32(num_micro), loss_sum)
+        if "frozen" in state:
+            new["frozen"] = state["frozen"]
+        return new, finite
+
     def _update_impl(self, state, grads, batch_stats, num_micro, loss_sum):
         """Mean over micro-batches, AdamW, and a finite guard: a non-finite loss or gradient
-        leaves the state unchanged (the host then stops the run), so a bad update is never saved."""
+        leaves the state unchanged (the host then stops the run), so a bad update is never saved.
+        `state` holds no frozen part."""
         grads = jax.tree.map(lambda g: g / num_micro, grads)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
@@ -332,16 +445,17 @@ class TrainStep:
         if grads is None:
             raise ValueError("train step got no batches")
         n = len(micro_batches)
-        state, finite = self._update(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
+        state, finite = self.update(state, grads, batch_stats, n, sum(sums.values()))
         return state, self._metrics(sums, counts, n, finite)
 
     def _accumulate(self, state, micro_batches, grad_of, add):
         """Sums each pair's gradients over pairs and micro-batches, threading the BatchNorm
-        statistics through in order. `grad_of(pair, trainable, batch_stats, batch, step, micro)`
-        is the per-pair jitted function (split step) or its traced body (fused step). Also
-        returns each pair's loss sum and how many micro-batches held it (pair_every)."""
+        statistics through in order. `grad_of(pair, trainable, batch_stats, batch, step, micro,
+        frozen)` is the per-pair jitted function (split step) or its traced body (fused step).
+        Also returns each pair's loss sum and how many micro-batches held it (pair_every)."""
         step = state["step"]
         batch_stats = state["batch_stats"]
+        frozen = state.get("frozen")
         grads = None
         sums: dict[str, jax.Array] = {}
         counts: dict[str, int] = {}
@@ -349,7 +463,8 @@ class TrainStep:
             for pair in self.opts.pairs:
                 if pair not in batches:
                     continue
-                loss, g, batch_stats = grad_of(pair, state["trainable"], batch_stats, batches[pair], step, micro)
+                loss, g, batch_stats = grad_of(pair, state["trainable"], batch_stats, batches[pair], step, micro,
+                                               frozen)
                 grads = g if grads is None else add(grads, g)
                 sums[pair] = loss if pair not in sums else sums[pair] + loss
                 counts[pair] = counts.get(pair, 0) + 1
@@ -366,9 +481,10 @@ class TrainStep:
 
     # -- fused single-program variant ----------------------------------------------------------
 
-    def _fused_impl(self, state, micro_batches):
+    def _fused_impl(self, state, frozen, micro_batches):
+        full = dict(state) if frozen is None else {**state, "frozen": frozen}
         grads, batch_stats, sums, counts = self._accumulate(
-            state, micro_batches, self._grad_impl, lambda a, b: jax.tree.map(jnp.add, a, b))
+            full, micro_batches, self._grad_impl, lambda a, b: jax.tree.map(jnp.add, a, b))
         n = len(micro_batches)
         new_state, finite = self._update_impl(state, grads, batch_stats, jnp.float32(n), sum(sums.values()))
         return new_state, self._metrics(sums, counts, n, finite)
@@ -378,14 +494,19 @@ class TrainStep:
         # (otherwise it recompiles for each combination of shapes, see the module docstring).
         if self._fused is None:
             self._fused = jax.jit(self._fused_impl, donate_argnums=(0,), out_shardings=self.replicated)
-        return self._fused(state, list(micro_batches))
+        part = {k: v for k, v in state.items() if k != "frozen"}
+        new, metrics = self._fused(part, state.get("frozen"), list(micro_batches))
+        if "frozen" in state:
+            new["frozen"] = state["frozen"]
+        return new, metrics
 
     # -- evaluation ----------------------------------------------------------------------------
 
     @functools.cached_property
     def _embed_eval(self):
-        def f(pair, trainable_model, batch_stats, batch):
-            model = nnx.merge(self.graphdef, trainable_model, batch_stats, self.rest)
+        def f(pair, trainable_model, frozen, batch_stats, batch):
+            model = nnx.merge(self.graphdef, trainable_model, *(() if frozen is None else (frozen,)),
+                              batch_stats, self.rest)
             x, y, mask = model.pair_embeddings(pair, batch, train=False)
             return x.astype(jnp.float32), y.astype(jnp.float32), mask
 
@@ -393,7 +514,7 @@ class TrainStep:
 
     def eval_embeddings(self, state: Mapping, pair: str, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Eval-mode (running BN statistics, no dropout) embeddings of one pair batch."""
-        return self._embed_eval(pair, state["trainable"]["model"], state["batch_stats"], batch)
+        return self._embed_eval(pair, state["trainable"]["model"], state.get("frozen"), state["batch_stats"], batch)
 
 
 def state_leaves_equal(a: Any, b: Any) -> bool:
