@@ -83,7 +83,10 @@ flags.DEFINE_integer("graph_atoms", 0, "atoms of the largest graph (0: the size'
 flags.DEFINE_integer("conformer_len", 0, "padded conformer tokens, [CLS] and [SEP] included (0: default)")
 flags.DEFINE_integer("pocket_len", 0, "padded pocket tokens, [CLS] and [SEP] included (0: default)")
 flags.DEFINE_string("remat", "none", "Uni-Mol layer rematerialisation: none, full or dots (UniMolConfig.remat)")
-flags.DEFINE_string("bert_attention_impl", "", "BertConfig.attention_impl: '' (None: XLA picks), xla or cudnn")
+flags.DEFINE_string("bert_attention_impl", "", "BertConfig.attention_impl: '' (None), xla, cudnn (bf16 variants "
+                    "only; float32 ones keep None) or custom; training uses it only without attention dropout")
+flags.DEFINE_float("bert_attention_dropout", -1.0, "text tower attention dropout (-1: the size's own; 0 lets "
+                   "training use jax.nn.dot_product_attention)")
 flags.DEFINE_integer("num_devices", 0, "devices of the data mesh (0: all)")
 flags.DEFINE_bool("flops", True, "count FLOPs on the unrolled twin (lowering only; costs host time)")
 flags.DEFINE_bool("isolate", True, "run each variant in its own process (clean peak memory and compile)")
@@ -124,9 +127,10 @@ def peak_tflops(device_kind: str, platform_name: str, dtype: str):
 
 # ------------------------------------------------------------------------------ model and step
 def model_config(size: str, dtype: str, *, remat: str = "none", attention_impl: str | None = None,
-                 unroll: bool = False):
+                 attention_dropout: float = -1.0, unroll: bool = False):
     """MolBindConfig of `size` (tiny or original) in `dtype` with the Uni-Mol towers' `remat`
-    and the text tower's `attention_impl`; `unroll`: Uni-Mol scans fully unrolled (FLOP twin)."""
+    and the text tower's `attention_impl` ("cudnn" only in bf16: float32 keeps None) and
+    `attention_dropout` (negative: unchanged); `unroll`: Uni-Mol scans fully unrolled (FLOP twin)."""
     from molbind_jax.models.molbind import MolBindConfig
 
     base = MolBindConfig.tiny() if size == "tiny" else MolBindConfig.original()
@@ -134,7 +138,10 @@ def model_config(size: str, dtype: str, *, remat: str = "none", attention_impl: 
     for key in ("conformer", "pocket"):
         c = getattr(base, key)
         changes[key] = dataclasses.replace(c, remat=remat, scan_unroll=c.num_layers if unroll else 1)
-    changes["bert"] = dataclasses.replace(base.bert, attention_impl=attention_impl or None)
+    bert = dict(attention_impl=None if (attention_impl == "cudnn" and dtype == "float32") else attention_impl or None)
+    if attention_dropout >= 0:
+        bert["attention_dropout"] = attention_dropout
+    changes["bert"] = dataclasses.replace(base.bert, **bert)
     return base.replace(dtype=dtype, **changes)
 
 
@@ -276,8 +283,10 @@ def run_variant(variant: str) -> dict:
     fused = variant.endswith("fused")
     s = flag_settings()
     mesh = sharding.make_mesh(FLAGS.num_devices or None)
-    cfg = model_config(FLAGS.size, dtype, remat=FLAGS.remat, attention_impl=FLAGS.bert_attention_impl)
-    log(f"{variant}: building the {FLAGS.size} model ({dtype}, remat={FLAGS.remat}) on {mesh.devices.size} device(s)")
+    cfg = model_config(FLAGS.size, dtype, remat=FLAGS.remat, attention_impl=FLAGS.bert_attention_impl,
+                       attention_dropout=FLAGS.bert_attention_dropout)
+    log(f"{variant}: building the {FLAGS.size} model ({dtype}, remat={FLAGS.remat}, text attention "
+        f"{cfg.bert.attention_impl} with dropout {cfg.bert.attention_dropout}) on {mesh.devices.size} device(s)")
     model, ts = build_step(cfg, mesh, fused=fused)
     state = ts.init_state(model)
     del model
@@ -305,8 +314,9 @@ def run_variant(variant: str) -> dict:
     flops = None
     if FLAGS.flops:
         log(f"{variant}: counting FLOPs on the unrolled twin (lowering only)")
-        twin_model, twin = build_step(model_config(FLAGS.size, dtype, remat=FLAGS.remat,
-                                                       attention_impl=FLAGS.bert_attention_impl, unroll=True), mesh, fused=fused)
+        twin_cfg = model_config(FLAGS.size, dtype, remat=FLAGS.remat, attention_impl=FLAGS.bert_attention_impl,
+                                attention_dropout=FLAGS.bert_attention_dropout, unroll=True)
+        twin_model, twin = build_step(twin_cfg, mesh, fused=fused)
         del twin_model
         flops = _flops(_lowered_pieces(twin, state, micro, fused))
     dev = jax.devices()[0]
