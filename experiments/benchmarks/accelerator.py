@@ -335,7 +335,12 @@ def run_variant(variant: str) -> dict:
 
 # ------------------------------------------------------------------------------ main
 def _child_argv(variant: str, path: str) -> list[str]:
-    keep = [a for a in sys.argv[1:] if not re.match(r"--(no)?(variants|output|isolate)\b", a)]
+    keep, args = [], iter(sys.argv[1:])
+    for a in args:
+        if a in ("--variants", "--output"):
+            next(args, None)  # "--flag value": drop the value too
+        elif not re.match(r"--(no)?(variants|output|isolate)\b", a):
+            keep.append(a)
     return [sys.executable, os.path.abspath(__file__), *keep, f"--variants={variant}", f"--output={path}",
             "--noisolate"]
 

@@ -13,8 +13,14 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 OUT_DIR="${OUT:-.}"
 mkdir -p "$OUT_DIR"
-# The data package is imported from the checkout (.pyshim holds its molbind_data link, where made).
+# The checkout first; data_pipeline/ imports as molbind_data (an install, the checkout's .pyshim
+# link, or else a link made here in a temporary folder).
 export PYTHONPATH="$ROOT/.pyshim:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PYTHON" -c 'import molbind_data' 2>/dev/null; then
+  SHIM="$(mktemp -d)"
+  ln -s "$ROOT/data_pipeline" "$SHIM/molbind_data"
+  export PYTHONPATH="$SHIM:$PYTHONPATH"
+fi
 "$PYTHON" -c 'import jax; print("jax", jax.__version__, "devices:", jax.devices())'
 "$PYTHON" "$ROOT/experiments/benchmarks/accelerator.py" \
   --variants=f32_split,f32_fused,bf16_split,bf16_fused "$@" \
