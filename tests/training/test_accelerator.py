@@ -69,7 +69,7 @@ def test_accelerator_script_cpu_path(tmp_path):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
         assert r["finite"] and len(r["step_ms_all"]) == 2 and r["examples_per_step"] == 32
         assert r["mfu"] is None and r["mfu_note"] == "CPU: no MFU"  # no peak for a CPU
-        assert r["memory_source"] == "compiled memory_analysis"
+        assert r["memory_source"] == "compiled memory_analysis" and r["notes"] == []
         assert r["shapes"]["conformer_pocket"]["y"] == [8, 32]  # tiny: pockets padded to 32 tokens
     # The same step in both layouts: the same FLOPs within what the separate programs add.
     assert rows["f32_fused"]["tflop_per_step"] == pytest.approx(rows["f32_split"]["tflop_per_step"], rel=0.05)
