@@ -72,25 +72,30 @@ PEAK_TFLOPS = (
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("size", "original", list(SIZES), "model and batch size: original (MolBindConfig.original()) or tiny")
-flags.DEFINE_list("variants", list(VARIANTS), f"variants to run, of {VARIANTS}")
-flags.DEFINE_integer("steps", 10, "timed steps per variant (the median is reported)")
-flags.DEFINE_integer("warmup", 2, "untimed steps after the first call")
-for _p in PAIRS:
-    flags.DEFINE_integer(f"batch_{_p}", 0, f"global batch of {_p} (0: the size's default)")
-flags.DEFINE_integer("text_len", 0, "text tokens per row (0: the size's default)")
-flags.DEFINE_integer("graph_atoms", 0, "atoms of the largest graph (0: the size's default)")
-flags.DEFINE_integer("conformer_len", 0, "padded conformer tokens, [CLS] and [SEP] included (0: default)")
-flags.DEFINE_integer("pocket_len", 0, "padded pocket tokens, [CLS] and [SEP] included (0: default)")
-flags.DEFINE_string("remat", "none", "Uni-Mol layer rematerialisation: none, full or dots (UniMolConfig.remat)")
-flags.DEFINE_string("bert_attention_impl", "", "BertConfig.attention_impl: '' (None), xla, cudnn (bf16 variants "
-                    "only; float32 ones keep None) or custom; training uses it only without attention dropout")
-flags.DEFINE_float("bert_attention_dropout", -1.0, "text tower attention dropout (-1: the size's own; 0 lets "
-                   "training use jax.nn.dot_product_attention)")
-flags.DEFINE_integer("num_devices", 0, "devices of the data mesh (0: all)")
-flags.DEFINE_bool("flops", True, "count FLOPs on the unrolled twin (lowering only; costs host time)")
-flags.DEFINE_bool("isolate", True, "run each variant in its own process (clean peak memory and compile)")
-flags.DEFINE_string("output", None, "write the results as JSON here")
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program, so that importing this module (the tests) leaves
+    # the process-wide absl flags alone.
+    flags.DEFINE_enum("size", "original", list(SIZES), "model and batch size: original (MolBindConfig.original()) or tiny")
+    flags.DEFINE_list("variants", list(VARIANTS), f"variants to run, of {VARIANTS}")
+    flags.DEFINE_integer("steps", 10, "timed steps per variant (the median is reported)")
+    flags.DEFINE_integer("warmup", 2, "untimed steps after the first call")
+    for p in PAIRS:
+        flags.DEFINE_integer(f"batch_{p}", 0, f"global batch of {p} (0: the size's default)")
+    flags.DEFINE_integer("text_len", 0, "text tokens per row (0: the size's default)")
+    flags.DEFINE_integer("graph_atoms", 0, "atoms of the largest graph (0: the size's default)")
+    flags.DEFINE_integer("conformer_len", 0, "padded conformer tokens, [CLS] and [SEP] included (0: default)")
+    flags.DEFINE_integer("pocket_len", 0, "padded pocket tokens, [CLS] and [SEP] included (0: default)")
+    flags.DEFINE_string("remat", "none", "Uni-Mol layer rematerialisation: none, full or dots (UniMolConfig.remat)")
+    flags.DEFINE_string("bert_attention_impl", "", "BertConfig.attention_impl: '' (None), xla, cudnn (bf16 variants "
+                        "only; float32 ones keep None) or custom; training uses it only without attention dropout")
+    flags.DEFINE_float("bert_attention_dropout", -1.0, "text tower attention dropout (-1: the size's own; 0 lets "
+                       "training use jax.nn.dot_product_attention)")
+    flags.DEFINE_integer("num_devices", 0, "devices of the data mesh (0: all)")
+    flags.DEFINE_bool("flops", True, "count FLOPs on the unrolled twin (lowering only; costs host time)")
+    flags.DEFINE_bool("isolate", True, "run each variant in its own process (clean peak memory and compile)")
+    flags.DEFINE_string("output", None, "write the results as JSON here")
 
 
 def log(msg: str) -> None:
@@ -393,7 +398,7 @@ def table(rows) -> str:
             continue
         mfu = None if r["mfu"] is None else 100 * r["mfu"]
         lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | {r['examples_per_s']:.1f} | {r['first_call_s']:.1f} | "
-                     f"{r['compile_s']:.1f} | {_fmt(None if r['tflop_per_step'] is None else 1e3 * r['tflop_per_step'], '.1f')} | {_fmt(r['tflops'], '.3f')} | "
+                     f"{r['compile_s']:.1f} | {_fmt(None if r['tflop_per_step'] is None else 1e3 * r['tflop_per_step'], '.4g')} | {_fmt(r['tflops'], '.3f')} | "
                      f"{_fmt(mfu, '.1f')}{'' if mfu is None else ' %'} | {_fmt(r['peak_memory_gib'], '.2f')} | {r['loss']:.4f} |")
     return "\n".join(lines)
 
@@ -428,4 +433,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -21,7 +21,9 @@ if ! "$PYTHON" -c 'import molbind_data' 2>/dev/null; then
   ln -s "$ROOT/data_pipeline" "$SHIM/molbind_data"
   export PYTHONPATH="$SHIM:$PYTHONPATH"
 fi
-"$PYTHON" -c 'import jax; print("jax", jax.__version__, "devices:", jax.devices())'
-"$PYTHON" "$ROOT/experiments/benchmarks/accelerator.py" \
-  --variants=f32_split,f32_fused,bf16_split,bf16_fused "$@" \
-  --output="$OUT_DIR/accelerator.json" 2>&1 | tee "$OUT_DIR/accelerator.txt"
+{
+  "$PYTHON" -c 'import jax; print("jax", jax.__version__, "devices:", jax.devices())'
+  "$PYTHON" "$ROOT/experiments/benchmarks/accelerator.py" \
+    --variants=f32_split,f32_fused,bf16_split,bf16_fused "$@" \
+    --output="$OUT_DIR/accelerator.json"
+} 2>&1 | tee "$OUT_DIR/accelerator.txt"

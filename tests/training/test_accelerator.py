@@ -75,7 +75,7 @@ def test_accelerator_script_cpu_path(tmp_path):
     assert rows["f32_fused"]["tflop_per_step"] == pytest.approx(rows["f32_split"]["tflop_per_step"], rel=0.05)
     assert data["meta"]["backend"] == "cpu" and data["meta"]["size"] == "tiny"
     table = (tmp_path / "accelerator.txt").read_text()
-    assert "| bf16_fused |" in table and "| variant | step ms |" in table
+    assert "| bf16_fused |" in table and "| variant | step ms |" in table and "devices: [CpuDevice(id=0)]" in table
 
 
 # ----------------------------------------------------------------------------- the step itself
