@@ -30,6 +30,18 @@ from molbind_jax.models.layers import attention, check_dropout_rng, dropout, sit
 # The original's additive mask value (model/bert.py 796-799), applied in float32.
 MASK_VALUE = -10000.0
 
+# BertConfig.attention_impl values. Where the attention probabilities get no dropout (eval
+# mode, or attention_dropout == 0), None, "xla" and "cudnn" call jax.nn.dot_product_attention
+# with that `implementation`: None is JAX's choice (XLA in JAX 0.10; it may pick cuDNN on GPUs
+# in later versions), "xla" the plain XLA softmax(q.k + bias).v (float32 logits and softmax),
+# "cudnn" cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16 only; the padding mask goes in
+# as its bias). jax.nn.dot_product_attention takes no dropout key, so a training forward with
+# attention_dropout > 0 always runs "custom": layers.attention, the written-out float32
+# softmax with hash dropout on the probabilities and its lean custom gradient. The BERT mask
+# is a pure padding bias, which is what lets it use the fused kernels at all; the Uni-Mol
+# towers cannot (their [B, H, N, N] pair bias is also an output, docs/encoders.md).
+ATTENTION_IMPLS = (None, "xla", "cudnn", "custom")
+
 _GELU = {
     "gelu": False,  # exact erf GELU, as the original and SciBERT
     "gelu_new": True,  # tanh approximation, for BERT variants that use it
@@ -59,7 +71,9 @@ class BertConfig:
     hidden_act: str = "gelu"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    # jax.nn.dot_product_attention implementation: None (XLA), "xla" or "cudnn" (fused, GPU).
+    # Attention core (see ATTENTION_IMPLS): None, "xla" or "cudnn" route through
+    # jax.nn.dot_product_attention where no attention dropout is drawn; "custom" is always
+    # layers.attention.
     attention_impl: str | None = None
     dropout_rng: str = "hash"  # dropout mask generator, layers.DROPOUT_RNGS
 
@@ -69,6 +83,8 @@ class BertConfig:
         if self.hidden_act not in _GELU:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(_GELU)}")
         check_dropout_rng(self.dropout_rng)
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
 
     @property
     def head_dim(self) -> int:
@@ -191,12 +207,13 @@ class BertLayer(nnx.Module):
         b, length = shape
         split = lambda t: t.reshape(b, length, cfg.num_heads, cfg.head_dim)  # [B,L,heads,dh]
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        if key is None or cfg.attention_dropout == 0.0:
+        if cfg.attention_impl != "custom" and (key is None or cfg.attention_dropout == 0.0):
             impl_bias = bias.astype(q.dtype) if cfg.attention_impl == "cudnn" else bias
             out = jax.nn.dot_product_attention(q, k, v, bias=impl_bias, implementation=cfg.attention_impl)
         else:
             # jax.nn.dot_product_attention has no dropout on the probabilities, so training with
-            # attention dropout spells the same computation out (float32 logits and softmax).
+            # attention dropout (or "custom") spells the same computation out (float32 logits
+            # and softmax).
             q = q * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
             out, _ = attention(q, k, v, bias, dropout_rate=cfg.attention_dropout, key=site_key(key, 0),
                                impl=cfg.dropout_rng)
@@ -224,6 +241,10 @@ class BertEncoder(nnx.Module):
     """
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        # Checked here, not in BertConfig: MolBind sets the tower's dtype when it builds it.
+        if config.attention_impl == "cudnn" and jnp.dtype(config.dtype) not in (jnp.bfloat16, jnp.float16):
+            raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention, NVIDIA GPUs) needs dtype bfloat16 "
+                             f"or float16, got {jnp.dtype(config.dtype).name}")
         self.config = config
         self.embeddings = BertEmbeddings(config, rngs=rngs)
         self.layers = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_layers)])

@@ -6,6 +6,7 @@ bad-file tests on the real MiniLM checkpoint (the one pretrained BERT installed 
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,6 +87,59 @@ def test_train_attention_path_matches_fused_path():
     x = _inputs([6, 2, 4], 6, 64, seed=6)
     ids, mask = jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["attention_mask"], jnp.int32)
     np.testing.assert_allclose(apply_train(enc, ids, mask), apply_eval(enc, ids, mask), rtol=1e-5, atol=1e-5)
+
+
+def _masked_sq(m, ids, mask):
+    out = m(ids, mask, train=True)
+    return jnp.sum(jnp.where(mask[..., None] > 0, out, 0.0) ** 2), out
+
+
+train_value_and_grad = nnx.jit(nnx.value_and_grad(_masked_sq, has_aux=True))
+
+
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
+@pytest.mark.parametrize("impl", [None, "xla"])
+def test_dot_product_attention_matches_custom_attention(impl):
+    """attention_impl None / "xla" (jax.nn.dot_product_attention) against "custom"
+    (layers.attention): same outputs in eval and train mode (hidden dropout on, attention
+    dropout 0, the same keys) and the same gradients, within 1e-5."""
+    x = _inputs([6, 2, 4], 6, 64, seed=7)
+    ids, mask = jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["attention_mask"], jnp.int32)
+
+    def run(attention_impl):
+        cfg = BertConfig.tiny(dropout=0.1, attention_dropout=0.0, attention_impl=attention_impl)
+        enc = BertEncoder(cfg, rngs=nnx.Rngs(0))
+        (loss, train), grads = train_value_and_grad(enc, ids, mask)
+        return apply_eval(enc, ids, mask), train, loss, grads
+
+    ev, tr, loss, grads = run(impl)
+    ev_c, tr_c, loss_c, grads_c = run("custom")
+    assert not np.allclose(tr_c, ev_c)  # the train forward really drew dropout masks
+    np.testing.assert_allclose(ev, ev_c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tr, tr_c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loss, loss_c, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_c)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
+def test_attention_dropout_falls_back_to_custom_attention():
+    """jax.nn.dot_product_attention takes no dropout key: with attention dropout a training
+    forward runs layers.attention whatever attention_impl says."""
+    x = _inputs([6, 3], 6, 64, seed=8)
+    ids, mask = jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["attention_mask"], jnp.int32)
+    outs = [apply_train(BertEncoder(BertConfig.tiny(attention_dropout=0.3, attention_impl=impl), rngs=nnx.Rngs(0)),
+                        ids, mask) for impl in ("xla", "custom")]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+
+
+def test_attention_impl_is_checked():
+    with pytest.raises(ValueError, match="attention_impl must be one of"):
+        BertConfig.tiny(attention_impl="flash")
+    cfg = BertConfig.tiny(attention_impl="cudnn")  # the tower's dtype is set when MolBind builds it
+    with pytest.raises(ValueError, match="needs dtype bfloat16 or float16, got float32"):
+        BertEncoder(cfg, rngs=nnx.Rngs(0))
+    BertEncoder(BertConfig.tiny(attention_impl="cudnn", dtype=jnp.bfloat16), rngs=nnx.Rngs(0))  # builds (runs on GPUs)
 
 
 @pytest.mark.slow  # fast tier < 90 s: heavy compile or subprocess; runs in `make test`
