@@ -107,7 +107,8 @@ def our_gflop(cfg, batches: dict, *, frozen=(), mesh=None) -> dict[str, float]:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) / 1e9
 
-    split = sum(flops(ts.grad_fn(p).lower(state["trainable"], state["batch_stats"], b, state["step"], 0))
+    split = sum(flops(ts.grad_fn(p).lower(state["trainable"], state["batch_stats"], b, state["step"], 0,
+                                            state.get("frozen")))
                 for p, b in glob.items())
     return {"split": split, "fused": flops(jax.jit(ts._fused_impl).lower(state, [glob]))}
 
