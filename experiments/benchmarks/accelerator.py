@@ -238,29 +238,16 @@ def make_batches(cfg, mesh, s: dict, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------------------ measurements
 def _lowered_pieces(ts, state, micro: dict, fused: bool):
-    """The step's programs lowered at the shapes of `micro` (tracing only). Uses TrainStep's
-    jitted pieces (split: per-pair gradients, the gradient add, the update)."""
-    import jax
-    import jax.numpy as jnp
+    """The step's programs lowered at the shapes of `micro` (tracing only; training.step_programs)."""
+    from molbind_jax.training import step_programs
 
-    if fused:
-        fn = ts._fused if ts._fused is not None else jax.jit(ts._fused_impl, donate_argnums=(0,),
-                                                             out_shardings=ts.replicated)
-        return [fn.lower(state, [micro])]
-    # Gradients and BatchNorm statistics have the shapes of the trainable state and the state's.
-    out = [ts.grad_fn(p).lower(state["trainable"], state["batch_stats"], micro[p], state["step"], 0) for p in PAIRS]
-    out += [ts._add.lower(state["trainable"], state["trainable"])] * (len(PAIRS) - 1)
-    out.append(ts._update.lower(state, state["trainable"], state["batch_stats"], jnp.float32(1), jnp.float32(0)))
-    return out
+    return step_programs.lower_step(ts, state, [micro], fused)
 
 
 def _flops(lowered) -> float:
-    total = 0.0
-    for low in lowered:
-        cost = low.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        total += float((cost or {}).get("flops", 0.0))
-    return total
+    from molbind_jax.training import step_programs
+
+    return step_programs.flops(lowered)
 
 
 def _peak_memory(ts, state, micro, fused: bool):

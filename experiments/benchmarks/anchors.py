@@ -65,6 +65,12 @@ def _call(module, *inputs):
     return module(*inputs)
 
 
+def _graph_call(num_graphs: int):
+    """forward for a GIN anchor: the batch's number of graphs is passed with the call, so that
+    one module shared by several pair types (the whole-step benchmark) pools each batch right."""
+    return lambda module, *inputs: module(*inputs, num_graphs=num_graphs)
+
+
 def build_anchor(tower: str, size: str, batch: int, length: int, *, seed: int = 0) -> Anchor:
     """The anchor of `tower` (bert, gin, conformer, pocket) at `size` (tiny, mini, original: the
     sizes of `tower_inputs.tower_configs`) on one batch of `batch` x `length` (tokens, atoms per
@@ -81,7 +87,7 @@ def build_anchor(tower: str, size: str, batch: int, length: int, *, seed: int = 
         name, out_dim = "transformers BertModel (sdpa)", cfg.hidden_size
     elif tower == "gin":
         module = PyGGIN(cfg)
-        module.num_graphs = batch  # as PyG's Batch.num_graphs
+        forward = _graph_call(batch)  # as PyG's Batch.num_graphs
         g = tower_inputs.graph_inputs(batch, length, seed)
         inputs = tuple(torch.from_numpy(np.asarray(g[k], np.int64)) for k in ("x", "edge_index", "edge_attr", "batch"))
         name, out_dim = "torch_geometric GIN (MessagePassing)", cfg.emb_dim
@@ -92,7 +98,8 @@ def build_anchor(tower: str, size: str, batch: int, length: int, *, seed: int = 
         inputs = (torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(dist), torch.from_numpy(et))
         name, out_dim = "unimol_tools TransformerEncoderWithPair", cfg.embed_dim
     module.train()
-    return Anchor(name=name, module=module, inputs=inputs, forward=_call, out_dim=out_dim)
+    return Anchor(name=name, module=module, inputs=inputs, forward=forward if tower == "gin" else _call,
+                  out_dim=out_dim)
 
 
 def compile_anchor(anchor: Anchor) -> Anchor:
@@ -172,9 +179,9 @@ class PyGGIN(nn.Module):
         self.batch_norms = nn.ModuleList([nn.BatchNorm1d(cfg.emb_dim, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
                                           for _ in range(cfg.num_layers)])
 
-    num_graphs: int | None = None  # known batch size: pooling without a data-dependent max (no graph break)
-
-    def forward(self, x, edge_index, edge_attr, batch):
+    def forward(self, x, edge_index, edge_attr, batch, num_graphs: int | None = None):
+        """`num_graphs`: the known batch size, so pooling needs no data-dependent max (which
+        breaks torch.compile's graph); None: PyG's default."""
         from torch_geometric.nn import global_mean_pool
 
         h = self.x_embedding1(x[:, 0]) + self.x_embedding2(x[:, 1])
@@ -183,7 +190,7 @@ class PyGGIN(nn.Module):
             if i < self.num_layers - 1:
                 h = torch.relu(h)
             h = nn.functional.dropout(h, self.drop_ratio, training=self.training)
-        return global_mean_pool(h, batch, size=self.num_graphs)
+        return global_mean_pool(h, batch, size=num_graphs)
 
 
 # ------------------------------------------------------------------------------ conformer / pocket

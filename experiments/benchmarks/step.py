@@ -91,26 +91,20 @@ def our_step(cfg, batches: dict, *, fused: bool, frozen: tuple[str, ...] = (), l
 
 
 def our_gflop(cfg, batches: dict, *, frozen=(), mesh=None) -> dict[str, float]:
-    """XLA cost-analysis GFLOP of one step, {"split": the per-pair gradient programs summed,
-    "fused": the one program, update included}, lowered (not compiled) on a twin whose Uni-Mol
-    stacks are fully unrolled (XLA counts a scan body once)."""
+    """XLA cost-analysis GFLOP of one step, {"split": its programs summed (the per-pair
+    gradients, the adds, the update), "fused": the one program}, lowered (not compiled,
+    `training.step_programs`) on a twin whose Uni-Mol stacks are fully unrolled (XLA counts a
+    scan body once)."""
     import dataclasses
 
-    import jax
+    from molbind_jax.training import step_programs
 
     twin = cfg.replace(**{m: dataclasses.replace(getattr(cfg, m), scan_unroll=getattr(cfg, m).num_layers)
                           for m in ("conformer", "pocket") if m in cfg.modalities})
     ts, state, glob = our_step(twin, batches, fused=False, frozen=frozen, mesh=mesh)
 
-    def flops(lowered):
-        cost = lowered.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) / 1e9
-
-    split = sum(flops(ts.grad_fn(p).lower(state["trainable"], state["batch_stats"], b, state["step"], 0,
-                                            state.get("frozen")))
-                for p, b in glob.items())
-    return {"split": split, "fused": flops(jax.jit(ts._fused_impl).lower(state, [glob]))}
+    return {kind: step_programs.flops(step_programs.lower_step(ts, state, [glob], fused=kind == "fused")) / 1e9
+            for kind in ("split", "fused")}
 
 
 # ------------------------------------------------------------------------------ theirs
