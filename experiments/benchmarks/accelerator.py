@@ -142,7 +142,7 @@ def model_config(size: str, dtype: str, *, remat: str = "none", attention_impl: 
     changes = {}
     for key in ("conformer", "pocket"):
         c = getattr(base, key)
-        changes[key] = dataclasses.replace(c, remat=remat, scan_unroll=c.num_layers if unroll else 1)
+        changes[key] = dataclasses.replace(c, remat=remat, scan_unroll=c.num_layers if unroll else c.scan_unroll)
     bert = dict(attention_impl=None if (attention_impl == "cudnn" and dtype == "float32") else attention_impl or None)
     if attention_dropout >= 0:
         bert["attention_dropout"] = attention_dropout

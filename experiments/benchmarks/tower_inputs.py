@@ -32,7 +32,7 @@ def check(tower: str, size: str) -> None:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
 
 
-def tower_configs(size: str, *, dtype: str = "float32", remat: str = "none", scan_unroll: int = 1,
+def tower_configs(size: str, *, dtype: str = "float32", remat: str = "none", scan_unroll: int = 0,
                   dropout_rng: str = "hash", num_layers: int = 0) -> dict:
     """Our configs of the four towers at `size`.
 

@@ -65,7 +65,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("threads", 1, "CPU threads for both frameworks (1: single-threaded)")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "our matmul dtype (the torch sides stay float32)")
     flags.DEFINE_string("remat", "none", "Uni-Mol layer-body rematerialisation (models/layers.REMAT_POLICIES)")
-    flags.DEFINE_integer("scan_unroll", 1, "Uni-Mol layers per scan iteration (its num_layers: fully unrolled)")
+    flags.DEFINE_integer("scan_unroll", 0, "Uni-Mol layers per scan iteration (its num_layers: fully unrolled; 0: the model default, unrolled up to 4 layers)")
     flags.DEFINE_enum("dropout_rng", "hash", ["hash", "threefry"], "our dropout mask generator")
     flags.DEFINE_integer("num_layers", 0, "override every tower's depth (0: the size's own)")
     flags.DEFINE_bool("torch", True, "also time our PyTorch parity reference (molbind_jax/torch_reference)")
@@ -144,7 +144,7 @@ def jax_step(tower: str, cfg, shape):
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t
     flop_fn, flop_args = fn, args
-    if tower in ("conformer", "pocket") and cfg.scan_unroll != cfg.num_layers:
+    if tower in ("conformer", "pocket") and cfg.unroll != cfg.num_layers:
         # XLA counts a while loop's body once: count the FLOPs on a fully unrolled twin.
         twin = unimol.UniMolEncoder(dataclasses.replace(cfg, scan_unroll=cfg.num_layers), rngs=nnx.Rngs(0))
         flop_fn, flop_args = jax_loss(tower, cfg, shape, module=twin)
