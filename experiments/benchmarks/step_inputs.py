@@ -26,26 +26,20 @@ LENGTHS = {
     "mini": dict(text=128, graph=24, conformer=32, pocket=256),
     "original": dict(text=128, graph=24, conformer=32, pocket=256),
 }
-MINILM_VOCAB = 30522
 
 
 def model_config(size: str, *, dtype: str = "float32"):
     """The MolBindConfig of `size` (see the module docstring)."""
-    from molbind_jax.models.bert import BertConfig
-    from molbind_jax.models.gin import GINConfig
     from molbind_jax.models.molbind import MolBindConfig
-    from molbind_jax.models.unimol import UniMolConfig
 
     if size == "tiny":
         return MolBindConfig.tiny(dtype=dtype)
     if size == "original":
         return MolBindConfig.original(dtype=dtype)
     if size == "mini":
-        uni = dict(num_layers=2, embed_dim=128, ffn_dim=256, num_heads=8, num_kernels=32)
-        bert = BertConfig(vocab_size=MINILM_VOCAB, hidden_size=384, num_layers=6, num_heads=12,
-                          intermediate_size=1536, use_token_type=False)  # all-MiniLM-L6-v2
-        return MolBindConfig.tiny(embed_dim=128, dtype=dtype, bert=bert, gin=GINConfig(num_layers=3, emb_dim=128),
-                                  conformer=UniMolConfig.molecule(**uni), pocket=UniMolConfig.pocket(**uni))
+        from experiments.benchmarks.tower_inputs import mini_model_config
+
+        return mini_model_config().replace(dtype=dtype)
     raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
 
 

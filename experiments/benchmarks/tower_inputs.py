@@ -32,6 +32,19 @@ def check(tower: str, size: str) -> None:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
 
 
+def mini_model_config():
+    """The mini MolBindConfig exactly as `experiments/configs/mini.py:model_config()` gives it
+    (the one place its tower sizes are written), loaded by path as config files are."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "mini.py")
+    spec = importlib.util.spec_from_file_location("_molbind_mini_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.model_config()
+
+
 def tower_configs(size: str, *, dtype: str = "float32", remat: str = "none", scan_unroll: int = 0,
                   dropout_rng: str = "hash", num_layers: int = 0) -> dict:
     """Our configs of the four towers at `size`.
@@ -51,11 +64,8 @@ def tower_configs(size: str, *, dtype: str = "float32", remat: str = "none", sca
         cfg = dict(bert=BertConfig.scibert(vocab_size=31091), gin=GINConfig(), conformer=UniMolConfig.molecule(),
                    pocket=UniMolConfig.pocket())
     elif size == "mini":
-        uni = dict(num_layers=2, embed_dim=128, ffn_dim=256, num_heads=8, num_kernels=32)
-        cfg = dict(bert=BertConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-                                   intermediate_size=1536, use_token_type=False),  # all-MiniLM-L6-v2
-                   gin=GINConfig(num_layers=3, emb_dim=128), conformer=UniMolConfig.molecule(**uni),
-                   pocket=UniMolConfig.pocket(**uni))
+        mini = mini_model_config()
+        cfg = {name: getattr(mini, name) for name in ("bert", "gin", "conformer", "pocket")}
     elif size == "tiny":
         uni = dict(num_layers=2, embed_dim=32, ffn_dim=64, num_heads=4, num_kernels=16)
         cfg = dict(bert=BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
